@@ -1,0 +1,313 @@
+//! An events.k8s.io/v1 recorder with client-go's aggregation of repeats
+//! (`k8s.io/client-go/tools/events`).
+//!
+//! Controllers call [`Recorder::publish`], which never waits on the apiserver: events go
+//! through a channel to one sink task per process. The sink keeps each event for six
+//! minutes, keyed by (regarding, related, action, reason, note, reporter):
+//!
+//! - the first occurrence is created;
+//! - the second turns it into a series (`series.count = 2`) and is patched at once;
+//! - later repeats only bump the count in memory, and every 30 s the sink patches the
+//!   series whose count moved, so a hot loop costs one write per 30 s, not one per repeat;
+//! - a series not seen for six minutes is dropped from memory (a later repeat starts over).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long an event stays eligible for aggregation (client-go: 6 minutes).
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+/// How often ongoing series are written back (client-go: 30 s).
+const SERIES_REFRESH: Duration = Duration::from_secs(30);
+/// upstream's limit on `note` (1 KiB).
+const MAX_NOTE: usize = 1024;
+
+/// The severity of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// Something happened as intended.
+    Normal,
+    /// Something went wrong and a user may need to act.
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
+/// One event to publish.
+#[derive(Clone, Debug)]
+pub struct EventRecord {
+    /// The object the event is about.
+    pub regarding: ObjectReference,
+    /// A second object involved, if any.
+    pub related: Option<ObjectReference>,
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// Upstream's machine-readable reason (`ScalingReplicaSet`, `FailedCreate`, ...).
+    pub reason: String,
+    /// What was done (`Scaling`, `Binding`, ...).
+    pub action: String,
+    /// The human-readable message.
+    pub note: String,
+}
+
+/// A handle controllers publish events through. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<EventRecord>,
+}
+
+impl Recorder {
+    /// Publishes `type_`/`reason`/`note` about `regarding`. Never blocks; the write happens
+    /// in the sink task.
+    pub fn publish(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) {
+        self.record(EventRecord {
+            regarding,
+            related: None,
+            type_,
+            reason: reason.to_string(),
+            action: action.to_string(),
+            note: note.into(),
+        });
+    }
+
+    /// Publishes a full record (with a related object).
+    pub fn record(&self, record: EventRecord) {
+        // The sink only goes away at shutdown, when losing an event is acceptable.
+        let _ = self.tx.send(record);
+    }
+}
+
+/// The reference to `obj` that events use as `regarding`.
+pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    obj.object_ref(&())
+}
+
+/// Who reports: `reportingController` and `reportingInstance`.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    /// e.g. `deployment-controller`, `default-scheduler`.
+    pub controller: String,
+    /// e.g. `deployment-controller-<hostname>` (upstream's shape).
+    pub instance: String,
+}
+
+/// The identity (`reason`, `note`, ...) under which repeats are aggregated.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    regarding: (String, String, String, String, String),
+    related: Option<(String, String, String, String, String)>,
+    action: String,
+    reason: String,
+    note: String,
+    type_: EventType,
+}
+
+fn ref_key(r: &ObjectReference) -> (String, String, String, String, String) {
+    (
+        r.api_version.clone().unwrap_or_default(),
+        r.kind.clone().unwrap_or_default(),
+        r.namespace.clone().unwrap_or_default(),
+        r.name.clone().unwrap_or_default(),
+        r.uid.clone().unwrap_or_default(),
+    )
+}
+
+struct Cached {
+    event: Event,
+    last_seen: Instant,
+    /// The series count moved since it was last written.
+    dirty: bool,
+}
+
+/// Starts the sink task and returns the recorder handle. The task ends on `shutdown`
+/// after writing what is pending.
+pub fn start(
+    client: Client,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> (Recorder, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = Sink {
+        client,
+        reporter,
+        cache: HashMap::new(),
+    };
+    let task = tokio::spawn(sink.run(rx, shutdown));
+    (Recorder { tx }, task)
+}
+
+struct Sink {
+    client: Client,
+    reporter: Reporter,
+    cache: HashMap<Key, Cached>,
+}
+
+impl Sink {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<EventRecord>, shutdown: CancellationToken) {
+        let mut refresh = tokio::time::interval(SERIES_REFRESH);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = refresh.tick() => self.refresh().await,
+                rec = rx.recv() => match rec {
+                    Some(rec) => self.handle(rec).await,
+                    None => break,
+                },
+            }
+        }
+        // Write what already arrived, then the last series counts.
+        while let Ok(rec) = rx.try_recv() {
+            self.handle(rec).await;
+        }
+        self.refresh().await;
+    }
+
+    async fn handle(&mut self, rec: EventRecord) {
+        let now = Instant::now();
+        let key = Key {
+            regarding: ref_key(&rec.regarding),
+            related: rec.related.as_ref().map(ref_key),
+            action: rec.action.clone(),
+            reason: rec.reason.clone(),
+            note: rec.note.clone(),
+            type_: rec.type_,
+        };
+        if let Some(cached) = self.cache.get_mut(&key)
+            && now.duration_since(cached.last_seen) < SERIES_TTL
+        {
+            cached.last_seen = now;
+            let first_repeat = cached.event.series.is_none();
+            let count = cached.event.series.as_ref().map_or(1, |s| s.count) + 1;
+            cached.event.series = Some(EventSeries {
+                count,
+                last_observed_time: MicroTime(Timestamp::now()),
+            });
+            if first_repeat {
+                let ev = cached.event.clone();
+                cached.dirty = false;
+                self.patch_series(&ev).await;
+            } else {
+                cached.dirty = true;
+            }
+            return;
+        }
+        let event = self.build(&rec);
+        if self.create(&event).await {
+            self.cache.insert(
+                key,
+                Cached {
+                    event,
+                    last_seen: now,
+                    dirty: false,
+                },
+            );
+        }
+    }
+
+    fn build(&self, rec: &EventRecord) -> Event {
+        let now = Timestamp::now();
+        let name = rec.regarding.name.clone().unwrap_or_else(|| "event".into());
+        // Cluster-scoped objects' events live in `default`, as upstream puts them.
+        let namespace = rec
+            .regarding
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let mut note = rec.note.clone();
+        if note.len() > MAX_NOTE {
+            let mut cut = MAX_NOTE;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(namespace),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            regarding: Some(rec.regarding.clone()),
+            related: rec.related.clone(),
+            type_: Some(rec.type_.as_str().to_string()),
+            reason: Some(rec.reason.clone()),
+            action: Some(rec.action.clone()),
+            note: Some(note),
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(self.reporter.instance.clone()),
+            ..Default::default()
+        }
+    }
+
+    async fn create(&self, event: &Event) -> bool {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
+        // A few quick retries: the apiserver may be briefly away; events are best-effort.
+        for attempt in 0..3u32 {
+            match api.create(&PostParams::default(), event).await {
+                Ok(_) => return true,
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 || s.code == 403 => {
+                    tracing::warn!(reason = ?event.reason, error = %s.message, "event rejected");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "event create failed");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+        false
+    }
+
+    async fn patch_series(&self, event: &Event) {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
+        let patch = serde_json::json!({ "series": event.series });
+        if let Err(e) = api
+            .patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::debug!(error = %e, "event series patch failed");
+        }
+    }
+
+    /// Writes the counts of series that moved and forgets those idle past the TTL.
+    async fn refresh(&mut self) {
+        let now = Instant::now();
+        let mut to_write = Vec::new();
+        self.cache.retain(|_, c| {
+            if c.dirty {
+                to_write.push(c.event.clone());
+                c.dirty = false;
+            }
+            now.duration_since(c.last_seen) < SERIES_TTL
+        });
+        for ev in to_write {
+            self.patch_series(&ev).await;
+        }
+    }
+}

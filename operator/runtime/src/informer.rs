@@ -1,0 +1,548 @@
+//! Shared informers: one watch and one cache per resource type (and selector) per process,
+//! fanned out to any number of subscribers.
+//!
+//! This is client-go's `SharedInformerFactory` on top of kube-runtime's [`watcher`]:
+//!
+//! ```text
+//!   apiserver ──watch──▶ watcher (re-lists on 410 Gone, backs off on errors)
+//!                           │ Init / InitApply / InitDone / Apply / Delete
+//!                           ▼
+//!                      Informer state: cache (ns/name -> Arc<K>) + subscribers
+//!                           │ Added / Updated{old,new} / Deleted
+//!                           ▼
+//!        controller A's channel   controller B's channel   ...
+//! ```
+//!
+//! After a re-list (watch expired, apiserver restarted) the cache is replaced atomically and
+//! subscribers see only the differences: new objects as `Added`, changed ones as `Updated`,
+//! vanished ones as `Deleted`. Subscribers that join late first receive the whole cache as
+//! `Added`, as a client-go handler added to a running informer does.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, DynamicObject};
+use kube::core::ApiResource;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The key of an object in an informer's cache: namespace (empty for cluster-scoped) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// The namespace; empty for cluster-scoped objects.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of `obj`.
+    pub fn of<K: Resource>(obj: &K) -> Self {
+        Self {
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// A key from its parts.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    /// `namespace/name`, or `name` for cluster-scoped objects, as client-go's
+    /// `MetaNamespaceKeyFunc`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// A change seen by an informer.
+#[derive(Debug)]
+pub enum Notification<K> {
+    /// A new object (or, for late subscribers, one already in the cache).
+    Added(Arc<K>),
+    /// An object changed. On a periodic resync `old` and `new` are the same object.
+    Updated {
+        /// The cached object before the change.
+        old: Arc<K>,
+        /// The object now.
+        new: Arc<K>,
+    },
+    /// An object is gone. After a re-list this is the last state the cache knew.
+    Deleted(Arc<K>),
+}
+
+impl<K> Notification<K> {
+    /// The object as it is now (or was last seen, for `Deleted`).
+    pub fn object(&self) -> &Arc<K> {
+        match self {
+            Self::Added(o) | Self::Deleted(o) | Self::Updated { new: o, .. } => o,
+        }
+    }
+}
+
+impl<K> Clone for Notification<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Added(o) => Self::Added(o.clone()),
+            Self::Updated { old, new } => Self::Updated {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            Self::Deleted(o) => Self::Deleted(o.clone()),
+        }
+    }
+}
+
+/// What an informer watches: a resource type plus optional selectors.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct InformerId {
+    type_name: &'static str,
+    group: String,
+    version: String,
+    plural: String,
+    namespace: Option<String>,
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+}
+
+/// Restricts what an informer lists and watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selectors {
+    /// Only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// A label selector (`app=web,tier!=db`).
+    pub label_selector: Option<String>,
+    /// A field selector (`spec.nodeName=node-1`).
+    pub field_selector: Option<String>,
+}
+
+// === State ===
+
+struct State<K> {
+    cache: HashMap<ObjectKey, Arc<K>>,
+    /// Objects listed since the last `Init`, swapped in on `InitDone`.
+    relist: Option<HashMap<ObjectKey, Arc<K>>>,
+    subscribers: Vec<mpsc::UnboundedSender<Notification<K>>>,
+}
+
+impl<K> State<K> {
+    fn notify(&mut self, n: Notification<K>) {
+        // A dropped receiver means that subscriber is gone; forget it.
+        self.subscribers.retain(|tx| tx.send(n.clone()).is_ok());
+    }
+}
+
+struct Shared<K> {
+    state: RwLock<State<K>>,
+    synced: watch::Sender<bool>,
+}
+
+/// A read-only view of an informer's cache. Cheap to clone.
+pub struct Store<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Store<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> Store<K> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State<K>> {
+        // A panic while holding the lock leaves the map itself consistent (every write is a
+        // single insert/remove/swap), so a poisoned lock is still safe to read.
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached object `namespace/name` (namespace empty for cluster-scoped).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.get_key(&ObjectKey::new(namespace, name))
+    }
+
+    /// The cached object with `key`.
+    pub fn get_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.read().cache.get(key).cloned()
+    }
+
+    /// Every cached object.
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.read().cache.values().cloned().collect()
+    }
+
+    /// Every cached object in `namespace`.
+    pub fn list_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        self.read()
+            .cache
+            .iter()
+            .filter(|(k, _)| k.namespace == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Cached objects for which `pred` holds.
+    pub fn filter(&self, pred: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        self.read()
+            .cache
+            .values()
+            .filter(|o| pred(o))
+            .cloned()
+            .collect()
+    }
+
+    /// How many objects are cached.
+    pub fn len(&self) -> usize {
+        self.read().cache.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the first full list has been loaded.
+    pub fn has_synced(&self) -> bool {
+        *self.shared.synced.borrow()
+    }
+
+    /// Waits until the first full list has been loaded.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.shared.synced.subscribe();
+        // The sender lives as long as `self`, so this only returns once synced.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// One shared informer: its cache and its subscribers.
+pub struct Informer<K> {
+    store: Store<K>,
+}
+
+impl<K> Clone for Informer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<K> Informer<K> {
+    /// The informer's cache.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// A channel of every change from now on; the current cache arrives first as `Added`.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Notification<K>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self
+            .store
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for obj in state.cache.values() {
+            // The receiver is alive: we hold it.
+            let _ = tx.send(Notification::Added(obj.clone()));
+        }
+        state.subscribers.push(tx);
+        rx
+    }
+}
+
+// === Dispatch ===
+
+impl<K: Resource> Shared<K> {
+    fn apply(&self, event: watcher::Event<K>) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            watcher::Event::Init => state.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(obj) => {
+                let key = ObjectKey::of(&obj);
+                state
+                    .relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key, Arc::new(obj));
+            }
+            watcher::Event::InitDone => {
+                let fresh = state.relist.take().unwrap_or_default();
+                let old = std::mem::replace(&mut state.cache, fresh);
+                let mut changes = Vec::new();
+                for (key, new) in &state.cache {
+                    match old.get(key) {
+                        None => changes.push(Notification::Added(new.clone())),
+                        Some(prev) if !same_version(&**prev, &**new) => changes.push(Notification::Updated {
+                            old: prev.clone(),
+                            new: new.clone(),
+                        }),
+                        Some(_) => {}
+                    }
+                }
+                for (key, prev) in &old {
+                    if !state.cache.contains_key(key) {
+                        changes.push(Notification::Deleted(prev.clone()));
+                    }
+                }
+                for n in changes {
+                    state.notify(n);
+                }
+                drop(state);
+                self.synced.send_replace(true);
+            }
+            watcher::Event::Apply(obj) => {
+                let new = Arc::new(obj);
+                let n = match state.cache.insert(ObjectKey::of(&*new), new.clone()) {
+                    Some(old) => Notification::Updated { old, new },
+                    None => Notification::Added(new),
+                };
+                state.notify(n);
+            }
+            watcher::Event::Delete(obj) => {
+                let key = ObjectKey::of(&obj);
+                let last = state.cache.remove(&key).unwrap_or_else(|| Arc::new(obj));
+                state.notify(Notification::Deleted(last));
+            }
+        }
+    }
+
+    /// client-go's resync: every cached object is re-delivered as an update to itself.
+    fn resync(&self) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let all: Vec<Arc<K>> = state.cache.values().cloned().collect();
+        for o in all {
+            state.notify(Notification::Updated {
+                old: o.clone(),
+                new: o,
+            });
+        }
+    }
+}
+
+fn same_version<K: Resource>(a: &K, b: &K) -> bool {
+    a.meta().resource_version.is_some() && a.meta().resource_version == b.meta().resource_version
+}
+
+// === Factory ===
+
+type Starter = Box<dyn FnOnce(&mut JoinSet<()>, CancellationToken) + Send>;
+
+struct Registered {
+    informer: Box<dyn Any + Send + Sync>,
+    synced: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Creates and owns the shared informers of one process.
+///
+/// Ask for informers (each type and selector gets exactly one), then [`start`](Self::start)
+/// them. Informers asked for after `start` are started by the next `start` call.
+pub struct InformerFactory {
+    client: Client,
+    resync: Option<Duration>,
+    inner: Mutex<FactoryInner>,
+}
+
+#[derive(Default)]
+struct FactoryInner {
+    informers: HashMap<InformerId, Registered>,
+    pending: Vec<Starter>,
+}
+
+impl InformerFactory {
+    /// A factory whose informers watch through `client`, without periodic resync.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            resync: None,
+            inner: Mutex::new(FactoryInner::default()),
+        }
+    }
+
+    /// Re-delivers every cached object to subscribers every `period` (client-go's
+    /// `defaultResync`), so controllers also converge on state no event announced.
+    #[must_use]
+    pub fn with_resync(mut self, period: Duration) -> Self {
+        self.resync = Some(period);
+        self
+    }
+
+    /// The shared informer for every `K` in the cluster.
+    pub fn informer<K>(&self) -> Informer<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Clone + Send + Sync + Eq + Hash,
+    {
+        self.informer_for(Selectors::default(), K::DynamicType::default())
+    }
+
+    /// The shared informer for the `K` objects that `selectors` select.
+    pub fn informer_with<K>(&self, selectors: Selectors) -> Informer<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Clone + Send + Sync + Eq + Hash,
+    {
+        self.informer_for(selectors, K::DynamicType::default())
+    }
+
+    /// The shared informer for a resource known only at runtime (found via discovery).
+    pub fn dynamic(&self, resource: &ApiResource, selectors: Selectors) -> Informer<DynamicObject> {
+        self.informer_for(selectors, resource.clone())
+    }
+
+    fn informer_for<K>(&self, selectors: Selectors, dt: K::DynamicType) -> Informer<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Clone + Send + Sync,
+    {
+        let id = InformerId {
+            type_name: std::any::type_name::<K>(),
+            group: K::group(&dt).into_owned(),
+            version: K::version(&dt).into_owned(),
+            plural: K::plural(&dt).into_owned(),
+            namespace: selectors.namespace.clone(),
+            label_selector: selectors.label_selector.clone(),
+            field_selector: selectors.field_selector.clone(),
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = inner
+            .informers
+            .get(&id)
+            .and_then(|r| r.informer.downcast_ref::<Informer<K>>())
+        {
+            return existing.clone();
+        }
+        let (synced, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                cache: HashMap::new(),
+                relist: None,
+                subscribers: Vec::new(),
+            }),
+            synced,
+        });
+        let informer = Informer {
+            store: Store {
+                shared: shared.clone(),
+            },
+        };
+        // One namespace is watched through a field selector, which works alike for typed and
+        // dynamic resources.
+        let api: Api<K> = Api::all_with(self.client.clone(), &dt);
+        let mut config = watcher::Config::default();
+        config.label_selector = selectors.label_selector.clone();
+        let ns_selector = selectors
+            .namespace
+            .as_ref()
+            .map(|ns| format!("metadata.namespace={ns}"));
+        config.field_selector = match (ns_selector, selectors.field_selector.clone()) {
+            (Some(a), Some(b)) => Some(format!("{a},{b}")),
+            (a, b) => a.or(b),
+        };
+        let name = format!("{}.{}", K::plural(&dt), K::group(&dt));
+        let resync = self.resync;
+        let watched = shared.clone();
+        inner.pending.push(Box::new(move |tasks, shutdown| {
+            tasks.spawn(run(name, api, config, watched, resync, shutdown));
+        }));
+        let store = informer.store.clone();
+        inner.informers.insert(
+            id,
+            Registered {
+                informer: Box::new(informer.clone()),
+                synced: Box::new(move || store.has_synced()),
+            },
+        );
+        informer
+    }
+
+    /// Starts every informer not started yet; their tasks join `tasks` and stop on `shutdown`.
+    pub fn start(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
+        let pending =
+            std::mem::take(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner).pending);
+        for start in pending {
+            start(tasks, shutdown.clone());
+        }
+    }
+
+    /// Whether every informer made so far has loaded its first full list.
+    pub fn has_synced(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .informers
+            .values()
+            .all(|r| (r.synced)())
+    }
+
+    /// Waits until every informer made so far has synced (client-go's `WaitForCacheSync`).
+    pub async fn wait_for_sync(&self) {
+        while !self.has_synced() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn run<K>(
+    name: String,
+    api: Api<K>,
+    config: watcher::Config,
+    shared: Arc<Shared<K>>,
+    resync: Option<Duration>,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    // The default backoff re-establishes the watch after errors (apiserver down, 410 Gone
+    // handled inside the watcher by re-listing), capped so recovery is prompt.
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut ticker = resync.map(tokio::time::interval);
+    if let Some(t) = ticker.as_mut() {
+        t.tick().await;
+    }
+    tracing::debug!(informer = %name, "informer started");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = async {
+                match ticker.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => shared.resync(),
+            next = stream.try_next() => match next {
+                Ok(Some(event)) => shared.apply(event),
+                Ok(None) => break,
+                Err(e) => tracing::warn!(informer = %name, error = %e, "watch failed; retrying"),
+            },
+        }
+    }
+    tracing::debug!(informer = %name, "informer stopped");
+}
+
+/// Convenience for controllers keyed by [`ObjectKey`]: the key of a notification's object.
+pub fn key_of<K: Resource>(n: &Notification<K>) -> ObjectKey {
+    ObjectKey::of(&**n.object())
+}

@@ -1,0 +1,23 @@
+//! ferrokube's controller runtime: what every ferrokube binary runs on.
+//!
+//! It fills the gaps kube-runtime leaves for Kubernetes-style components:
+//!
+//! - [`informer`]: shared informers, one watch and cache per resource type per process;
+//! - [`workqueue`]: client-go's work queue (de-duplication, no concurrent syncs of a key,
+//!   per-key exponential backoff and an overall rate limit) and [`controller`] workers on it;
+//! - [`leader_election`]: coordination.k8s.io/v1 Lease election with upstream semantics;
+//! - [`events`]: an events.k8s.io/v1 recorder that aggregates repeats into series;
+//! - [`client`]: a kube client with `--kube-api-qps` / `--kube-api-burst` limits;
+//! - [`server`] and [`metrics`]: `/healthz`, `/readyz`, `/livez` and Prometheus `/metrics`;
+//! - [`shutdown`]: SIGTERM/SIGINT turned into one cancellation every task watches.
+
+pub mod client;
+pub mod controller;
+pub mod events;
+pub mod informer;
+pub mod leader_election;
+pub mod metrics;
+pub mod ratelimit;
+pub mod server;
+pub mod shutdown;
+pub mod workqueue;
