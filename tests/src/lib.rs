@@ -5,6 +5,7 @@
 //! `hack/provision.sh` builds from the Go modules; tests talk to them through kube-rs and
 //! through [`Kubectl`], as users do.
 
+pub mod cluster;
 pub mod controlplane;
 pub mod kubeconfig;
 pub mod kubectl;

@@ -1,0 +1,320 @@
+//! The local cluster: a control plane plus an OCI registry (and, as they land, the ferrokube
+//! components) that keeps running after the command that started it.
+//!
+//! Its state lives in one directory: `kubeconfig`, `pki/`, `etcd/`, `registry/`, `logs/` and
+//! `state.json`, which records every process's PID so `down` can stop them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::controlplane::{self, ControlPlane, Options};
+use crate::process::{self, Lifetime, Process};
+use crate::wait;
+
+/// Errors of the local cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The control plane failed.
+    #[error(transparent)]
+    ControlPlane(#[from] controlplane::Error),
+    /// A process failed to start.
+    #[error(transparent)]
+    Process(#[from] process::Error),
+    /// The state file or directory could not be read or written.
+    #[error("{what}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is not ours or is damaged.
+    #[error("state file {path} is unreadable: {reason}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A required program is missing.
+    #[error("{0} not found: run hack/local-cluster.sh (it installs what the cluster needs)")]
+    Missing(String),
+    /// The registry did not answer.
+    #[error("the OCI registry did not become ready: {0}\n--- registry log (tail) ---\n{1}")]
+    Registry(String, String),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What `up` starts.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// The apiserver's port on 127.0.0.1.
+    pub apiserver_port: u16,
+    /// The registry's port on 127.0.0.1.
+    pub registry_port: u16,
+}
+
+/// One recorded process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Component {
+    /// Its name (`etcd`, `kube-apiserver`, `registry`, ...).
+    pub name: String,
+    /// Its PID.
+    pub pid: u32,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// `state.json`: what is running and how to reach it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    /// The apiserver URL.
+    pub server: String,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The registry address (`127.0.0.1:<port>`).
+    pub registry: String,
+    /// Every process, in start order.
+    pub components: Vec<Component>,
+}
+
+impl State {
+    /// Reads the state of the cluster in `dir`, if one was started there.
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("state.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("reading {}", path.display()),
+                    source,
+                });
+            }
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| Error::State {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("state.json");
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&path, text).map_err(|source| Error::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
+    }
+
+    /// Whether every recorded process is still running.
+    pub fn all_running(&self) -> bool {
+        self.components.iter().all(|c| process::is_alive(c.pid))
+    }
+}
+
+/// Where the local cluster keeps its state by default:
+/// `$XDG_STATE_HOME/ferrokube/cluster`, else `~/.local/state/ferrokube/cluster`.
+pub fn default_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    base.join("ferrokube/cluster")
+}
+
+/// Brings the cluster up (a fresh one; a running one is left as it is) and returns its state.
+pub async fn up(opts: &UpOptions) -> Result<State> {
+    if let Some(state) = State::load(&opts.dir)? {
+        if state.all_running() {
+            return Ok(state);
+        }
+        // A half-dead cluster from before: clear it away and start fresh.
+        down(&opts.dir)?;
+    }
+    let io = |what: String| move |source| Error::Io { what, source };
+    if opts.dir.exists() {
+        std::fs::remove_dir_all(&opts.dir).map_err(io(format!("clearing {}", opts.dir.display())))?;
+    }
+    std::fs::create_dir_all(opts.dir.join("logs"))
+        .map_err(io(format!("creating {}", opts.dir.display())))?;
+
+    let cp = ControlPlane::start_with(Options {
+        dir: Some(opts.dir.clone()),
+        lifetime: Lifetime::Detached,
+        apiserver_port: Some(opts.apiserver_port),
+        // A cluster people use keeps its data safe on disk.
+        etcd_unsafe_no_fsync: false,
+        ..Options::default()
+    })
+    .await?;
+    let log_dir = cp.log_dir();
+    let mut components: Vec<Component> = cp
+        .pids()
+        .into_iter()
+        .map(|(name, pid)| Component {
+            log: log_dir.join(format!("{name}.log")),
+            name,
+            pid,
+        })
+        .collect();
+    let server = cp.server_url();
+    let kubeconfig = cp.kubeconfig_path().to_path_buf();
+    // From here on the processes are recorded in the state file, not owned by `cp`.
+    cp.detach();
+
+    let registry = format!("127.0.0.1:{}", opts.registry_port);
+    let state = State {
+        server,
+        kubeconfig,
+        registry: registry.clone(),
+        components: components.clone(),
+    };
+    // Saved before the registry starts, so a failure below can still be cleaned up by `down`.
+    state.save(&opts.dir)?;
+    let reg = start_registry(&opts.dir, &registry).await;
+    match reg {
+        Ok(c) => components.push(c),
+        Err(e) => {
+            let _ = down(&opts.dir);
+            return Err(e);
+        }
+    }
+    let state = State { components, ..state };
+    state.save(&opts.dir)?;
+    Ok(state)
+}
+
+/// Stops every process of the cluster in `dir` (newest first) and removes its data;
+/// logs are kept. Returns what was stopped.
+pub fn down(dir: &Path) -> Result<Vec<Component>> {
+    let Some(state) = State::load(dir)? else {
+        return Ok(Vec::new());
+    };
+    for c in state.components.iter().rev() {
+        process::terminate(c.pid, Duration::from_secs(10));
+    }
+    for sub in ["etcd", "registry", "state.json"] {
+        let p = dir.join(sub);
+        let res = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("removing {}", p.display()),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(state.components)
+}
+
+/// Starts the Distribution registry (Debian's `docker-registry`) on `addr`.
+async fn start_registry(dir: &Path, addr: &str) -> Result<Component> {
+    let bin = which("docker-registry").ok_or_else(|| Error::Missing("docker-registry".into()))?;
+    let root = dir.join("registry");
+    std::fs::create_dir_all(&root).map_err(|source| Error::Io {
+        what: format!("creating {}", root.display()),
+        source,
+    })?;
+    // The config is data we generate, never user text pasted into YAML: build it as a value.
+    let config = serde_json::json!({
+        "version": 0.1,
+        "log": {"level": "info"},
+        "storage": {
+            "filesystem": {"rootdirectory": root.join("data")},
+            "delete": {"enabled": true},
+        },
+        "http": {"addr": addr},
+    });
+    let config_path = root.join("config.yml");
+    let yaml = serde_yaml::to_string(&config).map_err(|e| Error::State {
+        path: config_path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&config_path, yaml).map_err(|source| Error::Io {
+        what: format!("writing {}", config_path.display()),
+        source,
+    })?;
+    let log = dir.join("logs/registry.log");
+    let mut p = Process::spawn(
+        "registry",
+        &bin,
+        &["serve".to_string(), config_path.display().to_string()],
+        &log,
+        Lifetime::Detached,
+    )?;
+    let ready = wait::until(
+        "registry /v2/",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let exited = p.has_exited();
+            async move {
+                if exited {
+                    return Err("the registry exited".to_string());
+                }
+                http_status(addr, "/v2/").await.and_then(|s| {
+                    if s == 200 {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {s}"))
+                    }
+                })
+            }
+        },
+    )
+    .await;
+    if let Err(e) = ready {
+        let tail = p.log_tail(20);
+        p.stop(Duration::from_secs(2));
+        return Err(Error::Registry(e.to_string(), tail));
+    }
+    Ok(Component {
+        name: "registry".into(),
+        pid: p.detach(),
+        log,
+    })
+}
+
+/// The status code of a plain-HTTP GET to `addr` + `path` (loopback health checks only).
+pub async fn http_status(addr: &str, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut head = [0u8; 32];
+    let n = s.read(&mut head).await.map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {line:?}"))
+}
+
+/// The first executable `name` on `$PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
