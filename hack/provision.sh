@@ -16,7 +16,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-cache=${FERROKUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrokube}
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+cache=$FERROKUBE_CACHE
 bin="$cache/bin"
 mkdir -p "$bin" "$cache/go-build" "$cache/logs"
 

@@ -222,45 +222,113 @@ impl ControlPlane {
         self.start_apiserver().await
     }
 
+    /// Starts a second apiserver on its own port over the same etcd (as in an HA control
+    /// plane), with its own admin kubeconfig. Tests use it to change objects while the main
+    /// apiserver is down.
+    pub async fn second_apiserver(&self) -> Result<SecondApiserver> {
+        let bin = upstream::binary("kube-apiserver")?;
+        let port = free_port()?;
+        let mut args: Vec<String> = self
+            .apiserver_args
+            .iter()
+            .filter(|a| !a.starts_with("--secure-port="))
+            .cloned()
+            .collect();
+        args.push(format!("--secure-port={port}"));
+        let kubeconfig = self.dir.join(format!("kubeconfig-{port}"));
+        kubeconfig::write(
+            &kubeconfig,
+            "ferrokube",
+            &format!("https://127.0.0.1:{port}"),
+            &self.pki.ca.pair.cert_pem,
+            &self.pki.admin,
+        )?;
+        let log = self.dir.join(format!("logs/kube-apiserver-{port}.log"));
+        let mut process = Process::spawn("kube-apiserver", &bin, &args, &log, self.lifetime)?;
+        let client = kubeconfig::client(&kubeconfig).await?;
+        wait_healthy(&client, &mut process, self.ready_timeout)
+            .await
+            .map_err(|reason| Error::NotReady {
+                component: "second kube-apiserver".into(),
+                reason,
+                log: crate::process::tail(&log, 40),
+            })?;
+        Ok(SecondApiserver {
+            process,
+            kubeconfig,
+            client,
+        })
+    }
+
     /// Waits for `/readyz` and then `/openapi/v2` (which lags readiness by about half a
     /// second, and without which `kubectl apply` fails).
     async fn wait_ready(&mut self) -> Result<()> {
         let client = kubeconfig::client(&self.kubeconfig).await?;
         let timeout = self.ready_timeout;
-        for path in ["/readyz", "/openapi/v2"] {
-            let res = wait::until(
-                &format!("kube-apiserver {path}"),
-                timeout,
-                Duration::from_millis(100),
-                || {
-                    let client = client.clone();
-                    let exited = self.apiserver.as_mut().is_none_or(Process::has_exited);
-                    async move {
-                        if exited {
-                            // Reported through the log below.
-                            return Ok(false);
-                        }
-                        let req = http::Request::get(path)
-                            .body(Vec::new())
-                            .map_err(|e| e.to_string())?;
-                        client
-                            .request_text(req)
-                            .await
-                            .map(|_| true)
-                            .map_err(|e| e.to_string())
-                    }
-                },
-            )
-            .await;
-            match res {
-                Ok(true) => {}
-                Ok(false) => return Err(self.not_ready("kube-apiserver", "the process exited")),
-                Err(e) => return Err(self.not_ready("kube-apiserver", &e.to_string())),
-            }
-        }
-        Ok(())
+        let res = match self.apiserver.as_mut() {
+            Some(p) => wait_healthy(&client, p, timeout).await,
+            None => Err("not started".to_string()),
+        };
+        res.map_err(|reason| self.not_ready("kube-apiserver", &reason))
     }
+}
 
+/// An extra apiserver over the same etcd; stopped when dropped.
+pub struct SecondApiserver {
+    process: Process,
+    /// Its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// An admin client for it.
+    pub client: kube::Client,
+}
+
+impl SecondApiserver {
+    /// Stops it.
+    pub fn stop(mut self) {
+        self.process.stop(Duration::from_secs(10));
+    }
+}
+
+/// Polls `/readyz`, then `/openapi/v2`, until both answer 200 or `process` exits.
+async fn wait_healthy(
+    client: &kube::Client,
+    process: &mut Process,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    for path in ["/readyz", "/openapi/v2"] {
+        let res = wait::until(
+            &format!("kube-apiserver {path}"),
+            timeout,
+            Duration::from_millis(100),
+            || {
+                let client = client.clone();
+                let exited = process.has_exited();
+                async move {
+                    if exited {
+                        return Ok(false);
+                    }
+                    let req = http::Request::get(path)
+                        .body(Vec::new())
+                        .map_err(|e| e.to_string())?;
+                    client
+                        .request_text(req)
+                        .await
+                        .map(|_| true)
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await;
+        match res {
+            Ok(true) => {}
+            Ok(false) => return Err("the process exited".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+impl ControlPlane {
     fn not_ready(&self, component: &str, reason: &str) -> Error {
         let log = match component {
             "etcd" => self.etcd.log_tail(40),

@@ -153,6 +153,8 @@ impl LeaderElector {
         }
         tracing::info!(lease = %self.lease_ref(), identity = %self.config.identity, "became leader");
         let leading = shutdown.child_token();
+        // If this future is dropped (its task aborted), the leader's work must stop too.
+        let _stop_work = leading.clone().drop_guard();
         let work = tokio::spawn(lead(leading.clone()));
         let outcome = self.renew_loop(&shutdown).await;
         leading.cancel();
