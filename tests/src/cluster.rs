@@ -98,10 +98,12 @@ impl State {
                 });
             }
         };
-        serde_json::from_str(&text).map(Some).map_err(|e| Error::State {
-            path,
-            reason: e.to_string(),
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::State {
+                path,
+                reason: e.to_string(),
+            })
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -144,7 +146,8 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     }
     let io = |what: String| move |source| Error::Io { what, source };
     if opts.dir.exists() {
-        std::fs::remove_dir_all(&opts.dir).map_err(io(format!("clearing {}", opts.dir.display())))?;
+        std::fs::remove_dir_all(&opts.dir)
+            .map_err(io(format!("clearing {}", opts.dir.display())))?;
     }
     std::fs::create_dir_all(opts.dir.join("logs"))
         .map_err(io(format!("creating {}", opts.dir.display())))?;
@@ -190,7 +193,10 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             return Err(e);
         }
     }
-    let state = State { components, ..state };
+    let state = State {
+        components,
+        ..state
+    };
     state.save(&opts.dir)?;
     Ok(state)
 }
@@ -300,7 +306,9 @@ pub async fn http_status(addr: &str, path: &str) -> Result<u16, String> {
         .await
         .map_err(|e| e.to_string())?;
     let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut head = [0u8; 32];
     let n = s.read(&mut head).await.map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&head[..n]);

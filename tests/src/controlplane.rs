@@ -336,7 +336,9 @@ impl ControlPlane {
                 .apiserver
                 .as_ref()
                 .map(|p| p.log_tail(40))
-                .unwrap_or_else(|| crate::process::tail(&self.dir.join("logs/kube-apiserver.log"), 40)),
+                .unwrap_or_else(|| {
+                    crate::process::tail(&self.dir.join("logs/kube-apiserver.log"), 40)
+                }),
         };
         Error::NotReady {
             component: component.to_string(),
@@ -393,7 +395,10 @@ impl ControlPlane {
     /// certificate issued by the cluster CA for `user` in `groups`.
     pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
         let stem = user.replace([':', '/'], "-");
-        let pair = self.pki.ca.issue_client(&self.pki.dir, &stem, user, groups)?;
+        let pair = self
+            .pki
+            .ca
+            .issue_client(&self.pki.dir, &stem, user, groups)?;
         let path = self.dir.join(format!("{stem}.kubeconfig"));
         kubeconfig::write(
             &path,

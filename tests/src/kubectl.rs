@@ -84,8 +84,10 @@ impl Kubectl {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<std::ffi::OsString> =
-            args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let args: Vec<std::ffi::OsString> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
         let joined = args
             .iter()
             .map(|a| a.to_string_lossy())
@@ -95,14 +97,20 @@ impl Kubectl {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(&args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(Error::Spawn)?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes()).await.map_err(Error::Spawn)?;
+            pipe.write_all(input.as_bytes())
+                .await
+                .map_err(Error::Spawn)?;
         }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
@@ -124,8 +132,10 @@ impl Kubectl {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<std::ffi::OsString> =
-            args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let args: Vec<std::ffi::OsString> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
         let out = self.run(&args, None).await?;
         check(&args, out)
     }

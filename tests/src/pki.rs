@@ -63,7 +63,9 @@ pub struct Authority {
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("pair", &self.pair.cert_path).finish()
+        f.debug_struct("Authority")
+            .field("pair", &self.pair.cert_path)
+            .finish()
     }
 }
 
@@ -271,8 +273,8 @@ fn write_pair(dir: &Path, stem: &str, cert_pem: String, key_pem: String) -> Resu
 }
 
 fn write(path: &Path, contents: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     // Keys are private: 0600 from the start, not chmod-ed after the fact.
     std::fs::OpenOptions::new()
         .write(true)

@@ -92,10 +92,7 @@ impl Process {
                 c
             }
         };
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             name: name.to_string(),
             binary: binary.to_path_buf(),

@@ -18,13 +18,24 @@ async fn kubectl_works_against_the_control_plane() -> anyhow::Result<()> {
     assert_eq!(v["clientVersion"]["gitVersion"], want, "{version}");
 
     let resources = kubectl.ok(["api-resources", "-o", "name"]).await?;
-    for r in ["pods", "deployments.apps", "leases.coordination.k8s.io", "events.events.k8s.io"] {
-        assert!(resources.lines().any(|l| l == r), "{r} missing from:\n{resources}");
+    for r in [
+        "pods",
+        "deployments.apps",
+        "leases.coordination.k8s.io",
+        "events.events.k8s.io",
+    ] {
+        assert!(
+            resources.lines().any(|l| l == r),
+            "{r} missing from:\n{resources}"
+        );
     }
 
     let whoami = kubectl.ok(["auth", "whoami", "-o", "json"]).await?;
     let w: serde_json::Value = serde_json::from_str(&whoami)?;
-    assert_eq!(w["status"]["userInfo"]["username"], ferrokube_tests::pki::ADMIN_USER);
+    assert_eq!(
+        w["status"]["userInfo"]["username"],
+        ferrokube_tests::pki::ADMIN_USER
+    );
     assert!(
         w["status"]["userInfo"]["groups"]
             .as_array()
@@ -49,7 +60,9 @@ async fn data_survives_an_apiserver_restart() -> anyhow::Result<()> {
     let kubectl = cp.kubectl()?;
     kubectl.ok(["create", "namespace", "kept"]).await?;
     cp.restart_apiserver().await?;
-    let out = kubectl.ok(["get", "namespace", "kept", "-o", "name"]).await?;
+    let out = kubectl
+        .ok(["get", "namespace", "kept", "-o", "name"])
+        .await?;
     assert_eq!(out.trim(), "namespace/kept");
     Ok(())
 }
@@ -75,7 +88,10 @@ async fn processes_are_gone_after_drop() -> anyhow::Result<()> {
     assert_eq!(pids.len(), 2);
     drop(cp);
     for (name, pid) in pids {
-        assert!(!ferrokube_tests::process::is_alive(pid), "{name} ({pid}) still running");
+        assert!(
+            !ferrokube_tests::process::is_alive(pid),
+            "{name} ({pid}) still running"
+        );
     }
     Ok(())
 }

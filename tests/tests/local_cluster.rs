@@ -22,7 +22,10 @@ impl Drop for Down<'_> {
     fn drop(&mut self) {
         let out = cluster_cmd(self.0, &["down"]);
         if std::thread::panicking() {
-            eprintln!("{}", ferrokube_tests::controlplane::dump_logs(&self.0.join("logs"), 40));
+            eprintln!(
+                "{}",
+                ferrokube_tests::controlplane::dump_logs(&self.0.join("logs"), 40)
+            );
             eprintln!("down: {}", String::from_utf8_lossy(&out.stdout));
         }
     }
@@ -36,41 +39,79 @@ async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
     let reg_port = free_port()?.to_string();
     let guard = Down(&dir);
 
-    let up = cluster_cmd(&dir, &["up", "--apiserver-port", &api_port, "--registry-port", &reg_port]);
+    let up = cluster_cmd(
+        &dir,
+        &[
+            "up",
+            "--apiserver-port",
+            &api_port,
+            "--registry-port",
+            &reg_port,
+        ],
+    );
     let stdout = String::from_utf8_lossy(&up.stdout);
-    assert!(up.status.success(), "up failed: {stdout}\n{}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "up failed: {stdout}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     let kubeconfig = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("export KUBECONFIG="))
         .expect("up prints the kubeconfig");
 
-    let kubectl = Kubectl::new(upstream::binary("kubectl")?, std::path::Path::new(kubeconfig));
+    let kubectl = Kubectl::new(
+        upstream::binary("kubectl")?,
+        std::path::Path::new(kubeconfig),
+    );
     let version = kubectl.ok(["version"]).await?;
-    assert!(version.contains(upstream::kubernetes_version()), "{version}");
+    assert!(
+        version.contains(upstream::kubernetes_version()),
+        "{version}"
+    );
     let whoami = kubectl.ok(["auth", "whoami"]).await?;
     assert!(whoami.contains("system:masters"), "{whoami}");
     let resources = kubectl.ok(["api-resources"]).await?;
     assert!(resources.contains("deployments"), "{resources}");
 
     // The registry answers the OCI distribution API.
-    let status = ferrokube_tests::cluster::http_status(&format!("127.0.0.1:{reg_port}"), "/v2/").await;
+    let status =
+        ferrokube_tests::cluster::http_status(&format!("127.0.0.1:{reg_port}"), "/v2/").await;
     assert_eq!(status, Ok(200));
 
     // A second `up` leaves the running cluster alone.
-    let again = cluster_cmd(&dir, &["up", "--apiserver-port", &api_port, "--registry-port", &reg_port]);
+    let again = cluster_cmd(
+        &dir,
+        &[
+            "up",
+            "--apiserver-port",
+            &api_port,
+            "--registry-port",
+            &reg_port,
+        ],
+    );
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains(kubeconfig));
 
     let status = cluster_cmd(&dir, &["status"]);
     let status = String::from_utf8_lossy(&status.stdout).to_string();
     for c in ["etcd", "kube-apiserver", "registry"] {
-        assert!(status.lines().any(|l| l.starts_with(c) && l.contains("running")), "{status}");
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(c) && l.contains("running")),
+            "{status}"
+        );
     }
     let state = ferrokube_tests::cluster::State::load(&dir)?.expect("state file");
 
     drop(guard);
     for c in &state.components {
-        assert!(!ferrokube_tests::process::is_alive(c.pid), "{} still running", c.name);
+        assert!(
+            !ferrokube_tests::process::is_alive(c.pid),
+            "{} still running",
+            c.name
+        );
     }
     assert!(ferrokube_tests::cluster::State::load(&dir)?.is_none());
     Ok(())

@@ -63,12 +63,11 @@ impl Default for ClientOptions {
 pub async fn build(opts: &ClientOptions) -> Result<kube::Client, Error> {
     let mut config = match &opts.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                Error::Kubeconfig {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
                     path: path.clone(),
                     source,
-                }
-            })?;
+                })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|source| Error::Kubeconfig {

@@ -166,7 +166,11 @@ struct Sink {
 }
 
 impl Sink {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<EventRecord>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<EventRecord>,
+        shutdown: CancellationToken,
+    ) {
         let mut refresh = tokio::time::interval(SERIES_REFRESH);
         refresh.tick().await;
         loop {
@@ -266,7 +270,8 @@ impl Sink {
     }
 
     async fn create(&self, event: &Event) -> bool {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
+        let api: Api<Event> =
+            Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
         // A few quick retries: the apiserver may be briefly away; events are best-effort.
         for attempt in 0..3u32 {
             match api.create(&PostParams::default(), event).await {
@@ -285,10 +290,15 @@ impl Sink {
     }
 
     async fn patch_series(&self, event: &Event) {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
+        let api: Api<Event> =
+            Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
         let patch = serde_json::json!({ "series": event.series });
         if let Err(e) = api
-            .patch(&event.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &event.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             tracing::debug!(error = %e, "event series patch failed");

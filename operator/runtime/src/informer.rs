@@ -295,10 +295,12 @@ impl<K: Resource> Shared<K> {
                 for (key, new) in &state.cache {
                     match old.get(key) {
                         None => changes.push(Notification::Added(new.clone())),
-                        Some(prev) if !same_version(&**prev, &**new) => changes.push(Notification::Updated {
-                            old: prev.clone(),
-                            new: new.clone(),
-                        }),
+                        Some(prev) if !same_version(&**prev, &**new) => {
+                            changes.push(Notification::Updated {
+                                old: prev.clone(),
+                                new: new.clone(),
+                            })
+                        }
                         Some(_) => {}
                     }
                 }
@@ -480,8 +482,13 @@ impl InformerFactory {
 
     /// Starts every informer not started yet; their tasks join `tasks` and stop on `shutdown`.
     pub fn start(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
-        let pending =
-            std::mem::take(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner).pending);
+        let pending = std::mem::take(
+            &mut self
+                .inner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pending,
+        );
         for start in pending {
             start(tasks, shutdown.clone());
         }

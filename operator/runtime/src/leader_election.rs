@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -79,10 +79,14 @@ impl Config {
     /// client-go's checks: lease duration > renew deadline > jitter * retry period.
     pub fn validate(&self) -> Result<(), Error> {
         if self.lease_duration <= self.renew_deadline {
-            return Err(Error::Config("leaseDuration must be greater than renewDeadline"));
+            return Err(Error::Config(
+                "leaseDuration must be greater than renewDeadline",
+            ));
         }
         if self.renew_deadline.as_secs_f64() <= JITTER_FACTOR * self.retry_period.as_secs_f64() {
-            return Err(Error::Config("renewDeadline must be greater than retryPeriod*JitterFactor"));
+            return Err(Error::Config(
+                "renewDeadline must be greater than retryPeriod*JitterFactor",
+            ));
         }
         if self.retry_period.is_zero() {
             return Err(Error::Config("retryPeriod must be greater than zero"));
@@ -199,8 +203,7 @@ impl LeaderElector {
             }
             let deadline = Instant::now() + self.config.renew_deadline;
             let renewed = loop {
-                let attempt =
-                    tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await;
+                let attempt = tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await;
                 match attempt {
                     Ok(Ok(true)) => break true,
                     Ok(Ok(false)) => break false,
@@ -272,7 +275,10 @@ impl LeaderElector {
         }
 
         let (acquire_time, transitions) = if is_leader {
-            (spec.acquire_time.clone(), spec.lease_transitions.unwrap_or(0))
+            (
+                spec.acquire_time.clone(),
+                spec.lease_transitions.unwrap_or(0),
+            )
         } else {
             (Some(now.clone()), spec.lease_transitions.unwrap_or(0) + 1)
         };
@@ -288,7 +294,11 @@ impl LeaderElector {
         });
         match self
             .api
-            .patch(&self.config.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &self.config.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(updated) => {
@@ -322,11 +332,17 @@ impl LeaderElector {
         });
         match self
             .api
-            .patch(&self.config.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &self.config.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => tracing::info!(lease = %self.lease_ref(), "released lease"),
-            Err(e) => tracing::warn!(lease = %self.lease_ref(), error = %e, "failed to release lease"),
+            Err(e) => {
+                tracing::warn!(lease = %self.lease_ref(), error = %e, "failed to release lease")
+            }
         }
     }
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-pub use tokio_util::sync::CancellationToken;
 use tokio::task::JoinSet;
+pub use tokio_util::sync::CancellationToken;
 
 /// Returns a token cancelled on the first SIGTERM or SIGINT.
 ///
@@ -23,7 +23,10 @@ pub fn on_signal() -> CancellationToken {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

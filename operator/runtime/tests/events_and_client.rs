@@ -37,9 +37,21 @@ async fn repeated_events_become_one_series() -> anyhow::Result<()> {
     );
     let regarding = events::reference(&cm);
     for _ in 0..5 {
-        recorder.publish(regarding.clone(), EventType::Warning, "FailedThing", "Doing", "it failed");
+        recorder.publish(
+            regarding.clone(),
+            EventType::Warning,
+            "FailedThing",
+            "Doing",
+            "it failed",
+        );
     }
-    recorder.publish(regarding.clone(), EventType::Normal, "DidThing", "Doing", "it worked");
+    recorder.publish(
+        regarding.clone(),
+        EventType::Normal,
+        "DidThing",
+        "Doing",
+        "it worked",
+    );
     // Shutting down flushes pending events and the last series counts.
     shutdown.cancel();
     sink.await?;
@@ -57,15 +69,24 @@ async fn repeated_events_become_one_series() -> anyhow::Result<()> {
     assert_eq!(e.series.as_ref().map(|s| s.count), Some(5));
     assert_eq!(e.type_.as_deref(), Some("Warning"));
     assert_eq!(e.reporting_controller.as_deref(), Some("test-controller"));
-    assert_eq!(e.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("noisy"));
     assert_eq!(
-        evs.items.iter().filter(|e| e.reason.as_deref() == Some("DidThing")).count(),
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("noisy")
+    );
+    assert_eq!(
+        evs.items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("DidThing"))
+            .count(),
         1
     );
 
     // Users see them the usual way.
     let described = cp.kubectl()?.ok(["describe", "configmap", "noisy"]).await?;
-    assert!(described.contains("FailedThing") && described.contains("it failed"), "{described}");
+    assert!(
+        described.contains("FailedThing") && described.contains("it failed"),
+        "{described}"
+    );
     Ok(())
 }
 
@@ -86,7 +107,10 @@ async fn client_respects_qps_and_burst() -> anyhow::Result<()> {
     }
     let took = start.elapsed();
     // 5 requests ride the burst; the other 20 wait for tokens at 10/s: at least ~2 s.
-    assert!(took >= Duration::from_millis(1900), "25 requests at 10 qps/5 burst took {took:?}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "25 requests at 10 qps/5 burst took {took:?}"
+    );
     assert!(took < Duration::from_secs(10), "{took:?}");
 
     let unlimited = client::build(&ClientOptions { qps: 0.0, ..opts }).await?;
@@ -95,7 +119,10 @@ async fn client_respects_qps_and_burst() -> anyhow::Result<()> {
     for _ in 0..25 {
         api.list(&ListParams::default().limit(1)).await?;
     }
-    assert!(start.elapsed() < took, "unlimited must be faster than limited");
+    assert!(
+        start.elapsed() < took,
+        "unlimited must be faster than limited"
+    );
     Ok(())
 }
 
@@ -105,6 +132,8 @@ async fn client_reports_an_unreadable_kubeconfig() {
         kubeconfig: Some("/nonexistent/kubeconfig".into()),
         ..ClientOptions::default()
     };
-    let err = client::build(&opts).await.expect_err("must fail");
+    let Err(err) = client::build(&opts).await else {
+        panic!("building a client from a missing kubeconfig must fail");
+    };
     assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
 }

@@ -40,7 +40,11 @@ fn drain(rx: &mut UnboundedReceiver<Notification<ConfigMap>>) -> Vec<(String, St
             .and_then(|d| d.get("v"))
             .cloned()
             .unwrap_or_default();
-        out.push((kind.to_string(), o.metadata.name.clone().unwrap_or_default(), v));
+        out.push((
+            kind.to_string(),
+            o.metadata.name.clone().unwrap_or_default(),
+            v,
+        ));
     }
     out
 }
@@ -79,7 +83,11 @@ async fn caches_converge_across_an_apiserver_restart() -> anyhow::Result<()> {
     assert_eq!(store.len(), 3);
     let mut seen = drain(&mut first);
     seen.sort();
-    assert_eq!(seen.iter().filter(|s| s.0 == "added").count(), 3, "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|s| s.0 == "added").count(),
+        3,
+        "{seen:?}"
+    );
 
     // Live changes arrive as Updated/Deleted with the right objects.
     api.patch(
@@ -88,10 +96,21 @@ async fn caches_converge_across_an_apiserver_restart() -> anyhow::Result<()> {
         &Patch::Merge(serde_json::json!({"data": {"v": "2"}})),
     )
     .await?;
-    wait::until("live update", Duration::from_secs(10), Duration::from_millis(20), || {
-        let v = value_in(&store, "keep");
-        async move { if v.as_deref() == Some("2") { Ok(()) } else { Err(format!("{v:?}")) } }
-    })
+    wait::until(
+        "live update",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let v = value_in(&store, "keep");
+            async move {
+                if v.as_deref() == Some("2") {
+                    Ok(())
+                } else {
+                    Err(format!("{v:?}"))
+                }
+            }
+        },
+    )
     .await?;
     let live = drain(&mut first);
     assert_eq!(live, vec![("updated".into(), "keep".into(), "2".into())]);
@@ -117,20 +136,25 @@ async fn caches_converge_across_an_apiserver_restart() -> anyhow::Result<()> {
     other.stop();
     cp.start_apiserver().await?;
 
-    wait::until("convergence after restart", Duration::from_secs(30), Duration::from_millis(50), || {
-        let state = (
-            value_in(&store, "change"),
-            store.get("default", "remove").is_some(),
-            value_in(&store, "new"),
-        );
-        async move {
-            if state == (Some("2".into()), false, Some("1".into())) {
-                Ok(())
-            } else {
-                Err(format!("{state:?}"))
+    wait::until(
+        "convergence after restart",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            let state = (
+                value_in(&store, "change"),
+                store.get("default", "remove").is_some(),
+                value_in(&store, "new"),
+            );
+            async move {
+                if state == (Some("2".into()), false, Some("1".into())) {
+                    Ok(())
+                } else {
+                    Err(format!("{state:?}"))
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
     assert_eq!(store.len(), 3);
     let mut after: Vec<_> = drain(&mut first);
@@ -156,10 +180,21 @@ async fn caches_converge_across_an_apiserver_restart() -> anyhow::Result<()> {
         &Patch::Merge(serde_json::json!({"data": {"v": "3"}})),
     )
     .await?;
-    wait::until("update after restart", Duration::from_secs(10), Duration::from_millis(20), || {
-        let v = value_in(&store, "new");
-        async move { if v.as_deref() == Some("3") { Ok(()) } else { Err(format!("{v:?}")) } }
-    })
+    wait::until(
+        "update after restart",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let v = value_in(&store, "new");
+            async move {
+                if v.as_deref() == Some("3") {
+                    Ok(())
+                } else {
+                    Err(format!("{v:?}"))
+                }
+            }
+        },
+    )
     .await?;
 
     shutdown.cancel();

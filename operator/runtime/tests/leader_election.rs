@@ -93,7 +93,10 @@ async fn standby_takes_over_after_crash_and_after_release() -> anyhow::Result<()
     let spec2 = lease(&client).await.spec.unwrap_or_default();
     assert_eq!(spec2.holder_identity.as_deref(), Some("a"));
     assert_ne!(spec2.renew_time, first_renew, "the leader renews");
-    assert_eq!(spec2.acquire_time, spec.acquire_time, "renewal keeps acquireTime");
+    assert_eq!(
+        spec2.acquire_time, spec.acquire_time,
+        "renewal keeps acquireTime"
+    );
     assert!(!*b.leading.borrow());
 
     // Crash: A's task vanishes without releasing. B must wait out the lease, then take over
@@ -102,15 +105,29 @@ async fn standby_takes_over_after_crash_and_after_release() -> anyhow::Result<()
     let _ = a.task.await;
     // Dropping the elector cancels the leader's work too.
     let mut rx = a.leading.clone();
-    wait::until("a's work to stop", Duration::from_secs(5), Duration::from_millis(20), || {
-        let v = *rx.borrow_and_update();
-        async move { if v { Err("a still working".into()) } else { Ok(()) } }
-    })
+    wait::until(
+        "a's work to stop",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            let v = *rx.borrow_and_update();
+            async move {
+                if v {
+                    Err("a still working".into())
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
     .await?;
     let crashed = std::time::Instant::now();
     wait_leading(&b, Duration::from_secs(6 + 3)).await?;
     let took = crashed.elapsed();
-    assert!(took >= Duration::from_secs(3), "B must not steal a live lease ({took:?})");
+    assert!(
+        took >= Duration::from_secs(3),
+        "B must not steal a live lease ({took:?})"
+    );
     let spec3 = lease(&client).await.spec.unwrap_or_default();
     assert_eq!(spec3.holder_identity.as_deref(), Some("b"));
     assert_eq!(spec3.lease_transitions, Some(1));
@@ -124,11 +141,19 @@ async fn standby_takes_over_after_crash_and_after_release() -> anyhow::Result<()
     b.shutdown.cancel();
     b.task.await??;
     let released = lease(&client).await.spec.unwrap_or_default();
-    assert_eq!(released.holder_identity.as_deref(), Some(""), "released lease has no holder");
+    assert_eq!(
+        released.holder_identity.as_deref(),
+        Some(""),
+        "released lease has no holder"
+    );
     assert_eq!(released.lease_duration_seconds, Some(1));
     let t = std::time::Instant::now();
     wait_leading(&c, Duration::from_secs(3)).await?;
-    assert!(t.elapsed() < Duration::from_secs(3), "takeover after release took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "takeover after release took {:?}",
+        t.elapsed()
+    );
     let spec4 = lease(&client).await.spec.unwrap_or_default();
     assert_eq!(spec4.holder_identity.as_deref(), Some("c"));
     assert_eq!(spec4.lease_transitions, Some(2));
@@ -151,10 +176,21 @@ async fn leader_that_cannot_renew_steps_down() -> anyhow::Result<()> {
     // its work and report the loss rather than keep acting as leader.
     cp.stop_apiserver();
     let mut rx = a.leading.clone();
-    wait::until("step down", Duration::from_secs(4 + 3), Duration::from_millis(50), || {
-        let v = *rx.borrow_and_update();
-        async move { if v { Err("still leading".into()) } else { Ok(()) } }
-    })
+    wait::until(
+        "step down",
+        Duration::from_secs(4 + 3),
+        Duration::from_millis(50),
+        || {
+            let v = *rx.borrow_and_update();
+            async move {
+                if v {
+                    Err("still leading".into())
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
     .await?;
     let res = a.task.await?;
     assert!(

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use ferrokube_tests::cluster::{self, UpOptions};
 
 #[derive(Parser)]
-#[command(version, about = "The ferrokube local cluster: etcd + kube-apiserver + an OCI registry + ferrokube's components")]
+#[command(
+    version,
+    about = "The ferrokube local cluster: etcd + kube-apiserver + an OCI registry + ferrokube's components"
+)]
 struct Cli {
     /// Where the cluster keeps its kubeconfig, PKI, data and logs.
     #[arg(long, env = "FERROKUBE_CLUSTER_DIR", global = true)]
