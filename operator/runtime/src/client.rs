@@ -61,7 +61,13 @@ impl Default for ClientOptions {
 
 /// Builds a rate-limited client from `opts`.
 pub async fn build(opts: &ClientOptions) -> Result<kube::Client, Error> {
-    let mut config = match &opts.kubeconfig {
+    let config = load_config(opts).await?;
+    from_config(config, opts)
+}
+
+/// Loads the connection settings `opts` point at (the kubeconfig, or in-cluster/`$KUBECONFIG`).
+pub async fn load_config(opts: &ClientOptions) -> Result<kube::Config, Error> {
+    match &opts.kubeconfig {
         Some(path) => {
             let kc =
                 kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
@@ -73,10 +79,14 @@ pub async fn build(opts: &ClientOptions) -> Result<kube::Client, Error> {
                 .map_err(|source| Error::Kubeconfig {
                     path: path.clone(),
                     source,
-                })?
+                })
         }
-        None => kube::Config::infer().await.map_err(Error::Infer)?,
-    };
+        None => kube::Config::infer().await.map_err(Error::Infer),
+    }
+}
+
+/// Builds a rate-limited client from loaded settings, with `opts`' limits and user agent.
+pub fn from_config(mut config: kube::Config, opts: &ClientOptions) -> Result<kube::Client, Error> {
     if let Some(ua) = &opts.user_agent
         && let Ok(v) = http::HeaderValue::from_str(ua)
     {

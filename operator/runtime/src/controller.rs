@@ -104,3 +104,32 @@ impl Workers {
         }
     }
 }
+
+/// Feeds an informer's notifications into `queue`: `keys` maps each notification to the
+/// keys to enqueue (often the object's own key, sometimes its owner's). Runs until the
+/// informer or `shutdown` ends.
+pub fn enqueue_from<N, K, F>(
+    tasks: &mut JoinSet<()>,
+    mut notifications: tokio::sync::mpsc::UnboundedReceiver<N>,
+    queue: WorkQueue<K>,
+    shutdown: CancellationToken,
+    keys: F,
+) where
+    N: Send + 'static,
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    F: Fn(&N) -> Vec<K> + Send + 'static,
+{
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                n = notifications.recv() => match n {
+                    Some(n) => for key in keys(&n) {
+                        queue.add(key);
+                    },
+                    None => return,
+                },
+            }
+        }
+    });
+}

@@ -11,9 +11,11 @@
 //! - [`server`] and [`metrics`]: `/healthz`, `/readyz`, `/livez` and Prometheus `/metrics`;
 //! - [`shutdown`]: SIGTERM/SIGINT turned into one cancellation every task watches.
 
+pub mod apierrors;
 pub mod client;
 pub mod controller;
 pub mod events;
+pub mod flags;
 pub mod informer;
 pub mod leader_election;
 pub mod metrics;

@@ -1,0 +1,17 @@
+//! `ferrokube-controller-manager`: a drop-in for kube-controller-manager.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let options = ferrokube_controller_manager::options::Options::parse();
+    ferrokube_controller_manager::logging::init(&options);
+    match ferrokube_controller_manager::run(options).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "controller-manager failed");
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
