@@ -299,23 +299,32 @@ async fn start_registry(dir: &Path, addr: &str) -> Result<Component> {
     })
 }
 
-/// The status code of a plain-HTTP GET to `addr` + `path` (loopback health checks only).
+/// The status code of `GET path` on `addr` (plain HTTP).
 pub async fn http_status(addr: &str, path: &str) -> Result<u16, String> {
+    http_get(addr, path).await.map(|(status, _)| status)
+}
+
+/// `GET path` on `addr` over plain HTTP/1.1: the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 32];
-    let n = s.read(&mut head).await.map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {line:?}"))
+        .ok_or_else(|| format!("not an HTTP response: {head:?}"))?;
+    // Bodies of our own servers are never chunked (fixed-size responses).
+    Ok((status, body.to_string()))
 }
 
 /// The first executable `name` on `$PATH`.

@@ -410,6 +410,21 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// Starts a component (one of ferrokube's binaries, or an upstream peer) beside the
+    /// control plane, logging to `<log dir>/<name>.log` so failure reports include it.
+    /// `args` come after `--kubeconfig=<admin kubeconfig>`.
+    pub fn spawn_component(&self, name: &str, binary: &Path, args: &[&str]) -> Result<Process> {
+        let mut all = vec![format!("--kubeconfig={}", self.kubeconfig.display())];
+        all.extend(args.iter().map(ToString::to_string));
+        Ok(Process::spawn(
+            name,
+            binary,
+            &all,
+            &self.log_dir().join(format!("{name}.log")),
+            self.lifetime,
+        )?)
+    }
+
     /// The tail of every log in the log dir, for failure reports.
     pub fn logs(&self, lines: usize) -> String {
         dump_logs(&self.log_dir(), lines)

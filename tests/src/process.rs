@@ -143,6 +143,38 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM and returns the exit status if the process ends within `grace`
+    /// (then it is SIGKILLed and `None` returned). For testing graceful shutdown.
+    pub fn stop_with_status(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        signal(self.pid, Signal::TERM);
+        let deadline = std::time::Instant::now() + grace;
+        if let Some(c) = self.child.as_mut() {
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+        None
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         signal(self.pid, Signal::KILL);

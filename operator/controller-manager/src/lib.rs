@@ -142,9 +142,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
     }
     let ctx = Context {
         client: client.clone(),
-        informers: Arc::new(InformerFactory::new(client.clone()).with_resync(resync_period(
-            options.min_resync_period,
-        ))),
+        informers: Arc::new(
+            InformerFactory::new(client.clone())
+                .with_resync(resync_period(options.min_resync_period)),
+        ),
         metrics,
         options: options.clone(),
         shutdown: shutdown.clone(),
@@ -263,4 +264,3 @@ fn root_ca(options: &Options, config: &kube::Config) -> Result<Option<Arc<String
         Arc::new(pem)
     }))
 }
-

@@ -46,7 +46,11 @@ pub fn normalize(known: &[Known], flags: &[String]) -> Result<Vec<String>, Vec<U
             None => errors.push(UnknownController(name.to_string())),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Whether `controller` runs under the normalized `flags`.
@@ -94,12 +98,19 @@ mod tests {
 
     fn enabled(s: &[&str]) -> Vec<&'static str> {
         let f = flags(s);
-        KNOWN.iter().filter(|k| is_enabled(k, &f)).map(|k| k.name).collect()
+        KNOWN
+            .iter()
+            .filter(|k| is_enabled(k, &f))
+            .map(|k| k.name)
+            .collect()
     }
 
     #[test]
     fn star_enables_defaults_only() {
-        assert_eq!(enabled(&["*"]), vec!["deployment-controller", "replicaset-controller"]);
+        assert_eq!(
+            enabled(&["*"]),
+            vec!["deployment-controller", "replicaset-controller"]
+        );
     }
 
     #[test]
@@ -107,22 +118,38 @@ mod tests {
         assert_eq!(enabled(&["deployment"]), vec!["deployment-controller"]);
         assert_eq!(
             enabled(&["*", "bootstrapsigner"]),
-            vec!["deployment-controller", "replicaset-controller", "bootstrap-signer-controller"]
+            vec![
+                "deployment-controller",
+                "replicaset-controller",
+                "bootstrap-signer-controller"
+            ]
         );
-        assert_eq!(enabled(&["*", "-replicaset"]), vec!["deployment-controller"]);
+        assert_eq!(
+            enabled(&["*", "-replicaset"]),
+            vec!["deployment-controller"]
+        );
         assert!(enabled(&[]).is_empty());
     }
 
     #[test]
     fn first_mention_wins() {
-        assert_eq!(enabled(&["-deployment", "deployment", "*"]), vec!["replicaset-controller"]);
-        assert_eq!(enabled(&["deployment", "-deployment"]), vec!["deployment-controller"]);
+        assert_eq!(
+            enabled(&["-deployment", "deployment", "*"]),
+            vec!["replicaset-controller"]
+        );
+        assert_eq!(
+            enabled(&["deployment", "-deployment"]),
+            vec!["deployment-controller"]
+        );
     }
 
     #[test]
     fn unknown_names_are_refused_with_upstreams_message() {
-        let err = normalize(KNOWN, &["*".into(), "-red-controller".into(), "blue".into()])
-            .unwrap_err();
+        let err = normalize(
+            KNOWN,
+            &["*".into(), "-red-controller".into(), "blue".into()],
+        )
+        .unwrap_err();
         assert_eq!(
             err.iter().map(ToString::to_string).collect::<Vec<_>>(),
             vec![

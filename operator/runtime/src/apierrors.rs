@@ -35,10 +35,8 @@ pub fn is_forbidden(e: &kube::Error) -> bool {
 /// A create refused because the namespace is being deleted (`NamespaceTerminating` cause).
 pub fn is_namespace_terminating(e: &kube::Error) -> bool {
     status(e).is_some_and(|s| {
-        s.details.as_ref().is_some_and(|d| {
-            d.causes
-                .iter()
-                .any(|c| c.reason == "NamespaceTerminating")
-        })
+        s.details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
     })
 }

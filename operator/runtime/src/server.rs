@@ -170,12 +170,15 @@ pub async fn serve(
 
 fn route(req: &Request<Incoming>, health: &Health, metrics: &Metrics) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
     }
-    let verbose = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let verbose = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
     let path = req.uri().path().trim_end_matches('/');
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let head = parts.next().unwrap_or_default();
@@ -217,9 +220,11 @@ mod tests {
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .expect("write");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         let status = out[9..12].parse().expect("status");
@@ -244,31 +249,56 @@ mod tests {
             crate::workqueue::WorkQueue::new("endpoints", &metrics);
         queue.add("default/kubernetes".into());
         let token = CancellationToken::new();
-        let (addr, task) = serve("127.0.0.1:0".parse().expect("addr"), health, metrics, token.clone())
-            .await
-            .expect("serve");
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            health,
+            metrics,
+            token.clone(),
+        )
+        .await
+        .expect("serve");
 
         assert_eq!(get(addr, "/livez").await, (200, "ok".into()));
         let (status, body) = get(addr, "/readyz").await;
         assert_eq!(status, 500);
-        assert!(body.contains("[+]ping ok\n[-]leaderElection failed: reason withheld\nreadyz check failed"), "{body}");
+        assert!(
+            body.contains(
+                "[+]ping ok\n[-]leaderElection failed: reason withheld\nreadyz check failed"
+            ),
+            "{body}"
+        );
         let (_, body) = get(addr, "/healthz?verbose").await;
-        assert!(body.contains("[-]leaderElection failed: not leading"), "{body}");
+        assert!(
+            body.contains("[-]leaderElection failed: not leading"),
+            "{body}"
+        );
 
         leading.store(true, Ordering::SeqCst);
         assert_eq!(get(addr, "/readyz").await, (200, "ok".into()));
         let (status, body) = get(addr, "/healthz?verbose").await;
         assert_eq!(status, 200);
-        assert!(body.ends_with("[+]ping ok\n[+]leaderElection ok\nhealthz check passed\n"), "{body}");
-        assert_eq!(get(addr, "/healthz/leaderElection").await, (200, "ok".into()));
+        assert!(
+            body.ends_with("[+]ping ok\n[+]leaderElection ok\nhealthz check passed\n"),
+            "{body}"
+        );
+        assert_eq!(
+            get(addr, "/healthz/leaderElection").await,
+            (200, "ok".into())
+        );
         assert_eq!(get(addr, "/healthz/nope").await.0, 404);
         assert_eq!(get(addr, "/nope").await.0, 404);
         let (status, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
-        assert!(body.contains("workqueue_depth{name=\"endpoints\"} 1"), "{body}");
+        assert!(
+            body.contains("workqueue_depth{name=\"endpoints\"} 1"),
+            "{body}"
+        );
 
         token.cancel();
         task.await.expect("server task");
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener closed"
+        );
     }
 }

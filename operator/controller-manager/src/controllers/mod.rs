@@ -61,7 +61,12 @@ pub const ALL: &[Descriptor] = &[
         false,
         Some(root_ca_cert_publisher::start),
     ),
-    known("serviceaccount-token-controller", &["serviceaccount-token"], false, None),
+    known(
+        "serviceaccount-token-controller",
+        &["serviceaccount-token"],
+        false,
+        None,
+    ),
     known("endpoints-controller", &["endpoint"], false, None),
     known("endpointslice-controller", &["endpointslice"], false, None),
     known(
@@ -79,7 +84,12 @@ pub const ALL: &[Descriptor] = &[
     known("pod-garbage-collector-controller", &["podgc"], false, None),
     known("resourcequota-controller", &["resourcequota"], false, None),
     known("namespace-controller", &["namespace"], false, None),
-    known("garbage-collector-controller", &["garbagecollector"], false, None),
+    known(
+        "garbage-collector-controller",
+        &["garbagecollector"],
+        false,
+        None,
+    ),
     known("daemonset-controller", &["daemonset"], false, None),
     known("job-controller", &["job"], false, None),
     known("deployment-controller", &["deployment"], false, None),
@@ -112,7 +122,12 @@ pub const ALL: &[Descriptor] = &[
         None,
     ),
     known("ttl-controller", &["ttl"], false, None),
-    known("bootstrap-signer-controller", &["bootstrapsigner"], true, None),
+    known(
+        "bootstrap-signer-controller",
+        &["bootstrapsigner"],
+        true,
+        None,
+    ),
     known("token-cleaner-controller", &["tokencleaner"], true, None),
     known("node-ipam-controller", &["nodeipam"], false, None),
     known("node-lifecycle-controller", &["nodelifecycle"], false, None),
@@ -167,7 +182,12 @@ pub const ALL: &[Descriptor] = &[
         false,
         None,
     ),
-    known("ephemeral-volume-controller", &["ephemeral-volume"], false, None),
+    known(
+        "ephemeral-volume-controller",
+        &["ephemeral-volume"],
+        false,
+        None,
+    ),
     known(
         "legacy-serviceaccount-token-cleaner-controller",
         &["legacy-service-account-token-cleaner"],
@@ -187,12 +207,7 @@ pub const ALL: &[Descriptor] = &[
         None,
     ),
     known("service-cidr-controller", &[], false, None),
-    known(
-        "storage-version-migrator-controller",
-        &["svm"],
-        true,
-        None,
-    ),
+    known("storage-version-migrator-controller", &["svm"], true, None),
     known(
         "resourceclaim-controller",
         &["resource-claim-controller"],
@@ -201,12 +216,7 @@ pub const ALL: &[Descriptor] = &[
     ),
     known("device-taint-eviction-controller", &[], true, None),
     known("podgroup-protection-controller", &[], true, None),
-    known(
-        "podcertificaterequest-cleaner-controller",
-        &[],
-        true,
-        None,
-    ),
+    known("podcertificaterequest-cleaner-controller", &[], true, None),
     known(
         "kube-apiserver-serving-clustertrustbundle-publisher-controller",
         &[],

@@ -30,7 +30,9 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     let Some(root_ca) = ctx.root_ca.clone() else {
         return Err(StartError {
             controller: "root-ca-certificate-publisher-controller",
-            reason: "no CA bundle: pass --root-ca-file or use a kubeconfig with a certificate authority".into(),
+            reason:
+                "no CA bundle: pass --root-ca-file or use a kubeconfig with a certificate authority"
+                    .into(),
         });
     };
     let namespaces = ctx.informers.informer::<Namespace>();
@@ -127,7 +129,9 @@ impl Sync {
             return match api.create(&PostParams::default(), &cm).await {
                 Ok(_) => Ok(Action::Done),
                 // Namespace gone or going: nothing to publish into.
-                Err(e) if apierrors::is_not_found(&e) || apierrors::is_namespace_terminating(&e) => {
+                Err(e)
+                    if apierrors::is_not_found(&e) || apierrors::is_namespace_terminating(&e) =>
+                {
                     Ok(Action::Done)
                 }
                 Err(e) if apierrors::is_already_exists(&e) => Ok(Action::Done),

@@ -54,8 +54,12 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         namespaces: namespaces.store(),
         accounts: accounts.store(),
     };
-    let workers = Workers::new("serviceaccount", ctx.options.concurrent_serviceaccount_syncs);
-    let (shutdown, ns_store, sa_store) = (ctx.shutdown.clone(), namespaces.store(), accounts.store());
+    let workers = Workers::new(
+        "serviceaccount",
+        ctx.options.concurrent_serviceaccount_syncs,
+    );
+    let (shutdown, ns_store, sa_store) =
+        (ctx.shutdown.clone(), namespaces.store(), accounts.store());
     tasks.spawn(async move {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -118,4 +122,3 @@ impl Sync {
         }
     }
 }
-

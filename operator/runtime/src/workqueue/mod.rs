@@ -364,7 +364,10 @@ mod tests {
         assert_eq!(held, Some("a"));
         q.add("a");
         q.add("a");
-        assert!(q.is_empty(), "a is being processed; it must not be handed out twice");
+        assert!(
+            q.is_empty(),
+            "a is being processed; it must not be handed out twice"
+        );
         q.done(&"a");
         assert_eq!(q.len(), 1);
         assert_eq!(q.get().await, Some("a"));
@@ -383,7 +386,10 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         q.done(&"a");
         tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(q.is_empty(), "the later delays were folded into the earliest");
+        assert!(
+            q.is_empty(),
+            "the later delays were folded into the earliest"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -475,13 +481,22 @@ mod tests {
         q.add("ns/b".into());
         q.add("ns/a".into());
         let text = metrics.encode();
-        assert!(text.contains("workqueue_depth{name=\"replicaset\"} 2"), "{text}");
-        assert!(text.contains("workqueue_adds_total{name=\"replicaset\"} 2"), "{text}");
+        assert!(
+            text.contains("workqueue_depth{name=\"replicaset\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("workqueue_adds_total{name=\"replicaset\"} 2"),
+            "{text}"
+        );
         let k = q.get().await.expect("key");
         q.add_rate_limited(k.clone());
         q.done(&k);
         let text = metrics.encode();
-        assert!(text.contains("workqueue_retries_total{name=\"replicaset\"} 1"), "{text}");
+        assert!(
+            text.contains("workqueue_retries_total{name=\"replicaset\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("workqueue_work_duration_seconds_count{name=\"replicaset\"} 1"),
             "{text}"

@@ -43,7 +43,8 @@ impl<K: Clone + Eq + Hash + Send> RateLimiter<K> for ItemExponentialFailureRateL
         let exp = *n;
         *n = n.saturating_add(1);
         // Float math as client-go does: 2^exp overflows integers long before the cap.
-        let secs = self.base.as_secs_f64() * 2f64.powi(i32::try_from(exp.min(1024)).unwrap_or(1024));
+        let secs =
+            self.base.as_secs_f64() * 2f64.powi(i32::try_from(exp.min(1024)).unwrap_or(1024));
         if secs >= self.max.as_secs_f64() {
             self.max
         } else {
@@ -159,7 +160,11 @@ mod tests {
             [5, 10, 20, 40, 80].map(Duration::from_millis).to_vec()
         );
         assert_eq!(l.num_requeues(&"a"), 5);
-        assert_eq!(l.when(&"b"), Duration::from_millis(5), "keys back off independently");
+        assert_eq!(
+            l.when(&"b"),
+            Duration::from_millis(5),
+            "keys back off independently"
+        );
         for _ in 0..100 {
             l.when(&"a");
         }

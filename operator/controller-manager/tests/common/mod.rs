@@ -1,0 +1,101 @@
+//! Shared set-up for the controller-manager's end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferrokube_tests::process::Process;
+use ferrokube_tests::{ControlPlane, wait};
+
+/// The binary under test, built by cargo for this test run.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferrokube-controller-manager"))
+}
+
+/// A running controller-manager and the port of its health server.
+pub struct ControllerManager {
+    /// The process.
+    pub process: Process,
+    /// Where /healthz, /readyz and /metrics answer.
+    pub health_port: u16,
+}
+
+/// Starts our controller-manager against `cp` with `args` (beyond kubeconfig and ports),
+/// and waits until it is ready (leader, controllers started).
+pub async fn start(
+    cp: &ControlPlane,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<ControllerManager> {
+    let health_port = ferrokube_tests::controlplane::free_port()?;
+    let port_flag = format!("--secure-port={health_port}");
+    let mut all = vec!["--bind-address=127.0.0.1", port_flag.as_str(), "--v=4"];
+    all.extend_from_slice(args);
+    let process = cp.spawn_component(name, binary(), &all)?;
+    let cm = ControllerManager {
+        process,
+        health_port,
+    };
+    cm.wait_ready().await?;
+    Ok(cm)
+}
+
+impl ControllerManager {
+    /// Waits for `/readyz` to answer 200.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", self.health_port);
+        wait::until(
+            "controller-manager /readyz",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let addr = addr.clone();
+                async move {
+                    match ferrokube_tests::cluster::http_status(&addr, "/readyz").await? {
+                        200 => Ok(()),
+                        s => Err(format!("status {s}")),
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The body of `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let addr = format!("127.0.0.1:{}", self.health_port);
+        let (_, body) = ferrokube_tests::cluster::http_get(&addr, "/metrics")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(body)
+    }
+}
+
+/// Polls `kubectl args` until its output satisfies `pred`; returns that output.
+pub async fn kubectl_until(
+    cp: &ControlPlane,
+    what: &str,
+    timeout: Duration,
+    args: &[&str],
+    pred: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    let kubectl = cp.kubectl()?;
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    let out = wait::until(what, timeout, Duration::from_millis(200), || {
+        let (kubectl, args) = (&kubectl, args.clone());
+        let pred = &pred;
+        async move {
+            let out = kubectl.run(&args, None).await.map_err(|e| e.to_string())?;
+            let text = format!("{}{}", out.stdout, out.stderr);
+            if out.success() && pred(&out.stdout) {
+                Ok(out.stdout)
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await?;
+    Ok(out)
+}
