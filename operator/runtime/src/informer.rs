@@ -453,15 +453,17 @@ impl InformerFactory {
         // One namespace is watched through a field selector, which works alike for typed and
         // dynamic resources.
         let api: Api<K> = Api::all_with(self.client.clone(), &dt);
-        let mut config = watcher::Config::default();
-        config.label_selector = selectors.label_selector.clone();
         let ns_selector = selectors
             .namespace
             .as_ref()
             .map(|ns| format!("metadata.namespace={ns}"));
-        config.field_selector = match (ns_selector, selectors.field_selector.clone()) {
-            (Some(a), Some(b)) => Some(format!("{a},{b}")),
-            (a, b) => a.or(b),
+        let config = watcher::Config {
+            label_selector: selectors.label_selector.clone(),
+            field_selector: match (ns_selector, selectors.field_selector.clone()) {
+                (Some(a), Some(b)) => Some(format!("{a},{b}")),
+                (a, b) => a.or(b),
+            },
+            ..watcher::Config::default()
         };
         let name = format!("{}.{}", K::plural(&dt), K::group(&dt));
         let resync = self.resync;

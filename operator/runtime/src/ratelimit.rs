@@ -29,7 +29,7 @@ impl TokenBucket {
     /// A bucket refilling at `qps` per second holding at most `burst` tokens (at least one).
     /// A `qps` of zero or less means no limit, like client-go's `QPS < 0`.
     pub fn new(qps: f64, burst: u32) -> Self {
-        if !(qps > 0.0) || !qps.is_finite() {
+        if qps.is_nan() || qps <= 0.0 || qps.is_infinite() {
             return Self::unlimited();
         }
         let burst = f64::from(burst.max(1));
