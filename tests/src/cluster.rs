@@ -42,6 +42,9 @@ pub enum Error {
     /// A required program is missing.
     #[error("{0} not found: run hack/local-cluster.sh (it installs what the cluster needs)")]
     Missing(String),
+    /// A ferrokube component did not become ready.
+    #[error("{0} did not become ready: {1}\n--- {0} log (tail) ---\n{2}")]
+    Component(String, String, String),
     /// The registry did not answer.
     #[error("the OCI registry did not become ready: {0}\n--- registry log (tail) ---\n{1}")]
     Registry(String, String),
@@ -69,6 +72,9 @@ pub struct Component {
     pub pid: u32,
     /// Its log file.
     pub log: PathBuf,
+    /// Where its /healthz, /readyz and /metrics answer (ferrokube components).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// `state.json`: what is running and how to reach it.
@@ -169,6 +175,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             log: log_dir.join(format!("{name}.log")),
             name,
             pid,
+            health: None,
         })
         .collect();
     let server = cp.server_url();
@@ -185,20 +192,107 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     };
     // Saved before the registry starts, so a failure below can still be cleaned up by `down`.
     state.save(&opts.dir)?;
-    let reg = start_registry(&opts.dir, &registry).await;
-    match reg {
-        Ok(c) => components.push(c),
-        Err(e) => {
-            let _ = down(&opts.dir);
-            return Err(e);
+    let started = async {
+        components.push(start_registry(&opts.dir, &registry).await?);
+        for (name, bin) in components_beside_this_program() {
+            components.push(start_component(&opts.dir, &state.kubeconfig, &name, &bin).await?);
         }
-    }
+        Ok::<_, Error>(())
+    };
+    let result = started.await;
+    // Record whatever started, so `down` stops it even after a failure.
     let state = State {
         components,
         ..state
     };
     state.save(&opts.dir)?;
+    if let Err(e) = result {
+        let _ = down(&opts.dir);
+        return Err(e);
+    }
     Ok(state)
+}
+
+/// ferrokube's component binaries, in start order.
+pub const COMPONENTS: &[&str] = &["ferrokube-controller-manager"];
+
+/// The component binaries installed next to the running program (cargo puts every binary of
+/// the workspace in one directory), or in `$FERROKUBE_COMPONENT_DIR`.
+pub fn components_beside_this_program() -> Vec<(String, PathBuf)> {
+    let dir = std::env::var_os("FERROKUBE_COMPONENT_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        });
+    let Some(dir) = dir else {
+        return Vec::new();
+    };
+    COMPONENTS
+        .iter()
+        .map(|name| {
+            (
+                name.trim_start_matches("ferrokube-").to_string(),
+                dir.join(name),
+            )
+        })
+        .filter(|(_, bin)| bin.is_file())
+        .collect()
+}
+
+/// Starts one ferrokube component against the cluster and waits for its /readyz.
+async fn start_component(
+    dir: &Path,
+    kubeconfig: &Path,
+    name: &str,
+    bin: &Path,
+) -> Result<Component> {
+    let port = controlplane::free_port()?;
+    let health = format!("127.0.0.1:{port}");
+    let log = dir.join("logs").join(format!("{name}.log"));
+    let args = vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={port}"),
+    ];
+    let mut p = Process::spawn(name, bin, &args, &log, Lifetime::Detached)?;
+    let ready = wait::until(
+        &format!("{name} /readyz"),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let exited = p.has_exited();
+            let health = health.clone();
+            async move {
+                if exited {
+                    return Err(format!("{name} exited"));
+                }
+                match http_status(&health, "/readyz").await? {
+                    200 => Ok(()),
+                    s => Err(format!("/readyz answered {s}")),
+                }
+            }
+        },
+    )
+    .await;
+    let component = Component {
+        name: name.to_string(),
+        pid: p.pid(),
+        log: log.clone(),
+        health: Some(health),
+    };
+    match ready {
+        Ok(()) => {
+            p.detach();
+            Ok(component)
+        }
+        Err(e) => Err(Error::Component(
+            name.to_string(),
+            e.to_string(),
+            process::tail(&log, 30),
+        )),
+    }
 }
 
 /// Stops every process of the cluster in `dir` (newest first) and removes its data;
@@ -296,6 +390,7 @@ async fn start_registry(dir: &Path, addr: &str) -> Result<Component> {
         name: "registry".into(),
         pid: p.detach(),
         log,
+        health: None,
     })
 }
 

@@ -33,6 +33,15 @@ impl Drop for Down<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
+    // The cluster starts the ferrokube components installed beside it; a workspace build
+    // (`cargo test --workspace`, the README's test command) puts them there.
+    let cm_bin = std::path::Path::new(env!("CARGO_BIN_EXE_ferrokube-cluster"))
+        .with_file_name("ferrokube-controller-manager");
+    assert!(
+        cm_bin.is_file(),
+        "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
+        cm_bin.display()
+    );
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cluster");
     let api_port = free_port()?.to_string();
@@ -79,6 +88,29 @@ async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
         ferrokube_tests::cluster::http_status(&format!("127.0.0.1:{reg_port}"), "/v2/").await;
     assert_eq!(status, Ok(200));
 
+    // Our controller-manager runs: a new namespace gets its default ServiceAccount.
+    kubectl.ok(["create", "namespace", "hello"]).await?;
+    ferrokube_tests::wait::until(
+        "default ServiceAccount in namespace hello",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
+        || async {
+            kubectl
+                .ok([
+                    "get",
+                    "serviceaccount",
+                    "default",
+                    "-n",
+                    "hello",
+                    "-o",
+                    "name",
+                ])
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await?;
+
     // A second `up` leaves the running cluster alone.
     let again = cluster_cmd(
         &dir,
@@ -95,7 +127,7 @@ async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
 
     let status = cluster_cmd(&dir, &["status"]);
     let status = String::from_utf8_lossy(&status.stdout).to_string();
-    for c in ["etcd", "kube-apiserver", "registry"] {
+    for c in ["etcd", "kube-apiserver", "registry", "controller-manager"] {
         assert!(
             status
                 .lines()

@@ -75,11 +75,15 @@ async fn main() -> anyhow::Result<()> {
                 for c in &state.components {
                     let alive = ferrokube_tests::process::is_alive(c.pid);
                     println!(
-                        "{:<16} pid {:<8} {:<8} {}",
+                        "{:<20} pid {:<8} {:<8} {}{}",
                         c.name,
                         c.pid,
                         if alive { "running" } else { "stopped" },
-                        c.log.display()
+                        c.log.display(),
+                        c.health
+                            .as_ref()
+                            .map(|h| format!("  (health: http://{h}/readyz)"))
+                            .unwrap_or_default()
                     );
                 }
             }
