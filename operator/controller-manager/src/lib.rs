@@ -14,7 +14,11 @@
 //! process starts from fresh caches instead of acting on stale leadership.
 
 pub mod context;
+pub mod controller_ref;
+pub mod controller_utils;
 pub mod controllers;
+pub mod credentials;
+pub mod expectations;
 pub mod logging;
 pub mod options;
 pub mod selection;
@@ -57,6 +61,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The directory for per-controller tokens could not be made.
+    #[error("creating token directory {path}: {source}")]
+    TokenDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The root CA file could not be read.
     #[error("reading --root-ca-file {path}: {source}")]
     RootCa {
@@ -69,6 +82,9 @@ pub enum Error {
     /// A controller could not start.
     #[error(transparent)]
     Start(#[from] controllers::StartError),
+    /// A controller's own credentials could not be set up.
+    #[error(transparent)]
+    Credentials(#[from] credentials::Error),
 }
 
 /// How long running controllers get to finish after shutdown or loss of leadership.
@@ -110,7 +126,25 @@ pub async fn run(options: Options) -> Result<(), Error> {
     };
     let config = client::load_config(&client_options).await?;
     let root_ca = root_ca(&options, &config)?;
-    let client = client::from_config(config, &client_options)?;
+    let client = client::from_config(config.clone(), &client_options)?;
+    let token_dir = std::env::temp_dir().join(format!(
+        "ferrokube-controller-manager-{}",
+        std::process::id()
+    ));
+    let credentials = if options.use_service_account_credentials {
+        create_private_dir(&token_dir).map_err(|source| Error::TokenDir {
+            path: token_dir.display().to_string(),
+            source,
+        })?;
+        Some(Arc::new(credentials::ServiceAccountCredentials::new(
+            client.clone(),
+            config,
+            client_options.clone(),
+            &token_dir,
+        )))
+    } else {
+        None
+    };
 
     let metrics = Metrics::new();
     let health = Health::new();
@@ -174,7 +208,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
                     shutdown: lost,
                     ..ctx
                 };
-                let r = run_controllers(ctx, enabled).await;
+                let r = run_controllers(ctx, enabled, credentials).await;
                 if let Ok(mut slot) = result_slot.lock() {
                     *slot = r;
                 }
@@ -187,10 +221,13 @@ pub async fn run(options: Options) -> Result<(), Error> {
             .unwrap_or(Ok(()));
         elected.map_err(Error::from).and(ran)
     } else {
-        run_controllers(ctx, enabled).await
+        run_controllers(ctx, enabled, credentials).await
     };
     shutdown.cancel();
     shutdown::drain(tasks, GRACE).await;
+    if token_dir.exists() {
+        let _ = std::fs::remove_dir_all(&token_dir);
+    }
     result
 }
 
@@ -198,12 +235,28 @@ pub async fn run(options: Options) -> Result<(), Error> {
 async fn run_controllers(
     ctx: Context,
     enabled: Vec<&'static controllers::Descriptor>,
+    credentials: Option<Arc<credentials::ServiceAccountCredentials>>,
 ) -> Result<(), Error> {
     let mut tasks = JoinSet::new();
     for d in enabled {
         match d.start {
             Some(start) => {
-                start(&ctx, &mut tasks)?;
+                // Informers keep the manager's own identity (upstream's "shared-informers");
+                // a controller's writes go out under its own ServiceAccount when asked.
+                let own = match &credentials {
+                    Some(creds) => Context {
+                        client: creds
+                            .client(
+                                credentials::client_name(d.known.name),
+                                &mut tasks,
+                                &ctx.shutdown,
+                            )
+                            .await?,
+                        ..ctx.clone()
+                    },
+                    None => ctx.clone(),
+                };
+                start(&own, &mut tasks)?;
                 tracing::info!(controller = d.known.name, "started controller");
             }
             None => tracing::warn!(
@@ -226,13 +279,16 @@ fn validate(options: &Options) -> Result<(), Error> {
             options.leader_elect_resource_lock
         )));
     }
-    if options.use_service_account_credentials {
-        return Err(Error::Flags(
-            "--use-service-account-credentials=true is not supported yet; controllers use the kubeconfig's credentials"
-                .into(),
-        ));
-    }
     Ok(())
+}
+
+/// Makes `dir` readable by this user only (it holds tokens).
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// client-go's `ResyncPeriod`: a random period in [min, 2*min) so that informers of

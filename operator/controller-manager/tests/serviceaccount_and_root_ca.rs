@@ -298,3 +298,99 @@ async fn bad_flags_are_refused_with_upstream_messages() -> anyhow::Result<()> {
     drop(cm);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_act_as_their_own_service_accounts() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let cm = common::start(
+        &cp,
+        "controller-manager",
+        &[
+            "--use-service-account-credentials=true",
+            "--controllers=serviceaccount",
+        ],
+    )
+    .await?;
+    let kubectl = cp.kubectl()?;
+    let t = Duration::from_secs(30);
+    kubectl
+        .ok([
+            "get",
+            "serviceaccount",
+            "service-account-controller",
+            "-n",
+            "kube-system",
+        ])
+        .await?;
+    kubectl.ok(["create", "namespace", "first"]).await?;
+    common::kubectl_until(
+        &cp,
+        "default SA in first",
+        t,
+        &[
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            "first",
+            "-o",
+            "name",
+        ],
+        |o| !o.is_empty(),
+    )
+    .await?;
+
+    // Without its RBAC binding the controller is refused, under its own name...
+    let binding = "system:controller:service-account-controller";
+    kubectl
+        .ok(["delete", "clusterrolebinding", binding])
+        .await?;
+    kubectl.ok(["create", "namespace", "second"]).await?;
+    let log = cm.process.log_path().to_path_buf();
+    ferrokube_tests::wait::until(
+        "a Forbidden error naming the controller's ServiceAccount",
+        t,
+        Duration::from_millis(200),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+                if text.contains("system:serviceaccount:kube-system:service-account-controller")
+                    && text.contains("forbidden")
+                {
+                    Ok(())
+                } else {
+                    Err("not yet".into())
+                }
+            }
+        },
+    )
+    .await?;
+    // ...and recovers, without a restart, once the binding is back.
+    kubectl
+        .ok([
+            "create",
+            "clusterrolebinding",
+            binding,
+            &format!("--clusterrole={binding}"),
+            "--serviceaccount=kube-system:service-account-controller",
+        ])
+        .await?;
+    common::kubectl_until(
+        &cp,
+        "default SA in second",
+        t,
+        &[
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            "second",
+            "-o",
+            "name",
+        ],
+        |o| !o.is_empty(),
+    )
+    .await?;
+    Ok(())
+}
