@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod controlplane;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod kwok;
 pub mod pki;
 pub mod process;
 pub mod upstream;

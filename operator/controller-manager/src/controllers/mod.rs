@@ -2,6 +2,7 @@
 //! knows every upstream name so that command lines written for kube-controller-manager
 //! (kubeadm passes `--controllers=*,bootstrapsigner,tokencleaner`) are accepted as they are.
 
+pub mod replicaset;
 pub mod root_ca_cert_publisher;
 pub mod serviceaccount;
 
@@ -93,7 +94,12 @@ pub const ALL: &[Descriptor] = &[
     known("daemonset-controller", &["daemonset"], false, None),
     known("job-controller", &["job"], false, None),
     known("deployment-controller", &["deployment"], false, None),
-    known("replicaset-controller", &["replicaset"], false, None),
+    known(
+        "replicaset-controller",
+        &["replicaset"],
+        false,
+        Some(replicaset::start),
+    ),
     known(
         "horizontal-pod-autoscaler-controller",
         &["horizontalpodautoscaling"],

@@ -1,0 +1,267 @@
+//! The replicaset-controller end to end, driven by stock kubectl: pods from the template,
+//! scaling both ways, adopting orphans and releasing pods whose labels change, and a
+//! ResourceQuota that forbids pods (ReplicaFailure + FailedCreate, recovery once raised).
+
+mod common;
+
+use std::time::Duration;
+
+use ferrokube_tests::ControlPlane;
+
+const T: Duration = Duration::from_secs(60);
+
+const RS: &str = r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+"#;
+
+async fn start(cp: &ControlPlane) -> anyhow::Result<common::ControllerManager> {
+    let cm = common::start(
+        cp,
+        "controller-manager",
+        &[
+            "--leader-elect=false",
+            "--controllers=serviceaccount,replicaset",
+        ],
+    )
+    .await?;
+    common::kubectl_until(
+        cp,
+        "default SA",
+        T,
+        &["get", "serviceaccount", "default", "-o", "name"],
+        |o| !o.trim().is_empty(),
+    )
+    .await?;
+    Ok(cm)
+}
+
+/// Names of the pods labelled app=web, sorted.
+async fn web_pods(cp: &ControlPlane, want: usize) -> anyhow::Result<Vec<String>> {
+    let out = common::kubectl_until(
+        cp,
+        &format!("{want} pods app=web"),
+        T,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+        ],
+        |o| o.lines().filter(|l| !l.is_empty()).count() == want,
+    )
+    .await?;
+    Ok(out.lines().map(ToString::to_string).collect())
+}
+
+async fn rs_status(cp: &ControlPlane, field: &str, want: &str) -> anyhow::Result<()> {
+    common::kubectl_until(
+        cp,
+        &format!("rs/web {field}={want}"),
+        T,
+        &["get", "rs", "web", "-o", &format!("jsonpath={{.status.{field}}}")],
+        |o| o.trim() == want,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_creates_scales_adopts_and_releases() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let _cm = start(&cp).await?;
+    let kubectl = cp.kubectl()?;
+
+    // An orphan that the ReplicaSet will adopt instead of creating a third pod.
+    kubectl
+        .ok(["run", "orphan", "--image=nginx:1.25", "--labels=app=web"])
+        .await?;
+    kubectl.apply(RS).await?;
+    let pods = web_pods(&cp, 3).await?;
+    assert!(pods.contains(&"orphan".to_string()), "{pods:?}");
+    assert!(pods.iter().filter(|p| p.starts_with("web-")).count() == 2, "{pods:?}");
+    common::kubectl_until(
+        &cp,
+        "orphan adopted",
+        T,
+        &[
+            "get",
+            "pod",
+            "orphan",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].controller}/{.metadata.ownerReferences[0].blockOwnerDeletion}",
+        ],
+        |o| o.trim() == "ReplicaSet/web/true/true",
+    )
+    .await?;
+    rs_status(&cp, "replicas", "3").await?;
+    rs_status(&cp, "fullyLabeledReplicas", "3").await?;
+    common::kubectl_until(
+        &cp,
+        "observedGeneration",
+        T,
+        &[
+            "get",
+            "rs",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation}/{.status.observedGeneration}",
+        ],
+        |o| o.trim() == "1/1",
+    )
+    .await?;
+
+    kubectl.ok(["scale", "rs", "web", "--replicas=5"]).await?;
+    web_pods(&cp, 5).await?;
+    rs_status(&cp, "replicas", "5").await?;
+
+    kubectl.ok(["scale", "rs", "web", "--replicas=1"]).await?;
+    let pods = web_pods(&cp, 1).await?;
+    rs_status(&cp, "replicas", "1").await?;
+
+    // Relabel the last pod: it is released (no controller any more) and replaced.
+    let survivor = pods[0].clone();
+    kubectl
+        .ok(["label", "pod", &survivor, "app=other", "--overwrite"])
+        .await?;
+    common::kubectl_until(
+        &cp,
+        "relabelled pod released",
+        T,
+        &[
+            "get",
+            "pod",
+            &survivor,
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ],
+        |o| o.trim().is_empty(),
+    )
+    .await?;
+    let replacement = web_pods(&cp, 1).await?;
+    assert_ne!(replacement[0], survivor);
+
+    let events = common::kubectl_until(
+        &cp,
+        "SuccessfulCreate and SuccessfulDelete events",
+        T,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=ReplicaSet,involvedObject.name=web",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}:{.message}{\"\\n\"}{end}",
+        ],
+        |o| o.contains("SuccessfulCreate:Created pod: web-") && o.contains("SuccessfulDelete:Deleted pod: "),
+    )
+    .await?;
+    assert!(!events.contains("FailedCreate"), "{events}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_quota_failure_sets_condition_and_recovers() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let _cm = start(&cp).await?;
+    let kubectl = cp.kubectl()?;
+
+    // No resourcequota controller runs here, so the quota's status is written by hand;
+    // the quota admission plugin then counts each new pod against it.
+    kubectl
+        .ok(["create", "quota", "pods", "--hard=pods=2"])
+        .await?;
+    kubectl
+        .ok([
+            "patch",
+            "resourcequota",
+            "pods",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"hard":{"pods":"2"},"used":{"pods":"0"}}}"#,
+        ])
+        .await?;
+    kubectl.apply(&RS.replace("replicas: 3", "replicas: 4")).await?;
+
+    web_pods(&cp, 2).await?;
+    common::kubectl_until(
+        &cp,
+        "ReplicaFailure condition",
+        T,
+        &[
+            "get",
+            "rs",
+            "web",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"ReplicaFailure\")].status}/{.status.conditions[?(@.type==\"ReplicaFailure\")].reason}/{.status.conditions[?(@.type==\"ReplicaFailure\")].message}",
+        ],
+        |o| o.starts_with("True/FailedCreate/") && o.contains("exceeded quota: pods"),
+    )
+    .await?;
+    common::kubectl_until(
+        &cp,
+        "FailedCreate event",
+        T,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=ReplicaSet,involvedObject.name=web,type=Warning",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}:{.message}{\"\\n\"}{end}",
+        ],
+        |o| o.contains("FailedCreate:Error creating: ") && o.contains("exceeded quota"),
+    )
+    .await?;
+    rs_status(&cp, "replicas", "2").await?;
+
+    // Raise the quota: the controller keeps retrying with backoff and completes.
+    for (sub, patch) in [
+        (None, r#"{"spec":{"hard":{"pods":"10"}}}"#),
+        (
+            Some("--subresource=status"),
+            r#"{"status":{"hard":{"pods":"10"}}}"#,
+        ),
+    ] {
+        let mut args = vec!["patch", "resourcequota", "pods", "--type=merge", "-p", patch];
+        if let Some(s) = sub {
+            args.push(s);
+        }
+        kubectl.ok(args).await?;
+    }
+    web_pods(&cp, 4).await?;
+    rs_status(&cp, "replicas", "4").await?;
+    common::kubectl_until(
+        &cp,
+        "ReplicaFailure removed",
+        T,
+        &[
+            "get",
+            "rs",
+            "web",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"ReplicaFailure\")].status}",
+        ],
+        |o| o.trim().is_empty(),
+    )
+    .await?;
+    Ok(())
+}
