@@ -20,6 +20,7 @@ pub mod controllers;
 pub mod credentials;
 pub mod expectations;
 pub mod logging;
+pub mod node_util;
 pub mod options;
 pub mod selection;
 

@@ -109,11 +109,80 @@ pub struct Options {
     #[arg(long, default_value_t = 5)]
     pub concurrent_service_endpoint_syncs: usize,
 
+    /// Services whose Endpoints objects sync at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_endpoint_syncs: usize,
+
+    /// The most endpoints one EndpointSlice holds (1-1000).
+    #[arg(long, default_value_t = 100)]
+    pub max_endpoints_per_slice: i32,
+
+    /// How long pod changes are batched before a Service's Endpoints are updated.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub endpoint_updates_batch_period: Duration,
+
+    /// How long pod changes are batched before a Service's EndpointSlices are updated.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub endpointslice_updates_batch_period: Duration,
+
     /// Jobs synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
 
-    /// Use one ServiceAccount's credentials per controller (not supported yet: only false).
+    /// node-ipam: give nodes a Pod CIDR from --cluster-cidr.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub allocate_node_cidrs: bool,
+
+    /// node-ipam: the range Pod CIDRs are cut from (IPv4).
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+
+    /// node-ipam: the Service range, never handed to nodes when it overlaps --cluster-cidr.
+    #[arg(long)]
+    pub service_cluster_ip_range: Option<String>,
+
+    /// node-ipam: prefix length of each node's Pod CIDR.
+    #[arg(long, alias = "node-cidr-mask-size-ipv4", default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+
+    /// node-lifecycle: how often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub node_monitor_period: Duration,
+
+    /// node-lifecycle: how long a node may go without a heartbeat before it is Unknown.
+    #[arg(long, default_value = "50s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+
+    /// node-lifecycle: the same for a node that never reported Ready.
+    #[arg(long, default_value = "1m0s", value_parser = parse_duration)]
+    pub node_startup_grace_period: Duration,
+
+    /// node-lifecycle: nodes per second that get NoExecute taints in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+
+    /// node-lifecycle: the same in a partially disrupted zone of a large cluster.
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+
+    /// node-lifecycle: zones with at most this many nodes stop tainting when disrupted.
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
+
+    /// node-lifecycle: fraction of not-ready nodes from which a zone is partially disrupted.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
+
+    /// pod-garbage-collector: terminated pods kept before the oldest are deleted (0: keep all).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
+
+    /// pod-garbage-collector: how often it runs (ferrokube-only; upstream fixes 20s). Pods on
+    /// a vanished node are deleted after twice this.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub pod_gc_period: Duration,
+
+    /// Use one ServiceAccount's credentials per controller (`system:serviceaccount:kube-system:<name>`).
     #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub use_service_account_credentials: bool,
 

@@ -14,6 +14,8 @@ use tokio::time::Instant;
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     inner: Option<Arc<Mutex<Bucket>>>,
+    /// Grants nothing, ever (a rate of zero where zero means "stop", not "unlimited").
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -40,21 +42,36 @@ impl TokenBucket {
                 tokens: burst,
                 last: Instant::now(),
             }))),
+            closed: false,
         }
     }
 
     /// A bucket that never makes anyone wait.
     pub fn unlimited() -> Self {
-        Self { inner: None }
+        Self {
+            inner: None,
+            closed: false,
+        }
+    }
+
+    /// A bucket that grants nothing: [`TokenBucket::try_take`] is always false.
+    pub fn never() -> Self {
+        Self {
+            inner: None,
+            closed: true,
+        }
     }
 
     /// Whether this bucket never makes anyone wait.
     pub fn is_unlimited(&self) -> bool {
-        self.inner.is_none()
+        self.inner.is_none() && !self.closed
     }
 
     /// Takes a token now and returns how long the caller must wait before acting on it.
     pub fn reserve(&self) -> Duration {
+        if self.closed {
+            return Duration::MAX;
+        }
         let Some(inner) = &self.inner else {
             return Duration::ZERO;
         };
@@ -68,6 +85,25 @@ impl TokenBucket {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-b.tokens / b.qps)
+        }
+    }
+
+    /// Takes a token if one is available now; never goes into debt (client-go's
+    /// `TryAccept`).
+    pub fn try_take(&self) -> bool {
+        let Some(inner) = &self.inner else {
+            return !self.closed;
+        };
+        let mut b = inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * b.qps).min(b.burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -117,6 +153,18 @@ mod tests {
                 assert_eq!(bucket.reserve(), Duration::ZERO);
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_take_never_borrows() {
+        let bucket = TokenBucket::new(1.0, 1);
+        assert!(bucket.try_take());
+        assert!(!bucket.try_take());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!bucket.try_take());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(bucket.try_take());
+        assert!(!TokenBucket::never().try_take());
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,9 +2,16 @@
 //! knows every upstream name so that command lines written for kube-controller-manager
 //! (kubeadm passes `--controllers=*,bootstrapsigner,tokencleaner`) are accepted as they are.
 
+pub mod garbage_collector;
+pub mod namespace;
+pub mod node_ipam;
+pub mod node_lifecycle;
+pub mod podgc;
 pub mod replicaset;
+pub mod resource_discovery;
 pub mod root_ca_cert_publisher;
 pub mod serviceaccount;
+pub mod taint_eviction;
 
 use tokio::task::JoinSet;
 
@@ -82,14 +89,24 @@ pub const ALL: &[Descriptor] = &[
         false,
         None,
     ),
-    known("pod-garbage-collector-controller", &["podgc"], false, None),
+    known(
+        "pod-garbage-collector-controller",
+        &["podgc"],
+        false,
+        Some(podgc::start),
+    ),
     known("resourcequota-controller", &["resourcequota"], false, None),
-    known("namespace-controller", &["namespace"], false, None),
+    known(
+        "namespace-controller",
+        &["namespace"],
+        false,
+        Some(namespace::start),
+    ),
     known(
         "garbage-collector-controller",
         &["garbagecollector"],
         false,
-        None,
+        Some(garbage_collector::start),
     ),
     known("daemonset-controller", &["daemonset"], false, None),
     known("job-controller", &["job"], false, None),
@@ -135,9 +152,24 @@ pub const ALL: &[Descriptor] = &[
         None,
     ),
     known("token-cleaner-controller", &["tokencleaner"], true, None),
-    known("node-ipam-controller", &["nodeipam"], false, None),
-    known("node-lifecycle-controller", &["nodelifecycle"], false, None),
-    known("taint-eviction-controller", &[], false, None),
+    known(
+        "node-ipam-controller",
+        &["nodeipam"],
+        false,
+        Some(node_ipam::start),
+    ),
+    known(
+        "node-lifecycle-controller",
+        &["nodelifecycle"],
+        false,
+        Some(node_lifecycle::start),
+    ),
+    known(
+        "taint-eviction-controller",
+        &[],
+        false,
+        Some(taint_eviction::start),
+    ),
     known("service-lb-controller", &["service"], false, None),
     known("node-route-controller", &["route"], false, None),
     known(
