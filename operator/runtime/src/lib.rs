@@ -9,6 +9,7 @@
 //! - [`events`]: an events.k8s.io/v1 recorder that aggregates repeats into series;
 //! - [`client`]: a kube client with `--kube-api-qps` / `--kube-api-burst` limits;
 //! - [`server`] and [`metrics`]: `/healthz`, `/readyz`, `/livez` and Prometheus `/metrics`;
+//! - [`logging`]: klog-style `-v` levels on tracing, text or JSON;
 //! - [`shutdown`]: SIGTERM/SIGINT turned into one cancellation every task watches.
 
 pub mod apierrors;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod flags;
 pub mod informer;
 pub mod leader_election;
+pub mod logging;
 pub mod metrics;
 pub mod ratelimit;
 pub mod server;

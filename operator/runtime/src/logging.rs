@@ -1,0 +1,67 @@
+//! Log set-up shared by every ferrokube binary: klog's `-v` levels mapped onto tracing,
+//! text or JSON (`--logging-format`).
+
+use tracing_subscriber::EnvFilter;
+
+/// Log output format (`--logging-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unsupported logging format {other:?} (want \"text\" or \"json\")"
+            )),
+        }
+    }
+}
+
+/// The tracing filter for a klog verbosity: 0-1 warnings and important info, 2 the
+/// recommended default, 4+ debug, 6+ trace.
+pub fn filter_for(verbosity: u8) -> &'static str {
+    match verbosity {
+        0 | 1 => "info",
+        2..=3 => "info,ferrokube=debug",
+        4..=5 => "debug",
+        _ => "trace",
+    }
+}
+
+/// Installs the global subscriber on stderr. `RUST_LOG` overrides `verbosity` when set.
+/// A second call (tests) leaves the first subscriber in place.
+pub fn init(verbosity: u8, format: Format) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter_for(verbosity)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        Format::Text => builder.try_init(),
+        Format::Json => builder.json().try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_levels() {
+        assert_eq!("json".parse::<Format>(), Ok(Format::Json));
+        assert!("xml".parse::<Format>().is_err());
+        assert_eq!(filter_for(0), "info");
+        assert_eq!(filter_for(4), "debug");
+        assert_eq!(filter_for(9), "trace");
+    }
+}

@@ -1,0 +1,3 @@
+//! Binding pods to nodes (the Bind extension point).
+
+pub mod default_binder;

@@ -1,0 +1,432 @@
+//! The scheduler cache (upstream `backend/cache`): every node with the pods placed on it,
+//! including pods the scheduler has *assumed* onto a node before the apiserver confirmed
+//! the binding, and a cheap consistent [`Snapshot`] per scheduling cycle.
+//!
+//! ```text
+//!   informer: node add/update/delete ──┐
+//!   informer: assigned pod add/update/delete ──▶ Cache ──snapshot()──▶ scheduling cycle
+//!   scheduling cycle: assume(pod, node) ─┘   ▲
+//!   binding cycle: finish_binding / forget ──┘
+//! ```
+//!
+//! Node entries are `Arc<NodeInfo>`: a snapshot shares them, and a change afterwards copies
+//! only the one entry it touches (copy on write), so taking a snapshot costs one reference
+//! count per node, not a deep copy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::framework::types::{NodeInfo, PodInfo};
+
+/// Errors from cache bookkeeping (upstream logs these as "cache corruption").
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The pod is already in the cache.
+    #[error("pod {0} is already in the cache, so can't be assumed")]
+    AlreadyAssumed(String),
+    /// The pod was never assumed.
+    #[error("pod {0} wasn't assumed so cannot be forgotten")]
+    NotAssumed(String),
+}
+
+/// The nodes of one scheduling cycle. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Nodes known to exist, in a stable order.
+    pub nodes: Arc<Vec<Arc<NodeInfo>>>,
+    /// For each normalized image name, on how many nodes it is (ImageLocality's spread).
+    pub image_nodes: Arc<HashMap<String, usize>>,
+}
+
+impl Snapshot {
+    /// A snapshot of `nodes` (tests and benchmarks).
+    pub fn from_nodes(nodes: Vec<NodeInfo>) -> Self {
+        let mut image_nodes = HashMap::new();
+        for n in &nodes {
+            for image in n.images.keys() {
+                *image_nodes.entry(image.clone()).or_default() += 1;
+            }
+        }
+        Self {
+            nodes: Arc::new(nodes.into_iter().map(Arc::new).collect()),
+            image_nodes: Arc::new(image_nodes),
+        }
+    }
+
+    /// The node named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<NodeInfo>> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+struct PodState {
+    pod: Arc<PodInfo>,
+    node: String,
+    assumed: bool,
+    /// When an assumed pod whose binding finished is dropped if no confirmation arrived.
+    deadline: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Entries, nodes with a `Node` object and ghosts (pods known, node not yet).
+    entries: HashMap<String, Arc<NodeInfo>>,
+    /// Names of entries with a node, in arrival order (the snapshot's order).
+    order: Vec<String>,
+    pods: HashMap<String, PodState>,
+    generation: u64,
+    /// The last snapshot and the generation it was taken at.
+    snapshot: Option<(u64, Snapshot)>,
+    image_nodes: Arc<HashMap<String, usize>>,
+    images_dirty: bool,
+}
+
+impl Inner {
+    fn entry(&mut self, name: &str) -> &mut NodeInfo {
+        self.generation += 1;
+        let generation = self.generation;
+        let e = self
+            .entries
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(NodeInfo::new(name)));
+        let info = Arc::make_mut(e);
+        info.generation = generation;
+        info
+    }
+
+    fn add_pod_to_node(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.entry(node).add_pod(pod);
+    }
+
+    fn remove_pod_from_node(&mut self, uid: &str, node: &str) {
+        if !self.entries.contains_key(node) {
+            return;
+        }
+        let info = self.entry(node);
+        info.remove_pod(uid);
+        // A ghost entry (node deleted) goes away with its last pod.
+        if info.node.is_none() && info.pods.is_empty() {
+            self.entries.remove(node);
+        }
+    }
+}
+
+/// The scheduler cache. Thread-safe; share it behind an `Arc`.
+pub struct Cache {
+    inner: Mutex<Inner>,
+    /// How long an assumed pod whose binding finished waits for the informer's
+    /// confirmation; `None` keeps it until confirmed (upstream's default since 1.x, where
+    /// `durationToExpireAssumedPod` became 0).
+    assumed_ttl: Option<Duration>,
+}
+
+impl Cache {
+    /// An empty cache; `assumed_ttl` as on [`Cache`].
+    pub fn new(assumed_ttl: Option<Duration>) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            assumed_ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every mutation completes before it can panic-free return; a poisoned lock still
+        // guards consistent maps.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds or updates a node.
+    pub fn add_or_update_node(&self, node: Arc<Node>) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let mut inner = self.lock();
+        let is_new = inner.entries.get(&name).is_none_or(|e| e.node.is_none());
+        inner.entry(&name).set_node(node);
+        if is_new {
+            inner.order.push(name);
+        }
+        inner.images_dirty = true;
+    }
+
+    /// Removes a node. Pods still bound to it keep a ghost entry until they go.
+    pub fn remove_node(&self, name: &str) {
+        let mut inner = self.lock();
+        inner.order.retain(|n| n != name);
+        if let Some(e) = inner.entries.get(name) {
+            if e.pods.is_empty() {
+                inner.entries.remove(name);
+            } else {
+                inner.entry(name).node = None;
+            }
+        }
+        inner.generation += 1;
+        inner.images_dirty = true;
+    }
+
+    /// Adds or updates an assigned pod seen by the informer; confirms an assumed one.
+    pub fn add_or_update_pod(&self, pod: Arc<Pod>) {
+        let Some(node) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            return;
+        };
+        let info = Arc::new(PodInfo::new(pod));
+        let mut inner = self.lock();
+        if let Some(old) = inner.pods.remove(&info.uid) {
+            inner.remove_pod_from_node(&old.pod.uid, &old.node);
+        }
+        inner.add_pod_to_node(info.clone(), &node);
+        inner.pods.insert(
+            info.uid.clone(),
+            PodState {
+                pod: info,
+                node,
+                assumed: false,
+                deadline: None,
+            },
+        );
+    }
+
+    /// Removes a deleted pod.
+    pub fn remove_pod(&self, uid: &str) {
+        let mut inner = self.lock();
+        if let Some(old) = inner.pods.remove(uid) {
+            inner.remove_pod_from_node(uid, &old.node);
+        }
+    }
+
+    /// Places `pod` on `node` before the binding is confirmed (upstream `AssumePod`).
+    pub fn assume(&self, pod: Arc<PodInfo>, node: &str) -> Result<(), Error> {
+        let mut inner = self.lock();
+        if inner.pods.contains_key(&pod.uid) {
+            return Err(Error::AlreadyAssumed(pod.key.clone()));
+        }
+        inner.add_pod_to_node(pod.clone(), node);
+        inner.pods.insert(
+            pod.uid.clone(),
+            PodState {
+                pod,
+                node: node.to_string(),
+                assumed: true,
+                deadline: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The binding of an assumed pod was written; start its expiry clock, if any.
+    pub fn finish_binding(&self, uid: &str) {
+        let deadline = self.assumed_ttl.map(|ttl| Instant::now() + ttl);
+        let mut inner = self.lock();
+        if let Some(p) = inner.pods.get_mut(uid)
+            && p.assumed
+        {
+            p.deadline = deadline;
+        }
+    }
+
+    /// Undoes `assume` after a failed binding (upstream `ForgetPod`).
+    pub fn forget(&self, uid: &str) -> Result<(), Error> {
+        let mut inner = self.lock();
+        match inner.pods.get(uid) {
+            Some(p) if p.assumed => {
+                let node = p.node.clone();
+                inner.pods.remove(uid);
+                inner.remove_pod_from_node(uid, &node);
+                Ok(())
+            }
+            _ => Err(Error::NotAssumed(uid.to_string())),
+        }
+    }
+
+    /// Whether the pod is assumed and not yet confirmed.
+    pub fn is_assumed(&self, uid: &str) -> bool {
+        self.lock().pods.get(uid).is_some_and(|p| p.assumed)
+    }
+
+    /// Whether the cache knows the pod at all (assumed or confirmed).
+    pub fn contains_pod(&self, uid: &str) -> bool {
+        self.lock().pods.contains_key(uid)
+    }
+
+    /// Drops assumed pods whose confirmation is overdue; returns their keys.
+    pub fn cleanup_expired_assumed(&self, now: Instant) -> Vec<String> {
+        let mut inner = self.lock();
+        let expired: Vec<(String, String, String)> = inner
+            .pods
+            .iter()
+            .filter(|(_, p)| p.assumed && p.deadline.is_some_and(|d| d <= now))
+            .map(|(uid, p)| (uid.clone(), p.node.clone(), p.pod.key.clone()))
+            .collect();
+        for (uid, node, _) in &expired {
+            inner.pods.remove(uid);
+            inner.remove_pod_from_node(uid, node);
+        }
+        expired.into_iter().map(|(_, _, key)| key).collect()
+    }
+
+    /// How many nodes (with a Node object) the cache holds.
+    pub fn node_count(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    /// A consistent view for one scheduling cycle; reused while nothing changed.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut inner = self.lock();
+        if let Some((generation, snap)) = &inner.snapshot
+            && *generation == inner.generation
+        {
+            return snap.clone();
+        }
+        if inner.images_dirty {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for name in &inner.order {
+                if let Some(e) = inner.entries.get(name) {
+                    for image in e.images.keys() {
+                        *counts.entry(image.clone()).or_default() += 1;
+                    }
+                }
+            }
+            inner.image_nodes = Arc::new(counts);
+            inner.images_dirty = false;
+        }
+        let nodes: Vec<Arc<NodeInfo>> = inner
+            .order
+            .iter()
+            .filter_map(|n| inner.entries.get(n).cloned())
+            .collect();
+        let snap = Snapshot {
+            nodes: Arc::new(nodes),
+            image_nodes: inner.image_nodes.clone(),
+        };
+        inner.snapshot = Some((inner.generation, snap.clone()));
+        snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, NodeStatus, PodSpec, ResourceRequirements};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn node(name: &str) -> Arc<Node> {
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                allocatable: Some(BTreeMap::from([("cpu".to_string(), Quantity("4".into()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn pod(uid: &str, node: Option<&str>) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(uid.into()),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: node.map(Into::into),
+                containers: vec![Container {
+                    name: "c".into(),
+                    resources: Some(ResourceRequirements {
+                        requests: Some(BTreeMap::from([("cpu".to_string(), Quantity("1".into()))])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn assume_confirm_forget_and_snapshots() {
+        let cache = Cache::new(None);
+        cache.add_or_update_node(node("a"));
+        let before = cache.snapshot();
+        assert_eq!(before.nodes.len(), 1);
+
+        cache
+            .assume(Arc::new(PodInfo::new(pod("p1", None))), "a")
+            .expect("assume");
+        assert!(cache.is_assumed("p1"));
+        let after = cache.snapshot();
+        assert_eq!(after.nodes[0].requested.milli_cpu, 1000);
+        // The earlier snapshot is untouched (copy on write).
+        assert_eq!(before.nodes[0].requested.milli_cpu, 0);
+        // Unchanged cache: the same snapshot comes back.
+        assert!(Arc::ptr_eq(&after.nodes, &cache.snapshot().nodes));
+
+        // The informer confirms the binding: no double counting.
+        cache.add_or_update_pod(pod("p1", Some("a")));
+        assert!(!cache.is_assumed("p1"));
+        assert_eq!(cache.snapshot().nodes[0].requested.milli_cpu, 1000);
+        assert_eq!(cache.forget("p1"), Err(Error::NotAssumed("p1".into())));
+
+        cache
+            .assume(Arc::new(PodInfo::new(pod("p2", None))), "a")
+            .expect("assume");
+        cache.forget("p2").expect("forget");
+        assert_eq!(cache.snapshot().nodes[0].requested.milli_cpu, 1000);
+        cache.remove_pod("p1");
+        assert_eq!(cache.snapshot().nodes[0].requested.milli_cpu, 0);
+    }
+
+    #[test]
+    fn assumed_pods_expire_after_binding_when_a_ttl_is_set() {
+        let cache = Cache::new(Some(Duration::from_secs(30)));
+        cache.add_or_update_node(node("a"));
+        cache
+            .assume(Arc::new(PodInfo::new(pod("p1", None))), "a")
+            .expect("assume");
+        let now = Instant::now();
+        // Not expired before the binding finished.
+        assert!(
+            cache
+                .cleanup_expired_assumed(now + Duration::from_secs(60))
+                .is_empty()
+        );
+        cache.finish_binding("p1");
+        assert!(cache.cleanup_expired_assumed(now).is_empty());
+        assert_eq!(
+            cache.cleanup_expired_assumed(now + Duration::from_secs(60)),
+            vec!["ns/p1".to_string()]
+        );
+        assert_eq!(cache.snapshot().nodes[0].requested.milli_cpu, 0);
+    }
+
+    #[test]
+    fn pods_before_their_node_and_node_deletion() {
+        let cache = Cache::new(None);
+        cache.add_or_update_pod(pod("p1", Some("late")));
+        assert_eq!(
+            cache.snapshot().nodes.len(),
+            0,
+            "ghost entries are not schedulable"
+        );
+        cache.add_or_update_node(node("late"));
+        let snap = cache.snapshot();
+        assert_eq!(snap.nodes.len(), 1);
+        assert_eq!(snap.nodes[0].pods.len(), 1);
+        cache.remove_node("late");
+        assert_eq!(cache.snapshot().nodes.len(), 0);
+        cache.remove_pod("p1");
+        assert_eq!(cache.node_count(), 0);
+    }
+}

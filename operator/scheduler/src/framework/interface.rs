@@ -1,0 +1,310 @@
+//! The plugin interface (upstream `framework/interface.go`): status codes, per-cycle state,
+//! and one trait with a method per extension point.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::cache::Snapshot;
+use crate::framework::types::{NodeInfo, PodInfo};
+
+/// The highest score a Score plugin may give (upstream `MaxNodeScore`).
+pub const MAX_NODE_SCORE: i64 = 100;
+
+/// A status code (upstream `fwk.Code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// All good.
+    Success,
+    /// An internal error; the pod is retried with backoff.
+    Error,
+    /// The pod does not fit, but preemption might help.
+    Unschedulable,
+    /// The pod does not fit and preemption cannot help.
+    UnschedulableAndUnresolvable,
+    /// The plugin has nothing to do for this pod (PreFilter/PreScore).
+    Skip,
+    /// The pod waits for something outside the scheduler.
+    Pending,
+}
+
+/// The outcome of a plugin call (upstream `fwk.Status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The code.
+    pub code: Code,
+    /// Human-readable reasons; counted one by one in the "0/N nodes" message.
+    pub reasons: Vec<String>,
+    /// The plugin that returned this status.
+    pub plugin: &'static str,
+}
+
+impl Status {
+    /// Success.
+    pub fn success() -> Self {
+        Self {
+            code: Code::Success,
+            reasons: Vec::new(),
+            plugin: "",
+        }
+    }
+
+    /// A status with `code` and one reason.
+    pub fn new(code: Code, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reasons: vec![reason.into()],
+            plugin: "",
+        }
+    }
+
+    /// A status with `code` and several reasons.
+    pub fn with_reasons(code: Code, reasons: Vec<String>) -> Self {
+        Self {
+            code,
+            reasons,
+            plugin: "",
+        }
+    }
+
+    /// An internal error.
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self::new(Code::Error, msg)
+    }
+
+    /// Skip.
+    pub fn skip() -> Self {
+        Self::with_reasons(Code::Skip, Vec::new())
+    }
+
+    /// Whether the code is Success.
+    pub fn is_success(&self) -> bool {
+        self.code == Code::Success
+    }
+
+    /// Whether the pod was rejected (Unschedulable, UnschedulableAndUnresolvable or Pending).
+    pub fn is_rejected(&self) -> bool {
+        matches!(
+            self.code,
+            Code::Unschedulable | Code::UnschedulableAndUnresolvable | Code::Pending
+        )
+    }
+
+    /// The reasons joined with ", " (upstream `Status.Message`).
+    pub fn message(&self) -> String {
+        self.reasons.join(", ")
+    }
+
+    /// Records which plugin returned this status.
+    #[must_use]
+    pub fn with_plugin(mut self, plugin: &'static str) -> Self {
+        self.plugin = plugin;
+        self
+    }
+}
+
+/// Data plugins keep for one scheduling cycle, each under its own key (upstream
+/// `CycleState`). PreFilter/PreScore write; Filter/Score read from many threads.
+#[derive(Default)]
+pub struct CycleState {
+    data: HashMap<&'static str, Arc<dyn Any + Send + Sync>>,
+    /// Score plugins whose PreScore returned Skip for this pod.
+    pub skip_score: std::collections::HashSet<&'static str>,
+    /// Filter plugins whose PreFilter returned Skip for this pod.
+    pub skip_filter: std::collections::HashSet<&'static str>,
+}
+
+impl CycleState {
+    /// Stores `value` under `key`.
+    pub fn write<T: Any + Send + Sync>(&mut self, key: &'static str, value: T) {
+        self.data.insert(key, Arc::new(value));
+    }
+
+    /// The value under `key`, if it has type `T`.
+    pub fn read<T: Any + Send + Sync>(&self, key: &'static str) -> Option<&T> {
+        self.data.get(key).and_then(|v| v.downcast_ref::<T>())
+    }
+}
+
+/// A node and its score, as Score plugins produce them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeScore {
+    /// The node's name.
+    pub name: String,
+    /// The score.
+    pub score: i64,
+}
+
+/// The extension points a plugin implements (upstream's interfaces, which a Go plugin
+/// implements by having the methods).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExtensionPoint {
+    /// Gate pods before they enter the active queue.
+    PreEnqueue,
+    /// Order the active queue.
+    QueueSort,
+    /// Compute per-pod state; may reject the pod outright.
+    PreFilter,
+    /// Accept or reject one node.
+    Filter,
+    /// Runs when no node fits (preemption).
+    PostFilter,
+    /// Compute per-pod scoring state.
+    PreScore,
+    /// Score one node.
+    Score,
+    /// Bind the pod.
+    Bind,
+}
+
+/// A scheduler plugin. Every method has a neutral default; [`Plugin::extension_points`]
+/// says which ones the plugin really implements.
+pub trait Plugin: Send + Sync {
+    /// The upstream plugin name (`NodeResourcesFit`).
+    fn name(&self) -> &'static str;
+
+    /// The extension points this plugin implements.
+    fn extension_points(&self) -> &'static [ExtensionPoint];
+
+    /// PreEnqueue: whether `pod` may enter the active queue.
+    fn pre_enqueue(&self, _pod: &Pod) -> Status {
+        Status::success()
+    }
+
+    /// QueueSort: whether `a` goes before `b`.
+    fn less(
+        &self,
+        _a: &PodInfo,
+        _a_ts: std::time::Instant,
+        _b: &PodInfo,
+        _b_ts: std::time::Instant,
+    ) -> bool {
+        false
+    }
+
+    /// PreFilter: per-pod preparation; Skip leaves this plugin's Filter out for the pod.
+    fn pre_filter(&self, _state: &mut CycleState, _pod: &PodInfo, _snapshot: &Snapshot) -> Status {
+        Status::success()
+    }
+
+    /// Filter: whether `pod` can go on `node`.
+    fn filter(&self, _state: &CycleState, _pod: &PodInfo, _node: &NodeInfo) -> Status {
+        Status::success()
+    }
+
+    /// PreScore: per-pod scoring preparation over the feasible nodes; Skip leaves this
+    /// plugin's Score out for the pod.
+    fn pre_score(
+        &self,
+        _state: &mut CycleState,
+        _pod: &PodInfo,
+        _nodes: &[Arc<NodeInfo>],
+        _snapshot: &Snapshot,
+    ) -> Status {
+        Status::success()
+    }
+
+    /// Score: how good `node` is for `pod`, in [0, MAX_NODE_SCORE] after normalization.
+    fn score(
+        &self,
+        _state: &CycleState,
+        _pod: &PodInfo,
+        _node: &NodeInfo,
+        _snapshot: &Snapshot,
+    ) -> Result<i64, Status> {
+        Ok(0)
+    }
+
+    /// NormalizeScore: rescales the raw scores of all nodes (ScoreExtensions).
+    fn normalize_score(
+        &self,
+        _state: &CycleState,
+        _pod: &PodInfo,
+        _scores: &mut [NodeScore],
+    ) -> Status {
+        Status::success()
+    }
+
+    /// The cluster events after which a pod this plugin rejected may fit
+    /// (upstream `EventsToRegister`, coarse-grained).
+    fn events_to_register(&self) -> &'static [ClusterEvent] {
+        &[]
+    }
+}
+
+/// A change in the cluster that may make unschedulable pods schedulable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClusterEvent {
+    /// A node was added.
+    NodeAdd,
+    /// A node's spec, labels, taints, allocatable or images changed.
+    NodeUpdate,
+    /// An assigned pod was deleted (its resources and ports are free).
+    AssignedPodDelete,
+    /// An assigned pod was added or changed (affinity/spreading may now hold).
+    AssignedPodAddOrUpdate,
+    /// The pod itself changed.
+    UnscheduledPodUpdate,
+}
+
+/// upstream `DefaultNormalizeScore`: scales scores so the best node gets `max_priority`,
+/// reversed (best = lowest raw score) when `reverse`.
+pub fn default_normalize_score(max_priority: i64, reverse: bool, scores: &mut [NodeScore]) {
+    let max = scores.iter().map(|s| s.score).max().unwrap_or(0);
+    if max == 0 {
+        if reverse {
+            for s in scores.iter_mut() {
+                s.score = max_priority;
+            }
+        }
+        return;
+    }
+    for s in scores.iter_mut() {
+        let mut score = max_priority * s.score / max;
+        if reverse {
+            score = max_priority - score;
+        }
+        s.score = score;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(v: &[i64]) -> Vec<NodeScore> {
+        v.iter()
+            .enumerate()
+            .map(|(i, s)| NodeScore {
+                name: format!("n{i}"),
+                score: *s,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn normalize() {
+        let mut s = scores(&[1, 2, 4]);
+        default_normalize_score(100, false, &mut s);
+        assert_eq!(s.iter().map(|s| s.score).collect::<Vec<_>>(), [25, 50, 100]);
+        let mut s = scores(&[1, 2, 4]);
+        default_normalize_score(100, true, &mut s);
+        assert_eq!(s.iter().map(|s| s.score).collect::<Vec<_>>(), [75, 50, 0]);
+        let mut s = scores(&[0, 0]);
+        default_normalize_score(100, true, &mut s);
+        assert_eq!(s.iter().map(|s| s.score).collect::<Vec<_>>(), [100, 100]);
+    }
+
+    #[test]
+    fn status_message_and_rejection() {
+        let s = Status::with_reasons(
+            Code::Unschedulable,
+            vec!["Insufficient cpu".into(), "Insufficient memory".into()],
+        );
+        assert!(s.is_rejected());
+        assert_eq!(s.message(), "Insufficient cpu, Insufficient memory");
+        assert!(!Status::success().is_rejected());
+    }
+}

@@ -1,0 +1,394 @@
+//! One scheduling attempt for one pod (upstream `schedule_one.go`'s `schedulePod`):
+//! PreFilter, Filter over (a rotating share of) the nodes in parallel, PreScore, Score,
+//! NormalizeScore, weights, and the pick of the best node.
+//!
+//! This part is pure: it reads a [`Snapshot`] and returns a decision, so it is unit-tested
+//! without an apiserver. The surrounding cycle (assume, bind, report) is in
+//! [`crate::scheduler`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rand::Rng as _;
+
+use crate::cache::Snapshot;
+use crate::framework::interface::{Code, CycleState, NodeScore, Status};
+use crate::framework::runtime::Framework;
+use crate::framework::types::{NodeInfo, PodInfo};
+use crate::framework::{Diagnosis, FitError, parallelize};
+
+/// upstream `minFeasibleNodesToFind`.
+pub const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+/// upstream `minFeasibleNodesPercentageToFind`.
+pub const MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND: usize = 5;
+/// upstream `ErrNoNodesAvailable`.
+pub const NO_NODES_AVAILABLE: &str = "no nodes available to schedule pods";
+
+/// Why an attempt found no node.
+#[derive(Debug)]
+pub enum ScheduleError {
+    /// No node fits; the pod waits for a cluster change.
+    Fit(FitError),
+    /// The cluster has no nodes at all.
+    NoNodes,
+    /// A plugin failed; the pod is retried with backoff.
+    Internal(Status),
+}
+
+/// A successful attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleResult {
+    /// The chosen node.
+    pub node: String,
+    /// How many nodes were filtered.
+    pub evaluated_nodes: usize,
+    /// How many of them fit.
+    pub feasible_nodes: usize,
+}
+
+/// upstream `numFeasibleNodesToFind`: all nodes below 100; otherwise a share that
+/// shrinks with cluster size (adaptive: 50% - nodes/125, at least 5%), at least 100.
+pub fn num_feasible_nodes_to_find(percentage: i32, num_all_nodes: usize) -> usize {
+    if num_all_nodes < MIN_FEASIBLE_NODES_TO_FIND {
+        return num_all_nodes;
+    }
+    let mut pct = usize::try_from(percentage).unwrap_or(0);
+    if pct == 0 {
+        pct = 50usize.saturating_sub(num_all_nodes / 125);
+        if pct < MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND {
+            pct = MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND;
+        }
+    }
+    if pct >= 100 {
+        return num_all_nodes;
+    }
+    (num_all_nodes * pct / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
+}
+
+/// Runs the filter plugins on one node, stopping at the first rejection.
+fn run_filters(fwk: &Framework, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+    for pl in &fwk.filter {
+        if state.skip_filter.contains(pl.name()) {
+            continue;
+        }
+        let s = pl.filter(state, pod, node);
+        if !s.is_success() {
+            return s.with_plugin(pl.name());
+        }
+    }
+    Status::success()
+}
+
+/// Finds the node for `pod`. `next_start` rotates where filtering starts, so that with
+/// a partial share of nodes every node gets its turn (upstream `nextStartNodeIndex`).
+pub fn schedule_pod(
+    fwk: &Framework,
+    snapshot: &Snapshot,
+    pod: &PodInfo,
+    next_start: &AtomicUsize,
+) -> Result<ScheduleResult, ScheduleError> {
+    let nodes = &snapshot.nodes;
+    if nodes.is_empty() {
+        return Err(ScheduleError::NoNodes);
+    }
+    let mut state = CycleState::default();
+    let mut diagnosis = Diagnosis::default();
+
+    // PreFilter.
+    for pl in &fwk.pre_filter {
+        let s = pl.pre_filter(&mut state, pod, snapshot);
+        match s.code {
+            Code::Success => {}
+            Code::Skip => {
+                state.skip_filter.insert(pl.name());
+            }
+            Code::Error => return Err(ScheduleError::Internal(s.with_plugin(pl.name()))),
+            _ => {
+                diagnosis.pre_filter_msg = s.message();
+                diagnosis.unschedulable_plugins.insert(pl.name());
+                diagnosis.absent_nodes_status = Some(s.with_plugin(pl.name()));
+                return Err(ScheduleError::Fit(FitError {
+                    num_all_nodes: nodes.len(),
+                    diagnosis,
+                }));
+            }
+        }
+    }
+
+    // Filter, starting where the last cycle stopped.
+    let n = nodes.len();
+    let to_find = num_feasible_nodes_to_find(fwk.percentage_of_nodes_to_score, n);
+    let start = next_start.load(Ordering::Relaxed) % n;
+    let found = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let results = parallelize::for_each(n, fwk.parallelism, &stop, |i| {
+        let node = &nodes[(start + i) % n];
+        let s = run_filters(fwk, &state, pod, node);
+        if s.is_success() {
+            if found.fetch_add(1, Ordering::Relaxed) + 1 >= to_find {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        Some(s)
+    });
+    let mut feasible: Vec<Arc<NodeInfo>> = Vec::new();
+    let mut processed = 0;
+    for (i, s) in results {
+        let node = &nodes[(start + i) % n];
+        if s.is_success() {
+            // Threads may overshoot the count a little; keep the first `to_find`, as
+            // upstream does, and count the rest as not processed.
+            if feasible.len() < to_find {
+                feasible.push(node.clone());
+                processed += 1;
+            }
+            continue;
+        }
+        processed += 1;
+        if s.code == Code::Error {
+            return Err(ScheduleError::Internal(s));
+        }
+        diagnosis.unschedulable_plugins.insert(s.plugin);
+        diagnosis.node_to_status.insert(node.name.clone(), s);
+    }
+    next_start.store((start + processed) % n, Ordering::Relaxed);
+
+    if feasible.is_empty() {
+        return Err(ScheduleError::Fit(FitError {
+            num_all_nodes: n,
+            diagnosis,
+        }));
+    }
+    if feasible.len() == 1 {
+        return Ok(ScheduleResult {
+            node: feasible[0].name.clone(),
+            evaluated_nodes: processed,
+            feasible_nodes: 1,
+        });
+    }
+
+    let totals = prioritize_nodes(fwk, &mut state, pod, &feasible, snapshot)?;
+    let node = select_host(&totals);
+    Ok(ScheduleResult {
+        node,
+        evaluated_nodes: processed,
+        feasible_nodes: feasible.len(),
+    })
+}
+
+/// PreScore, Score, NormalizeScore and weights: the weighted total per feasible node
+/// (upstream `prioritizeNodes`).
+pub fn prioritize_nodes(
+    fwk: &Framework,
+    state: &mut CycleState,
+    pod: &PodInfo,
+    feasible: &[Arc<NodeInfo>],
+    snapshot: &Snapshot,
+) -> Result<Vec<NodeScore>, ScheduleError> {
+    for pl in &fwk.pre_score {
+        let s = pl.pre_score(state, pod, feasible, snapshot);
+        match s.code {
+            Code::Success => {}
+            Code::Skip => {
+                state.skip_score.insert(pl.name());
+            }
+            _ => return Err(ScheduleError::Internal(s.with_plugin(pl.name()))),
+        }
+    }
+    let plugins: Vec<_> = fwk
+        .score
+        .iter()
+        .filter(|(p, _)| !state.skip_score.contains(p.name()))
+        .collect();
+    // Raw scores: one row per node, one column per plugin.
+    let state_ref = &*state;
+    let stop = AtomicBool::new(false);
+    let rows = parallelize::for_each(feasible.len(), fwk.parallelism, &stop, |i| {
+        Some(
+            plugins
+                .iter()
+                .map(|(p, _)| p.score(state_ref, pod, &feasible[i], snapshot))
+                .collect::<Vec<_>>(),
+        )
+    });
+    let mut columns: Vec<Vec<NodeScore>> = vec![Vec::with_capacity(feasible.len()); plugins.len()];
+    for (i, row) in rows {
+        for (j, r) in row.into_iter().enumerate() {
+            let score =
+                r.map_err(|s| ScheduleError::Internal(s.with_plugin(plugins[j].0.name())))?;
+            columns[j].push(NodeScore {
+                name: feasible[i].name.clone(),
+                score,
+            });
+        }
+    }
+    let mut totals: Vec<NodeScore> = feasible
+        .iter()
+        .map(|n| NodeScore {
+            name: n.name.clone(),
+            score: 0,
+        })
+        .collect();
+    for (j, (pl, weight)) in plugins.iter().enumerate() {
+        let s = pl.normalize_score(state, pod, &mut columns[j]);
+        if !s.is_success() {
+            return Err(ScheduleError::Internal(s.with_plugin(pl.name())));
+        }
+        for (k, ns) in columns[j].iter().enumerate() {
+            totals[k].score += ns.score * weight;
+        }
+    }
+    Ok(totals)
+}
+
+/// The node with the highest total; ties broken uniformly at random (upstream
+/// `selectHost`'s reservoir sampling).
+pub fn select_host(scores: &[NodeScore]) -> String {
+    let mut rng = rand::rng();
+    let mut best: Option<&NodeScore> = None;
+    let mut ties = 0u32;
+    for s in scores {
+        match best {
+            Some(b) if s.score < b.score => {}
+            Some(b) if s.score == b.score => {
+                ties += 1;
+                if rng.random_range(0..ties) == 0 {
+                    best = Some(s);
+                }
+            }
+            _ => {
+                best = Some(s);
+                ties = 1;
+            }
+        }
+    }
+    best.map(|b| b.name.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KubeSchedulerConfiguration, finish};
+    use crate::plugins::node_resources_fit::tests::{node, pod};
+    use k8s_openapi::api::core::v1::{Node, Taint};
+
+    fn framework(percentage: i32) -> Framework {
+        let cfg = finish(KubeSchedulerConfiguration::defaulted()).expect("config");
+        let mut f = Framework::new(&cfg.profiles[0], 2).expect("framework");
+        f.percentage_of_nodes_to_score = percentage;
+        f
+    }
+
+    fn named(mut n: NodeInfo, name: &str) -> NodeInfo {
+        n.name = name.to_string();
+        if let Some(node) = n.node.as_mut() {
+            let mut copy: Node = (**node).clone();
+            copy.metadata.name = Some(name.into());
+            *node = Arc::new(copy);
+        }
+        n
+    }
+
+    #[test]
+    fn feasible_share() {
+        assert_eq!(num_feasible_nodes_to_find(0, 50), 50);
+        assert_eq!(num_feasible_nodes_to_find(0, 1000), 420);
+        assert_eq!(num_feasible_nodes_to_find(0, 5000), 500);
+        assert_eq!(num_feasible_nodes_to_find(0, 6000), 300);
+        assert_eq!(num_feasible_nodes_to_find(0, 10000), 500);
+        assert_eq!(num_feasible_nodes_to_find(10, 500), 100);
+        assert_eq!(num_feasible_nodes_to_find(100, 500), 500);
+    }
+
+    #[test]
+    fn picks_the_least_allocated_fitting_node_and_explains_failures() {
+        let f = framework(0);
+        let mut busy = named(node("4", "8Gi", "110"), "busy");
+        busy.add_pod(pod("3", "1Gi"));
+        let mut tainted = named(node("8", "8Gi", "110"), "tainted");
+        if let Some(n) = tainted.node.as_mut() {
+            let mut copy: Node = (**n).clone();
+            copy.spec.get_or_insert_default().taints = Some(vec![Taint {
+                key: "dedicated".into(),
+                value: Some("db".into()),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            }]);
+            *n = Arc::new(copy);
+        }
+        let snap = Snapshot::from_nodes(vec![
+            busy,
+            named(node("4", "8Gi", "110"), "free"),
+            named(node("2", "8Gi", "110"), "small"),
+            tainted,
+        ]);
+        let start = AtomicUsize::new(0);
+        let r = schedule_pod(&f, &snap, &pod("1500m", "1Gi"), &start).expect("fits");
+        assert_eq!(r.node, "free");
+        assert_eq!(r.feasible_nodes, 2);
+        assert_eq!(
+            start.load(Ordering::Relaxed),
+            0,
+            "all 4 nodes processed: back to 0"
+        );
+
+        let Err(ScheduleError::Fit(e)) = schedule_pod(&f, &snap, &pod("5", "1Gi"), &start) else {
+            panic!("must not fit");
+        };
+        assert_eq!(
+            e.message(),
+            "0/4 nodes are available: 1 node(s) had untolerated taint(s), 3 Insufficient cpu."
+        );
+        assert!(
+            e.diagnosis
+                .unschedulable_plugins
+                .contains("NodeResourcesFit")
+        );
+        assert!(matches!(
+            schedule_pod(&f, &Snapshot::default(), &pod("1", ""), &start),
+            Err(ScheduleError::NoNodes)
+        ));
+    }
+
+    #[test]
+    fn large_clusters_filter_a_rotating_share_in_parallel() {
+        let f = framework(0);
+        let nodes: Vec<NodeInfo> = (0..1000)
+            .map(|i| named(node("4", "8Gi", "110"), &format!("n{i}")))
+            .collect();
+        let snap = Snapshot::from_nodes(nodes);
+        let start = AtomicUsize::new(0);
+        let r = schedule_pod(&f, &snap, &pod("1", "1Gi"), &start).expect("fits");
+        assert_eq!(r.feasible_nodes, 420);
+        assert_eq!(r.evaluated_nodes, 420);
+        assert_eq!(start.load(Ordering::Relaxed), 420);
+        schedule_pod(&f, &snap, &pod("1", "1Gi"), &start).expect("fits");
+        assert_eq!(start.load(Ordering::Relaxed), 840);
+    }
+
+    #[test]
+    fn ties_are_broken_among_the_best_only() {
+        let scores = vec![
+            NodeScore {
+                name: "a".into(),
+                score: 10,
+            },
+            NodeScore {
+                name: "b".into(),
+                score: 30,
+            },
+            NodeScore {
+                name: "c".into(),
+                score: 30,
+            },
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(select_host(&scores));
+        }
+        assert_eq!(
+            seen,
+            ["b".to_string(), "c".to_string()].into_iter().collect()
+        );
+    }
+}

@@ -1,0 +1,514 @@
+//! The running scheduler: informer events into the cache and queue, the scheduling loop,
+//! the asynchronous binding cycle, and failure reporting (upstream `scheduler.go`,
+//! `eventhandlers.go` and the cycle parts of `schedule_one.go`).
+//!
+//! ```text
+//!   pods informer ──▶ assigned? ── yes ─▶ cache (confirms assumed pods)
+//!        │                 └─ no, ours ──▶ queue
+//!   nodes informer ─▶ cache ─▶ queue.on_event (re-queue unschedulable pods)
+//!
+//!   loop: queue.pop ─▶ schedule_pod(snapshot) ─▶ assume in cache ─▶ spawn bind
+//!                          │ no fit                                 │ ok: Scheduled event
+//!                          ▼                                        │ err: forget, retry
+//!         PodScheduled=False + FailedScheduling event, back to queue
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use ferrokube_runtime::events::{self, EventType, Recorder, Reporter};
+use ferrokube_runtime::informer::{Notification, Store};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::binder::default_binder::DefaultBinder;
+use crate::cache::Cache;
+use crate::framework::interface::{ClusterEvent, Code, Status};
+use crate::framework::runtime::Framework;
+use crate::framework::types::PodInfo;
+use crate::framework::{Diagnosis, FitError};
+use crate::metrics::{AttemptResult, SchedulerMetrics};
+use crate::queue::{QueuedPodInfo, SchedulingQueue};
+use crate::schedule_one::{NO_NODES_AVAILABLE, ScheduleError, schedule_pod};
+
+/// The scheduler's shared state.
+pub struct Scheduler {
+    /// Nodes and placed pods.
+    pub cache: Arc<Cache>,
+    /// Pending pods.
+    pub queue: Arc<SchedulingQueue>,
+    /// Frameworks by scheduler name.
+    pub profiles: HashMap<String, Arc<Framework>>,
+    /// Event recorders by scheduler name (each profile reports as its scheduler name).
+    pub recorders: HashMap<String, Recorder>,
+    /// Writes bindings.
+    pub binder: DefaultBinder,
+    /// The API client.
+    pub client: kube::Client,
+    /// The pods informer's cache, to check a pod still exists before reporting on it.
+    pub pods: Store<Pod>,
+    /// Metric families.
+    pub metrics: SchedulerMetrics,
+    next_start: AtomicUsize,
+}
+
+/// Event recorders, one per profile, whose sink tasks join `tasks`.
+pub fn recorders(
+    client: &kube::Client,
+    profiles: &HashMap<String, Arc<Framework>>,
+    identity: &str,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> HashMap<String, Recorder> {
+    let host = identity.split('_').next().unwrap_or(identity).to_string();
+    profiles
+        .keys()
+        .map(|name| {
+            let (recorder, sink) = events::start(
+                client.clone(),
+                Reporter {
+                    controller: name.clone(),
+                    instance: format!("{name}-{host}"),
+                },
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                let _ = sink.await;
+            });
+            (name.clone(), recorder)
+        })
+        .collect()
+}
+
+fn scheduler_name(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or(crate::config::DEFAULT_SCHEDULER_NAME)
+}
+
+fn assigned(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty())
+}
+
+fn uid_of(pod: &Pod) -> String {
+    PodInfo::new(Arc::new(Pod {
+        metadata: pod.metadata.clone(),
+        ..Pod::default()
+    }))
+    .uid
+}
+
+/// Whether a node change can make a pod fit that did not (upstream's node update
+/// pre-check: allocatable, labels, taints, unschedulable, images).
+fn node_scheduling_changed(old: &Node, new: &Node) -> bool {
+    let alloc = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
+    let images = |n: &Node| n.status.as_ref().and_then(|s| s.images.clone());
+    old.spec != new.spec
+        || old.metadata.labels != new.metadata.labels
+        || alloc(old) != alloc(new)
+        || images(old) != images(new)
+}
+
+impl Scheduler {
+    /// Builds the scheduler around its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cache: Arc<Cache>,
+        queue: Arc<SchedulingQueue>,
+        profiles: HashMap<String, Arc<Framework>>,
+        recorders: HashMap<String, Recorder>,
+        client: kube::Client,
+        pods: Store<Pod>,
+        metrics: SchedulerMetrics,
+    ) -> Self {
+        Self {
+            cache,
+            queue,
+            profiles,
+            recorders,
+            binder: DefaultBinder::new(client.clone()),
+            client,
+            pods,
+            metrics,
+            next_start: AtomicUsize::new(0),
+        }
+    }
+
+    fn responsible_for(&self, pod: &Pod) -> bool {
+        self.profiles.contains_key(scheduler_name(pod))
+    }
+
+    /// Applies a pod informer event.
+    pub fn on_pod(&self, n: Notification<Pod>) {
+        match n {
+            Notification::Added(pod) | Notification::Updated { new: pod, .. } => {
+                if assigned(&pod) {
+                    let uid = uid_of(&pod);
+                    self.queue.delete(&uid);
+                    self.cache.add_or_update_pod(pod);
+                    self.queue.on_event(ClusterEvent::AssignedPodAddOrUpdate);
+                } else if self.responsible_for(&pod) {
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        self.queue.delete(&uid_of(&pod));
+                    } else {
+                        self.queue.update(Arc::new(PodInfo::new(pod)));
+                    }
+                }
+            }
+            Notification::Deleted(pod) => {
+                let uid = uid_of(&pod);
+                if assigned(&pod) || self.cache.contains_pod(&uid) {
+                    self.cache.remove_pod(&uid);
+                    self.queue.on_event(ClusterEvent::AssignedPodDelete);
+                }
+                self.queue.delete(&uid);
+            }
+        }
+    }
+
+    /// Applies a node informer event.
+    pub fn on_node(&self, n: Notification<Node>) {
+        match n {
+            Notification::Added(node) => {
+                self.cache.add_or_update_node(node);
+                self.queue.on_event(ClusterEvent::NodeAdd);
+            }
+            Notification::Updated { old, new } => {
+                let changed = node_scheduling_changed(&old, &new);
+                self.cache.add_or_update_node(new);
+                if changed {
+                    self.queue.on_event(ClusterEvent::NodeUpdate);
+                }
+            }
+            Notification::Deleted(node) => {
+                self.cache
+                    .remove_node(node.metadata.name.as_deref().unwrap_or_default());
+            }
+        }
+    }
+
+    /// Pops and schedules pods until `shutdown`; bindings run as tasks in `binds`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut binds = JoinSet::new();
+        while let Some((info, cycle)) = self.queue.pop(&shutdown).await {
+            self.clone().schedule_one(info, cycle, &mut binds);
+            // Reap finished binding tasks so the set does not grow without bound.
+            while binds.try_join_next().is_some() {}
+        }
+        // Let bindings in flight finish; they are short API calls.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while binds.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// One scheduling cycle; the binding cycle continues in a task.
+    fn schedule_one(self: Arc<Self>, info: QueuedPodInfo, cycle: u64, binds: &mut JoinSet<()>) {
+        let started = Instant::now();
+        let pod = info.pod.clone();
+        let Some(fwk) = self.profiles.get(scheduler_name(&pod.pod)).cloned() else {
+            self.queue.done(&pod.uid);
+            return;
+        };
+        // Skip pods being deleted, or already assumed (an update raced the cycle).
+        if pod.pod.metadata.deletion_timestamp.is_some() || self.cache.contains_pod(&pod.uid) {
+            self.queue.done(&pod.uid);
+            return;
+        }
+        let snapshot = self.cache.snapshot();
+        // Filtering and scoring are CPU work on scoped threads; they do not await.
+        let result =
+            tokio::task::block_in_place(|| schedule_pod(&fwk, &snapshot, &pod, &self.next_start));
+        match result {
+            Ok(r) => {
+                if let Err(e) = self.cache.assume(pod.clone(), &r.node) {
+                    tracing::error!(pod = %pod.key, error = %e, "assuming pod failed");
+                    self.fail(
+                        &fwk,
+                        info,
+                        cycle,
+                        AttemptResult::Error,
+                        "SchedulerError",
+                        &e.to_string(),
+                        started,
+                    );
+                    return;
+                }
+                self.queue.done(&pod.uid);
+                tracing::debug!(pod = %pod.key, node = %r.node, evaluated = r.evaluated_nodes, feasible = r.feasible_nodes, "pod assumed");
+                let this = self.clone();
+                binds.spawn(async move { this.bind(fwk, info, cycle, r.node, started).await });
+            }
+            Err(ScheduleError::Fit(mut e)) => {
+                if fwk.unimplemented.iter().any(|p| p == "DefaultPreemption") {
+                    e.diagnosis.post_filter_msg = preemption_message(&pod, &e);
+                }
+                let mut info = info;
+                info.unschedulable_plugins =
+                    e.diagnosis.unschedulable_plugins.iter().copied().collect();
+                let msg = e.message();
+                self.fail(
+                    &fwk,
+                    info,
+                    cycle,
+                    AttemptResult::Unschedulable,
+                    "Unschedulable",
+                    &msg,
+                    started,
+                );
+            }
+            Err(ScheduleError::NoNodes) => {
+                let mut info = info;
+                // Any node arriving may help.
+                info.unschedulable_plugins = ["NodeName"].into_iter().collect();
+                self.fail(
+                    &fwk,
+                    info,
+                    cycle,
+                    AttemptResult::Unschedulable,
+                    "Unschedulable",
+                    NO_NODES_AVAILABLE,
+                    started,
+                );
+            }
+            Err(ScheduleError::Internal(s)) => {
+                let msg = format!("running {} plugin: {}", s.plugin, s.message());
+                self.fail(
+                    &fwk,
+                    info,
+                    cycle,
+                    AttemptResult::Error,
+                    "SchedulerError",
+                    &msg,
+                    started,
+                );
+            }
+        }
+    }
+
+    async fn bind(
+        self: Arc<Self>,
+        fwk: Arc<Framework>,
+        info: QueuedPodInfo,
+        cycle: u64,
+        node: String,
+        started: Instant,
+    ) {
+        let pod = info.pod.clone();
+        match self.binder.bind(&pod, &node).await {
+            Ok(()) => {
+                self.cache.finish_binding(&pod.uid);
+                self.metrics.observe_attempt(
+                    AttemptResult::Scheduled,
+                    &fwk.profile_name,
+                    started.elapsed().as_secs_f64(),
+                );
+                if let Some(r) = self.recorders.get(&fwk.profile_name) {
+                    r.publish(
+                        events::reference(&*pod.pod),
+                        EventType::Normal,
+                        "Scheduled",
+                        "Binding",
+                        format!("Successfully assigned {} to {node}", pod.key),
+                    );
+                }
+                tracing::debug!(pod = %pod.key, %node, "bound");
+            }
+            Err(e) => {
+                tracing::info!(pod = %pod.key, error = %e, "binding failed");
+                if let Err(fe) = self.cache.forget(&pod.uid) {
+                    tracing::warn!(pod = %pod.key, error = %fe, "forgetting pod");
+                }
+                // The binding may fail because the pod is gone or already bound; only
+                // report on pods that still wait.
+                let mut info = info;
+                info.unschedulable_plugins.clear();
+                self.fail(
+                    &fwk,
+                    info,
+                    cycle,
+                    AttemptResult::Error,
+                    "SchedulerError",
+                    &format!("binding rejected: {e}"),
+                    started,
+                );
+            }
+        }
+    }
+
+    /// Reports a failed attempt and puts the pod back (upstream `handleSchedulingFailure`).
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &self,
+        fwk: &Framework,
+        info: QueuedPodInfo,
+        cycle: u64,
+        result: AttemptResult,
+        reason: &str,
+        message: &str,
+        started: Instant,
+    ) {
+        self.metrics
+            .observe_attempt(result, &fwk.profile_name, started.elapsed().as_secs_f64());
+        let pod = info.pod.clone();
+        // Only pods that still exist unassigned go back; others are gone or bound.
+        let current = self.pods.get(pod.namespace(), pod.name());
+        let waiting = current
+            .as_ref()
+            .is_some_and(|p| uid_of(p) == pod.uid && !assigned(p));
+        if !waiting {
+            self.queue.done(&pod.uid);
+            return;
+        }
+        tracing::debug!(pod = %pod.key, %reason, %message, "unable to schedule pod");
+        self.queue.add_unschedulable(info, cycle);
+        if let Some(r) = self.recorders.get(&fwk.profile_name) {
+            r.publish(
+                events::reference(&*pod.pod),
+                EventType::Warning,
+                "FailedScheduling",
+                "Scheduling",
+                message.to_string(),
+            );
+        }
+        if let Some(current) = current {
+            let client = self.client.clone();
+            let (reason, message) = (reason.to_string(), message.to_string());
+            tokio::spawn(async move {
+                if let Err(e) =
+                    update_pod_scheduled_condition(client, &current, &reason, &message).await
+                {
+                    tracing::info!(pod = ?current.metadata.name, error = %e, "updating PodScheduled condition");
+                }
+            });
+        }
+    }
+
+    /// Moves pods whose backoff ended, retries old unschedulable ones and publishes the
+    /// queue lengths, until `shutdown` (upstream's 1 s and 30 s loops).
+    pub async fn run_flushers(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            self.queue.flush_backoff_completed(now);
+            n += 1;
+            if n % 30 == 0 {
+                self.queue.flush_unschedulable_leftover(now);
+                for key in self.cache.cleanup_expired_assumed(now) {
+                    tracing::warn!(pod = %key, "assumed pod expired before its binding was confirmed");
+                }
+            }
+            self.metrics.set_pending(self.queue.pending());
+        }
+    }
+}
+
+/// What DefaultPreemption reports when it finds no victims, in upstream's words.
+///
+/// Preemption itself is not implemented yet, so this reports what upstream reports when
+/// no lower-priority pod can be evicted: nodes rejected with a resolvable status
+/// (`Unschedulable`) found "No preemption victims", the others were "not helpful". With
+/// equal priorities everywhere (the common case) this is exactly upstream's text.
+pub fn preemption_message(pod: &PodInfo, e: &FitError) -> String {
+    if pod
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.preemption_policy.as_deref())
+        == Some("Never")
+    {
+        return "preemption: not eligible due to preemptionPolicy=Never.".into();
+    }
+    let mut d = Diagnosis {
+        absent_nodes_status: Some(Status::new(
+            Code::UnschedulableAndUnresolvable,
+            "Preemption is not helpful for scheduling",
+        )),
+        ..Diagnosis::default()
+    };
+    for (node, s) in &e.diagnosis.node_to_status {
+        if s.code == Code::Unschedulable {
+            d.node_to_status.insert(
+                node.clone(),
+                Status::new(
+                    Code::UnschedulableAndUnresolvable,
+                    "No preemption victims found for incoming pod",
+                ),
+            );
+        }
+    }
+    let inner = FitError {
+        num_all_nodes: e.num_all_nodes,
+        diagnosis: d,
+    };
+    format!("preemption: {}", inner.message())
+}
+
+/// Sets `PodScheduled=False` with `reason`/`message`, leaving the patch out when nothing
+/// changes (upstream `updatePod` with `UpdatePodCondition`). A strategic merge patch
+/// on the status subresource touches only this condition.
+async fn update_pod_scheduled_condition(
+    client: kube::Client,
+    pod: &Pod,
+    reason: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let existing = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
+    if let Some(c) = existing
+        && c.status == "False"
+        && c.reason.as_deref() == Some(reason)
+        && c.message.as_deref() == Some(message)
+    {
+        return Ok(());
+    }
+    let transition = match existing {
+        Some(c) if c.status == "False" => c
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_else(|| Timestamp::now().to_string()),
+        _ => Timestamp::now().to_string(),
+    };
+    let patch = serde_json::json!({
+        "status": {
+            "conditions": [{
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": reason,
+                "message": message,
+                "lastProbeTime": null,
+                "lastTransitionTime": transition,
+            }]
+        }
+    });
+    let api: Api<Pod> = Api::namespaced(
+        client,
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+    );
+    api.patch_status(
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .map(|_| ())
+}
