@@ -2,6 +2,8 @@
 //! knows every upstream name so that command lines written for kube-controller-manager
 //! (kubeadm passes `--controllers=*,bootstrapsigner,tokencleaner`) are accepted as they are.
 
+pub mod endpoints;
+pub mod endpointslice;
 pub mod garbage_collector;
 pub mod namespace;
 pub mod node_ipam;
@@ -75,8 +77,18 @@ pub const ALL: &[Descriptor] = &[
         false,
         None,
     ),
-    known("endpoints-controller", &["endpoint"], false, None),
-    known("endpointslice-controller", &["endpointslice"], false, None),
+    known(
+        "endpoints-controller",
+        &["endpoint"],
+        false,
+        Some(endpoints::start),
+    ),
+    known(
+        "endpointslice-controller",
+        &["endpointslice"],
+        false,
+        Some(endpointslice::start),
+    ),
     known(
         "endpointslice-mirroring-controller",
         &["endpointslicemirroring"],
