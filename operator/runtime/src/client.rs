@@ -92,6 +92,11 @@ pub fn from_config(mut config: kube::Config, opts: &ClientOptions) -> Result<kub
     {
         config.headers.push((http::header::USER_AGENT, v));
     }
+    // kube's default retry re-sends 429/503/504 up to 15 times with backoff growing to
+    // 1000 s, so one request to an aggregated API whose backend is down (503) blocks its
+    // caller for minutes, each attempt taking a QPS token. client-go does not do that;
+    // controllers retry through their work queues instead.
+    config.default_retry = false;
     let builder = ClientBuilder::try_from(config).map_err(Error::Build)?;
     let bucket = TokenBucket::new(opts.qps, opts.burst);
     Ok(builder.with_layer(&RateLimitLayer { bucket }).build())
