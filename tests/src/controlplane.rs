@@ -447,11 +447,13 @@ impl Drop for ControlPlane {
         if self.lifetime == Lifetime::Detached {
             return;
         }
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs(60));
-            if let Some(t) = self._temp.take() {
-                eprintln!("control plane dir kept at {}", t.keep().display());
-            }
+        // Always print the logs: the test harness shows a test's output only when it fails,
+        // and a test that returns `Err` (rather than panicking) fails after this drop.
+        eprintln!("{}", self.logs(60));
+        if std::thread::panicking()
+            && let Some(t) = self._temp.take()
+        {
+            eprintln!("control plane dir kept at {}", t.keep().display());
         }
         self.stop_apiserver();
         self.etcd.kill();

@@ -12,6 +12,9 @@ use anyhow::Result;
 use crate::process::Process;
 use crate::{ControlPlane, wait};
 
+/// kwok's stock stages, vendored from its repository.
+const STAGES: &str = include_str!("../kwok/stages.yaml");
+
 /// The annotation (and value) that kwok's node selector matches.
 pub const NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
 
@@ -28,9 +31,10 @@ pub struct Kwok {
 pub async fn start(cp: &ControlPlane, prefix: &str, nodes: usize) -> Result<Kwok> {
     let bin = crate::upstream::binary("kwok")?;
     let selector = format!("--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake");
-    // An empty config file: kwok's built-in stages (node ready, pod ready, pod delete).
+    // Raw kwok runs only the stages its config lists: give it the stock ones (node ready
+    // with Lease heartbeats, pod ready, pod complete, pod delete).
     let config = cp.dir().join("kwok.yaml");
-    std::fs::write(&config, "")?;
+    std::fs::write(&config, STAGES)?;
     let config_flag = format!("--config={}", config.display());
     let process = cp.spawn_component(
         "kwok",

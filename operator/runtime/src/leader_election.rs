@@ -159,11 +159,20 @@ impl LeaderElector {
         let leading = shutdown.child_token();
         // If this future is dropped (its task aborted), the leader's work must stop too.
         let _stop_work = leading.clone().drop_guard();
-        let work = tokio::spawn(lead(leading.clone()));
-        let outcome = self.renew_loop(&shutdown).await;
+        let mut work = tokio::spawn(lead(leading.clone()));
+        // Leadership ends when renewal stops (shutdown or loss), or when the work itself
+        // ends (say, a controller failed to start): then there is nothing to lead.
+        let (outcome, finished) = tokio::select! {
+            outcome = self.renew_loop(&shutdown) => (outcome, None),
+            joined = &mut work => (Ok(()), Some(joined)),
+        };
         leading.cancel();
         // The leader's work must stop before the lease is released, or two leaders overlap.
-        if let Err(e) = work.await {
+        let joined = match finished {
+            Some(joined) => joined,
+            None => work.await,
+        };
+        if let Err(e) = joined {
             tracing::error!(error = %e, "leader work panicked");
         }
         match outcome {
