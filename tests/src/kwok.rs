@@ -12,8 +12,9 @@ use anyhow::Result;
 use crate::process::Process;
 use crate::{ControlPlane, wait};
 
-/// kwok's stock stages, vendored from its repository.
-const STAGES: &str = include_str!("../kwok/stages.yaml");
+/// kwok's stock stages (node ready with heartbeats, pod ready/complete/delete), vendored
+/// from its repository.
+const STAGES: &str = include_str!("kwok-stages.yaml");
 
 /// The annotation (and value) that kwok's node selector matches.
 pub const NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";

@@ -5,12 +5,14 @@
 //! `hack/provision.sh` builds from the Go modules; tests talk to them through kube-rs and
 //! through [`Kubectl`], as users do.
 
+pub mod bench;
 pub mod cluster;
 pub mod controlplane;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod kwok;
 pub mod pki;
+pub mod procstat;
 pub mod process;
 pub mod upstream;
 pub mod wait;

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmarks ferrokube's components against their upstream peers (same machine, same run),
+# one line per figure with the ratio ferrokube/upstream.
+#
+#   hack/bench.sh controller-manager [--replicas N] [--limits 20/30 --limits 500/500]
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+# shellcheck source=lib.sh
+source hack/lib.sh
+bin_dir=$(hack/provision.sh | tail -n 1)
+export FERROKUBE_BIN_DIR=$bin_dir
+cargo build --release --bins --quiet
+exec "$CARGO_TARGET_DIR/release/ferrokube-bench" "$@"

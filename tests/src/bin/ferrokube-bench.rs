@@ -1,0 +1,76 @@
+//! `ferrokube-bench`: ferrokube's components against their upstream peers, one line per
+//! figure with the ratio.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ferrokube_tests::bench;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Benchmarks ferrokube's components against upstream's"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deployment scale-up and scale-down through the controller-manager.
+    ControllerManager {
+        /// Replicas of the Deployment.
+        #[arg(long, default_value_t = 5000)]
+        replicas: usize,
+        /// Client limits to compare at, as `qps/burst` (repeatable).
+        #[arg(long = "limits", default_values = ["20/30", "500/500"])]
+        limits: Vec<String>,
+        /// Our controller-manager binary (default: beside this program).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Give up on a phase after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_seconds: u64,
+    },
+}
+
+fn beside_this_program(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name(name))
+}
+
+fn parse_limit(s: &str) -> anyhow::Result<(f64, u32)> {
+    let (q, b) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("--limits {s:?}: expected qps/burst, e.g. 20/30"))?;
+    Ok((q.parse()?, b.parse()?))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::ControllerManager {
+            replicas,
+            limits,
+            binary,
+            timeout_seconds,
+        } => {
+            let cfg = bench::controller_manager::Config {
+                replicas,
+                limits: limits
+                    .iter()
+                    .map(|l| parse_limit(l))
+                    .collect::<anyhow::Result<_>>()?,
+                ferrokube_bin: match binary {
+                    Some(b) => b,
+                    None => beside_this_program("ferrokube-controller-manager")?,
+                },
+                timeout: Duration::from_secs(timeout_seconds),
+            };
+            bench::controller_manager::run(&cfg).await?;
+        }
+    }
+    Ok(())
+}
