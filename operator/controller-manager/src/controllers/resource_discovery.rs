@@ -87,6 +87,12 @@ impl Discovered {
     }
 }
 
+/// One group-version's (group index, group, version) and what asking for it gave.
+type GvResult = (
+    (usize, String, String),
+    Result<APIResourceList, kube::Error>,
+);
+
 /// Why discovery failed as a whole (the root lists could not be read).
 #[derive(Debug, thiserror::Error)]
 #[error("discovering server API groups: {0}")]
@@ -118,10 +124,7 @@ pub async fn discover(client: &Client) -> Result<Discovered, DiscoveryError> {
             versions.iter().map(move |v| (i, group.clone(), v.clone()))
         })
         .collect();
-    let results: Vec<(
-        (usize, String, String),
-        Result<APIResourceList, kube::Error>,
-    )> = futures::stream::iter(gvs)
+    let results: Vec<GvResult> = futures::stream::iter(gvs)
         .map(|(i, group, version)| async move {
             let r = if group.is_empty() {
                 client.list_core_api_resources(&version).await

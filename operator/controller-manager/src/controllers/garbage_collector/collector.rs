@@ -54,12 +54,12 @@ pub enum GcError {
     #[error(
         "updateMaxRetries({UPDATE_MAX_RETRIES}) has reached. The garbage collector will retry later for owner {0}"
     )]
-    TooManyConflicts(Identity),
+    TooManyConflicts(Box<Identity>),
     /// Orphaning some dependents failed.
     #[error("failed to orphan dependents of owner {owner}, got errors: {errors}")]
     Orphan {
         /// The owner.
-        owner: Identity,
+        owner: Box<Identity>,
         /// The failures.
         errors: String,
     },
@@ -401,7 +401,7 @@ impl Collector {
             Ok(())
         } else {
             Err(GcError::Orphan {
-                owner: owner.clone(),
+                owner: Box::new(owner.clone()),
                 errors: errors.join(", "),
             })
         }
@@ -595,6 +595,6 @@ impl Collector {
                 }
             }
         }
-        Err(GcError::TooManyConflicts(id.clone()))
+        Err(GcError::TooManyConflicts(Box::new(id.clone())))
     }
 }

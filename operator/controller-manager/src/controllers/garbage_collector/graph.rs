@@ -179,9 +179,9 @@ pub enum Effect {
     /// Report `OwnerRefInvalidNamespace` on `dependent` for its owner reference `owner`.
     InvalidNamespaceOwnerRef {
         /// The object carrying the bad reference.
-        dependent: Identity,
+        dependent: Box<Identity>,
         /// The reference, with the dependent's namespace.
-        owner: Identity,
+        owner: Box<Identity>,
     },
 }
 
@@ -598,8 +598,8 @@ impl Graph {
 fn invalid_namespace_ref(dep: &Node, owner_uid: &str) -> Option<Effect> {
     let r = dep.owners.iter().find(|o| o.uid == owner_uid)?;
     Some(Effect::InvalidNamespaceOwnerRef {
-        dependent: dep.identity.clone(),
-        owner: Identity::of_owner_ref(r, &dep.identity.namespace),
+        dependent: Box::new(dep.identity.clone()),
+        owner: Box::new(Identity::of_owner_ref(r, &dep.identity.namespace)),
     })
 }
 
@@ -873,20 +873,20 @@ mod tests {
             fx,
             vec![
                 Effect::InvalidNamespaceOwnerRef {
-                    dependent: Identity {
+                    dependent: Box::new(Identity {
                         api_version: "v1".into(),
                         kind: "ConfigMap".into(),
                         namespace: "b".into(),
                         name: "child".into(),
                         uid: "c1".into(),
-                    },
-                    owner: Identity {
+                    }),
+                    owner: Box::new(Identity {
                         api_version: "v1".into(),
                         kind: "ConfigMap".into(),
                         namespace: "b".into(),
                         name: "parent".into(),
                         uid: "p1".into(),
-                    },
+                    }),
                 },
                 Effect::AttemptToDelete("c1".into()),
             ]
