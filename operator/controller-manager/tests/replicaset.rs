@@ -76,7 +76,13 @@ async fn rs_status(cp: &ControlPlane, field: &str, want: &str) -> anyhow::Result
         cp,
         &format!("rs/web {field}={want}"),
         T,
-        &["get", "rs", "web", "-o", &format!("jsonpath={{.status.{field}}}")],
+        &[
+            "get",
+            "rs",
+            "web",
+            "-o",
+            &format!("jsonpath={{.status.{field}}}"),
+        ],
         |o| o.trim() == want,
     )
     .await?;
@@ -96,7 +102,10 @@ async fn replicaset_creates_scales_adopts_and_releases() -> anyhow::Result<()> {
     kubectl.apply(RS).await?;
     let pods = web_pods(&cp, 3).await?;
     assert!(pods.contains(&"orphan".to_string()), "{pods:?}");
-    assert!(pods.iter().filter(|p| p.starts_with("web-")).count() == 2, "{pods:?}");
+    assert!(
+        pods.iter().filter(|p| p.starts_with("web-")).count() == 2,
+        "{pods:?}"
+    );
     common::kubectl_until(
         &cp,
         "orphan adopted",
@@ -170,7 +179,10 @@ async fn replicaset_creates_scales_adopts_and_releases() -> anyhow::Result<()> {
             "-o",
             "jsonpath={range .items[*]}{.reason}:{.message}{\"\\n\"}{end}",
         ],
-        |o| o.contains("SuccessfulCreate:Created pod: web-") && o.contains("SuccessfulDelete:Deleted pod: "),
+        |o| {
+            o.contains("SuccessfulCreate:Created pod: web-")
+                && o.contains("SuccessfulDelete:Deleted pod: ")
+        },
     )
     .await?;
     assert!(!events.contains("FailedCreate"), "{events}");
@@ -199,7 +211,9 @@ async fn replicaset_quota_failure_sets_condition_and_recovers() -> anyhow::Resul
             r#"{"status":{"hard":{"pods":"2"},"used":{"pods":"0"}}}"#,
         ])
         .await?;
-    kubectl.apply(&RS.replace("replicas: 3", "replicas: 4")).await?;
+    kubectl
+        .apply(&RS.replace("replicas: 3", "replicas: 4"))
+        .await?;
 
     web_pods(&cp, 2).await?;
     common::kubectl_until(
@@ -241,7 +255,14 @@ async fn replicaset_quota_failure_sets_condition_and_recovers() -> anyhow::Resul
             r#"{"status":{"hard":{"pods":"10"}}}"#,
         ),
     ] {
-        let mut args = vec!["patch", "resourcequota", "pods", "--type=merge", "-p", patch];
+        let mut args = vec![
+            "patch",
+            "resourcequota",
+            "pods",
+            "--type=merge",
+            "-p",
+            patch,
+        ];
         if let Some(s) = sub {
             args.push(s);
         }

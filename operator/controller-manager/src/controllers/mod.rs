@@ -9,6 +9,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod podgc;
+pub mod deployment;
 pub mod replicaset;
 pub mod resource_discovery;
 pub mod root_ca_cert_publisher;
@@ -122,7 +123,12 @@ pub const ALL: &[Descriptor] = &[
     ),
     known("daemonset-controller", &["daemonset"], false, None),
     known("job-controller", &["job"], false, None),
-    known("deployment-controller", &["deployment"], false, None),
+    known(
+        "deployment-controller",
+        &["deployment"],
+        false,
+        Some(deployment::start),
+    ),
     known(
         "replicaset-controller",
         &["replicaset"],

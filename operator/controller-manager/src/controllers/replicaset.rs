@@ -227,9 +227,7 @@ impl PodHandler {
                 let old_ref = cu::controller_of(&old.metadata);
                 let ref_changed = cur_ref != old_ref;
                 let mut keys = Vec::new();
-                if ref_changed
-                    && let Some(rs) = old_ref.and_then(|r| self.resolve(&ns, r))
-                {
+                if ref_changed && let Some(rs) = old_ref.and_then(|r| self.resolve(&ns, r)) {
                     keys.push(ObjectKey::of(&*rs));
                 }
                 if let Some(cref) = cur_ref {
@@ -382,7 +380,12 @@ impl Sync {
         if diff < 0 {
             let n = usize::try_from(-diff).unwrap_or(usize::MAX).min(burst);
             self.expectations.expect_creations(key, n);
-            tracing::info!(replicaset = key, need = want, creating = n, "too few replicas");
+            tracing::info!(
+                replicaset = key,
+                need = want,
+                creating = n,
+                "too few replicas"
+            );
             let (created, err) =
                 slow_start_batch(n, SLOW_START_INITIAL_BATCH_SIZE, || self.create_pod(rs)).await;
             // Pods never created will never be observed.
@@ -400,7 +403,12 @@ impl Sync {
         }
         if diff > 0 {
             let n = usize::try_from(diff).unwrap_or(usize::MAX).min(burst);
-            tracing::info!(replicaset = key, need = want, deleting = n, "too many replicas");
+            tracing::info!(
+                replicaset = key,
+                need = want,
+                deleting = n,
+                "too many replicas"
+            );
             let related = self.indirectly_related_pods(rs);
             let victims = pods_to_delete(active, &related, n, Some(Timestamp::now()));
             self.expectations.expect_deletions(
@@ -592,11 +600,7 @@ pub fn error_message(e: &kube::Error) -> String {
 
 /// Calls `f` `count` times in batches of 1, 2, 4, ... (`slowStartBatch`); stops after the
 /// first batch with a failure. Returns the successes and the first error.
-pub async fn slow_start_batch<F, Fut, E>(
-    count: usize,
-    initial: usize,
-    f: F,
-) -> (usize, Option<E>)
+pub async fn slow_start_batch<F, Fut, E>(count: usize, initial: usize, f: F) -> (usize, Option<E>)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
@@ -771,7 +775,11 @@ mod tests {
         .await;
         assert_eq!(ok, 3);
         assert!(err.is_some());
-        assert_eq!(calls.load(Ordering::SeqCst), 7, "1 + 2 + 4 calls, then stop");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            7,
+            "1 + 2 + 4 calls, then stop"
+        );
     }
 
     #[test]
