@@ -233,7 +233,8 @@ pub struct PluginConfig {
     pub args: Option<serde_json::Value>,
 }
 
-/// upstream's default profile, multi-point (`getDefaultPlugins`), with weights.
+/// upstream's default profile, multi-point (`getDefaultPlugins` plus the plugins of
+/// feature gates on by default in 1.36), with weights.
 pub const DEFAULT_MULTI_POINT: &[(&str, i32)] = &[
     ("SchedulingGates", 0),
     ("PrioritySort", 0),
@@ -249,6 +250,8 @@ pub const DEFAULT_MULTI_POINT: &[(&str, i32)] = &[
     ("VolumeZone", 0),
     ("PodTopologySpread", 2),
     ("InterPodAffinity", 2),
+    // Inserted before DefaultPreemption because DynamicResourceAllocation is on by default.
+    ("DynamicResources", 2),
     ("DefaultPreemption", 0),
     ("NodeResourcesBalancedAllocation", 1),
     ("ImageLocality", 1),

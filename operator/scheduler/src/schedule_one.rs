@@ -28,7 +28,7 @@ pub const NO_NODES_AVAILABLE: &str = "no nodes available to schedule pods";
 #[derive(Debug)]
 pub enum ScheduleError {
     /// No node fits; the pod waits for a cluster change.
-    Fit(FitError),
+    Fit(Box<FitError>),
     /// The cluster has no nodes at all.
     NoNodes,
     /// A plugin failed; the pod is retried with backoff.
@@ -107,10 +107,10 @@ pub fn schedule_pod(
                 diagnosis.pre_filter_msg = s.message();
                 diagnosis.unschedulable_plugins.insert(pl.name());
                 diagnosis.absent_nodes_status = Some(s.with_plugin(pl.name()));
-                return Err(ScheduleError::Fit(FitError {
+                return Err(ScheduleError::Fit(Box::new(FitError {
                     num_all_nodes: nodes.len(),
                     diagnosis,
-                }));
+                })));
             }
         }
     }
@@ -124,10 +124,8 @@ pub fn schedule_pod(
     let results = parallelize::for_each(n, fwk.parallelism, &stop, |i| {
         let node = &nodes[(start + i) % n];
         let s = run_filters(fwk, &state, pod, node);
-        if s.is_success() {
-            if found.fetch_add(1, Ordering::Relaxed) + 1 >= to_find {
-                stop.store(true, Ordering::Relaxed);
-            }
+        if s.is_success() && found.fetch_add(1, Ordering::Relaxed) + 1 >= to_find {
+            stop.store(true, Ordering::Relaxed);
         }
         Some(s)
     });
@@ -154,10 +152,10 @@ pub fn schedule_pod(
     next_start.store((start + processed) % n, Ordering::Relaxed);
 
     if feasible.is_empty() {
-        return Err(ScheduleError::Fit(FitError {
+        return Err(ScheduleError::Fit(Box::new(FitError {
             num_all_nodes: n,
             diagnosis,
-        }));
+        })));
     }
     if feasible.len() == 1 {
         return Ok(ScheduleResult {

@@ -250,9 +250,7 @@ impl Scheduler {
                 binds.spawn(async move { this.bind(fwk, info, cycle, r.node, started).await });
             }
             Err(ScheduleError::Fit(mut e)) => {
-                if fwk.unimplemented.iter().any(|p| p == "DefaultPreemption") {
-                    e.diagnosis.post_filter_msg = preemption_message(&pod, &e);
-                }
+                e.diagnosis.post_filter_msg = post_filter_message(&fwk, &pod, &e);
                 let mut info = info;
                 info.unschedulable_plugins =
                     e.diagnosis.unschedulable_plugins.iter().copied().collect();
@@ -407,7 +405,7 @@ impl Scheduler {
             let now = Instant::now();
             self.queue.flush_backoff_completed(now);
             n += 1;
-            if n % 30 == 0 {
+            if n.is_multiple_of(30) {
                 self.queue.flush_unschedulable_leftover(now);
                 for key in self.cache.cleanup_expired_assumed(now) {
                     tracing::warn!(pod = %key, "assumed pod expired before its binding was confirmed");
@@ -416,6 +414,21 @@ impl Scheduler {
             self.metrics.set_pending(self.queue.pending());
         }
     }
+}
+
+/// What the default profile's PostFilter plugins report, joined as upstream joins their
+/// reasons: DynamicResources first (it has no claims to deallocate for pods without
+/// resource claims, and ferrokube does not schedule those yet), then DefaultPreemption.
+pub fn post_filter_message(fwk: &Framework, pod: &PodInfo, e: &FitError) -> String {
+    let mut reasons = Vec::new();
+    for name in fwk.unimplemented.iter() {
+        match name.as_str() {
+            "DynamicResources" => reasons.push("no new claims to deallocate".to_string()),
+            "DefaultPreemption" => reasons.push(preemption_message(pod, e)),
+            _ => {}
+        }
+    }
+    reasons.join(", ")
 }
 
 /// What DefaultPreemption reports when it finds no victims, in upstream's words.
@@ -497,6 +510,7 @@ async fn update_pod_scheduled_condition(
                 "message": message,
                 "lastProbeTime": null,
                 "lastTransitionTime": transition,
+                "observedGeneration": pod.metadata.generation,
             }]
         }
     });

@@ -187,28 +187,33 @@ impl Fit {
         })
     }
 
-    /// The reasons the pod does not fit the node (upstream `fitsRequest`).
-    pub fn insufficient(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
+    /// The reasons the pod does not fit the node (upstream `fitsRequest`), each with
+    /// whether it is unresolvable: the pod asks for more than the node has at all, so
+    /// evicting pods (preemption) cannot help.
+    pub fn insufficient(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<(String, bool)> {
         let mut reasons = Vec::new();
         let allowed = node.allocatable.allowed_pod_number;
         if i64::try_from(node.pods.len()).unwrap_or(i64::MAX) + 1 > allowed {
-            reasons.push("Too many pods".to_string());
+            reasons.push(("Too many pods".to_string(), false));
         }
         let req = &pod.requests;
         if req.is_zero() {
             return reasons;
         }
         let (alloc, used) = (&node.allocatable, &node.requested);
-        if req.milli_cpu > 0 && req.milli_cpu > alloc.milli_cpu - used.milli_cpu {
-            reasons.push("Insufficient cpu".into());
-        }
-        if req.memory > 0 && req.memory > alloc.memory - used.memory {
-            reasons.push("Insufficient memory".into());
-        }
-        if req.ephemeral_storage > 0
-            && req.ephemeral_storage > alloc.ephemeral_storage - used.ephemeral_storage
-        {
-            reasons.push("Insufficient ephemeral-storage".into());
+        for (name, want, have, taken) in [
+            ("cpu", req.milli_cpu, alloc.milli_cpu, used.milli_cpu),
+            ("memory", req.memory, alloc.memory, used.memory),
+            (
+                "ephemeral-storage",
+                req.ephemeral_storage,
+                alloc.ephemeral_storage,
+                used.ephemeral_storage,
+            ),
+        ] {
+            if want > 0 && want > have - taken {
+                reasons.push((format!("Insufficient {name}"), want > have));
+            }
         }
         for (name, want) in &req.scalar {
             if *want == 0 {
@@ -220,10 +225,10 @@ impl Fit {
                     continue;
                 }
             }
-            let free = alloc.scalar.get(name).copied().unwrap_or(0)
-                - used.scalar.get(name).copied().unwrap_or(0);
+            let have = alloc.scalar.get(name).copied().unwrap_or(0);
+            let free = have - used.scalar.get(name).copied().unwrap_or(0);
             if *want > free {
-                reasons.push(format!("Insufficient {name}"));
+                reasons.push((format!("Insufficient {name}"), *want > have));
             }
         }
         reasons
@@ -388,12 +393,16 @@ impl Plugin for Fit {
     }
 
     fn filter(&self, _state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        let reasons = self.insufficient(pod, node);
-        if reasons.is_empty() {
-            Status::success()
-        } else {
-            Status::with_reasons(Code::Unschedulable, reasons)
+        let insufficient = self.insufficient(pod, node);
+        if insufficient.is_empty() {
+            return Status::success();
         }
+        let code = if insufficient.iter().any(|(_, unresolvable)| *unresolvable) {
+            Code::UnschedulableAndUnresolvable
+        } else {
+            Code::Unschedulable
+        };
+        Status::with_reasons(code, insufficient.into_iter().map(|(r, _)| r).collect())
     }
 
     fn score(
@@ -478,8 +487,14 @@ pub(crate) mod tests {
         assert!(fit.filter(&st, &pod("1", "1Gi"), &n).is_success());
         n.add_pod(pod("1500m", "3Gi"));
         let s = fit.filter(&st, &pod("1", "2Gi"), &n);
-        assert_eq!(s.code, Code::Unschedulable);
+        assert_eq!(s.code, Code::Unschedulable, "evicting pods would make room");
         assert_eq!(s.reasons, ["Insufficient cpu", "Insufficient memory"]);
+        let s = fit.filter(&st, &pod("3", ""), &n);
+        assert_eq!(
+            s.code,
+            Code::UnschedulableAndUnresolvable,
+            "more than the node has"
+        );
         n.add_pod(pod("", ""));
         assert_eq!(fit.filter(&st, &pod("", ""), &n).reasons, ["Too many pods"]);
     }
