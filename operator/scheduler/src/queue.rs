@@ -350,6 +350,11 @@ impl SchedulingQueue {
     /// A cluster event happened: pods rejected by a plugin that registered it may fit now
     /// (upstream `MoveAllToActiveOrBackoffQueue`).
     pub fn on_event(&self, event: ClusterEvent) {
+        // An event no plugin registered cannot move anything: skip the pool scan (assigned
+        // pod updates arrive once per binding, so this is the hot path).
+        if !self.interest.values().any(|events| events.contains(&event)) {
+            return;
+        }
         let now = Instant::now();
         let mut inner = self.lock();
         inner.move_request_cycle = inner.scheduling_cycle;
