@@ -538,31 +538,7 @@ async fn many_pods_pack_into_slices_of_at_most_100() -> anyhow::Result<()> {
         )
         .await?;
 
-    let items: Vec<serde_json::Value> = (0..PODS)
-        .map(|i| pod_manifest(ns, &format!("big-{i}"), "big", Some(8080), None))
-        .collect();
-    kubectl
-        .apply(&json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string())
-        .await?;
-    // Statuses in bulk, as many kubelets would write them.
-    let client = cp.client().await?;
-    let api: Api<Pod> = Api::namespaced(client, ns);
-    futures::stream::iter(0..PODS)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let ip = format!("10.244.{}.{}", 2 + i / 200, 1 + i % 200);
-                api.patch_status(
-                    &format!("big-{i}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(pod_status(&ip, true)),
-                )
-                .await
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    ready_pods(&cp, ns, "big", PODS).await?;
     kubectl
         .ok([
             "expose",
@@ -645,5 +621,108 @@ async fn many_pods_pack_into_slices_of_at_most_100() -> anyhow::Result<()> {
         !manual_ep.success(),
         "no Endpoints for a selector-less Service"
     );
+    Ok(())
+}
+
+/// Creates `n` pods `<prefix>-<i>` labelled `app=<prefix>` on n1 declaring `http: 8080`, and
+/// marks them Running and Ready with distinct IPs.
+async fn ready_pods(cp: &ControlPlane, ns: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let items: Vec<serde_json::Value> = (0..n)
+        .map(|i| pod_manifest(ns, &format!("{prefix}-{i}"), prefix, Some(8080), None))
+        .collect();
+    let manifest = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    let out = cp
+        .kubectl()?
+        .with_timeout(Duration::from_secs(300))
+        .run(["create", "-f", "-"], Some(&manifest))
+        .await?;
+    anyhow::ensure!(out.success(), "creating pods: {}", out.stderr);
+    let api: Api<Pod> = Api::namespaced(cp.client().await?, ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let ip = format!(
+                    "10.{}.{}.{}",
+                    100 + i / 40_000,
+                    (i / 200) % 200,
+                    1 + i % 200
+                );
+                api.patch_status(
+                    &format!("{prefix}-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(pod_status(&ip, true)),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_truncate_at_1000_and_slices_honour_the_max_flag() -> anyhow::Result<()> {
+    const PODS: usize = 1001;
+    let cp = ControlPlane::start().await?;
+    let _cm = start(&cp, &["--max-endpoints-per-slice=500"]).await?;
+    let kubectl = cp.kubectl()?;
+    let ns = "huge";
+    namespace_and_node(&cp, ns).await?;
+    ready_pods(&cp, ns, "huge", PODS).await?;
+    kubectl
+        .ok([
+            "create",
+            "service",
+            "clusterip",
+            "huge",
+            "-n",
+            ns,
+            "--tcp=80:8080",
+        ])
+        .await?;
+
+    let long = Duration::from_secs(180);
+    let slices = slices_until(&cp, ns, "huge", "1001 endpoints in slices", long, |s| {
+        total(s) == PODS
+    })
+    .await?;
+    let sizes: Vec<usize> = slices
+        .iter()
+        .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+        .collect();
+    assert!(
+        sizes.len() >= 3 && sizes.iter().all(|n| *n <= 500),
+        "--max-endpoints-per-slice=500 honoured: {sizes:?}"
+    );
+    let ep = endpoints_until(&cp, ns, "huge", "truncated Endpoints", long, |e| {
+        annotation(&e.metadata, "endpoints.kubernetes.io/over-capacity") == Some("truncated")
+    })
+    .await?;
+    assert_eq!(
+        addresses_for_port(&ep, 8080).0.len(),
+        1000,
+        "truncated to 1000"
+    );
+
+    // Back under capacity: the annotation goes and every address is listed.
+    kubectl
+        .ok([
+            "delete",
+            "pod",
+            "huge-0",
+            "huge-1",
+            "-n",
+            ns,
+            "--force",
+            "--grace-period=0",
+        ])
+        .await?;
+    endpoints_until(&cp, ns, "huge", "999 addresses, not truncated", long, |e| {
+        annotation(&e.metadata, "endpoints.kubernetes.io/over-capacity").is_none()
+            && addresses_for_port(e, 8080).0.len() == PODS - 2
+    })
+    .await?;
     Ok(())
 }
