@@ -19,7 +19,6 @@ pub mod controller_utils;
 pub mod controllers;
 pub mod credentials;
 pub mod expectations;
-pub mod logging;
 pub mod node_util;
 pub mod options;
 pub mod selection;

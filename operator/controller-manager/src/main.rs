@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let options = ferrokube_controller_manager::options::Options::parse();
-    ferrokube_controller_manager::logging::init(&options);
+    ferrokube_runtime::logging::init(options.verbosity, options.logging_format);
     match ferrokube_controller_manager::run(options).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

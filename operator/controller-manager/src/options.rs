@@ -4,17 +4,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 use ferrokube_runtime::flags::parse_duration;
-
-/// Log output format (`--logging-format`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+use ferrokube_runtime::logging::Format;
 
 /// kube-controller-manager's flags that ferrokube honours.
 #[derive(Clone, Debug, Parser)]
@@ -191,8 +183,8 @@ pub struct Options {
     pub verbosity: u8,
 
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub logging_format: LogFormat,
+    #[arg(long, default_value = "text")]
+    pub logging_format: Format,
 }
 
 #[cfg(test)]
