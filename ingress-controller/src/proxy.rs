@@ -1,0 +1,630 @@
+//! The data plane: HTTP/1.1 and HTTP/2 (h2c on the plain port, ALPN on TLS) downstream,
+//! pooled upstream connections, per-request routing on the current table snapshot.
+//!
+//! A request reads the table once (`ArcSwap::load`), keeps its route (an `Arc`) for its
+//! whole life and never blocks the controller; a route change therefore never touches a
+//! request or connection in flight, upgraded ones (WebSocket) included.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::annotations::{BackendProtocol, Config};
+use crate::controller::Shared;
+use crate::routing::{Route, Target, normalize_host};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response the proxy produces.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How many endpoints an idempotent request tries when connections are refused.
+const MAX_TRIES: usize = 3;
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Controller-wide defaults (annotations override per Ingress).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The HTTPS port put in redirects.
+    pub https_redirect_port: u16,
+    /// Connect timeout to backends.
+    pub connect_timeout: Duration,
+    /// Time to wait for response headers.
+    pub read_timeout: Duration,
+    /// Largest request body (0: unlimited).
+    pub body_size: u64,
+}
+
+/// Request counters, labelled like ingress-nginx's `nginx_ingress_controller_requests`.
+pub type RequestCounter = Family<Vec<(String, String)>, Counter>;
+
+/// The proxy: shared by every connection.
+pub struct Proxy {
+    shared: Shared,
+    settings: Settings,
+    clients: Mutex<HashMap<(Duration, bool), Client<HttpConnector, Body>>>,
+    requests: RequestCounter,
+}
+
+/// What a connection knows of itself.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    remote: SocketAddr,
+    tls: bool,
+}
+
+fn full(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            let mut r = full(status, "");
+            r.headers_mut().insert(header::LOCATION, v);
+            r
+        }
+        // Every part of a location comes from a parsed URI or a validated host, so this
+        // does not happen; refuse rather than emit a broken header.
+        Err(_) => full(StatusCode::BAD_REQUEST, "bad redirect target\n"),
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1), keeping the upgrade handshake when asked.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in listed.iter().chain(HOP_BY_HOP.iter()) {
+        if keep_upgrade && (h == header::UPGRADE || h == header::CONNECTION) {
+            continue;
+        }
+        headers.remove(h);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The incoming X-Request-ID when it is sane, else a fresh random one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get("x-request-id")
+        .filter(|v| v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = format!("{:032x}", rand::random::<u128>());
+            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        })
+}
+
+/// Whether the canary takes this request: header, then cookie, then weight.
+fn wants_canary(config: &Config, headers: &HeaderMap) -> bool {
+    let Some(c) = &config.canary else {
+        return false;
+    };
+    if let Some(name) = &c.header
+        && let Some(v) = headers.get(name).and_then(|v| v.to_str().ok())
+    {
+        match (v, c.header_value.as_deref()) {
+            (v, Some(want)) if v == want => return true,
+            (_, Some(_)) => {}
+            ("always", None) => return true,
+            ("never", None) => return false,
+            _ => {}
+        }
+    }
+    if let Some(cookie) = &c.cookie {
+        for v in headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            for pair in v.split(';') {
+                if let Some((k, val)) = pair.trim().split_once('=')
+                    && k == cookie
+                {
+                    match val {
+                        "always" => return true,
+                        "never" => return false,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    c.weight > 0 && rand::random_range(0..c.weight_total) < c.weight
+}
+
+impl Proxy {
+    /// A proxy serving `shared`'s table.
+    pub fn new(shared: Shared, settings: Settings, requests: RequestCounter) -> Self {
+        Self {
+            shared,
+            settings,
+            clients: Mutex::new(HashMap::new()),
+            requests,
+        }
+    }
+
+    /// The pooled client for a connect timeout and protocol (one pool each).
+    fn client(&self, connect_timeout: Duration, h2: bool) -> Client<HttpConnector, Body> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients
+            .entry((connect_timeout, h2))
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(connect_timeout));
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(256)
+                    .http2_only(h2)
+                    .build(connector)
+            })
+            .clone()
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let id = request_id(req.headers());
+        let route = self.shared.table.load().lookup(&host, &path).cloned();
+        let (resp, upstream) = match &route {
+            None => (full(StatusCode::NOT_FOUND, "404 page not found\n"), None),
+            Some(route) => self.forward(req, conn, &host, route, &id).await,
+        };
+        let status = resp.status().as_u16();
+        let (ns, ing) = route
+            .as_ref()
+            .map(|r| {
+                (
+                    r.target.ingress.namespace.clone(),
+                    r.target.ingress.name.clone(),
+                )
+            })
+            .unwrap_or_default();
+        self.requests
+            .get_or_create(&vec![
+                ("namespace".into(), ns.clone()),
+                ("ingress".into(), ing.clone()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+        tracing::info!(
+            target: "access",
+            remote = %conn.remote,
+            %method,
+            host = %host,
+            path = %path,
+            status,
+            upstream = upstream.map(|u| u.to_string()).unwrap_or_default(),
+            ingress = %format!("{ns}/{ing}"),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = id.to_str().unwrap_or_default(),
+            "request"
+        );
+        resp
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: Conn,
+        host: &str,
+        route: &Route,
+        id: &HeaderValue,
+    ) -> (Response<Body>, Option<SocketAddr>) {
+        let config = &route.target.config;
+        if !config.allow_source.is_empty()
+            && !config
+                .allow_source
+                .iter()
+                .any(|c| c.contains(conn.remote.ip()))
+        {
+            return (full(StatusCode::FORBIDDEN, "403 forbidden\n"), None);
+        }
+        if let Some((uri, code)) = &config.permanent_redirect {
+            return (redirect(*code, &uri.to_string()), None);
+        }
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), ToString::to_string);
+        if !conn.tls && ((route.tls && config.ssl_redirect) || config.force_ssl_redirect) {
+            let name = normalize_host(host);
+            // Only a syntactically valid authority goes into the Location header.
+            if name.parse::<http::uri::Authority>().is_ok() {
+                let port = match self.settings.https_redirect_port {
+                    443 => String::new(),
+                    p => format!(":{p}"),
+                };
+                let loc = format!("https://{name}{port}{path_and_query}");
+                return (redirect(StatusCode::PERMANENT_REDIRECT, &loc), None);
+            }
+        }
+        if let Some(root) = &config.app_root
+            && req.uri().path() == "/"
+        {
+            return (redirect(StatusCode::FOUND, root), None);
+        }
+
+        let target: &Target = match &route.canary {
+            Some(c) if wants_canary(&c.target.config, req.headers()) => &c.target,
+            _ => &route.target,
+        };
+        let config = &target.config;
+        let limit = config.body_size.unwrap_or(self.settings.body_size);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if limit > 0 && declared.is_some_and(|n| n > limit) {
+            return (
+                full(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "413 request entity too large\n",
+                ),
+                None,
+            );
+        }
+
+        let upgrade = is_upgrade(&req);
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let retriable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
+        let mut body = Some(if limit > 0 {
+            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+        } else {
+            body.map_err(BoxError::from).boxed_unsync()
+        });
+
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers, upgrade);
+        if !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(host)
+        {
+            headers.insert(header::HOST, v);
+        }
+        // The client address is ours to state: a client-sent X-Forwarded-For is not trusted.
+        let ip = conn.remote.ip().to_string();
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            headers.insert("x-forwarded-for", v.clone());
+            headers.insert("x-real-ip", v);
+        }
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert("x-forwarded-host", v);
+        }
+        headers.insert("x-request-id", id.clone());
+
+        let upstream_path = match &config.rewrite_target {
+            // nginx's `rewrite <path> <target>`: the path is replaced, the query kept.
+            Some(t) => match parts.uri.query() {
+                Some(q) => format!("{t}?{q}"),
+                None => t.clone(),
+            },
+            None => path_and_query,
+        };
+        let h2 = config.backend_protocol == BackendProtocol::H2c;
+        let client = self.client(
+            config
+                .connect_timeout
+                .unwrap_or(self.settings.connect_timeout),
+            h2,
+        );
+        // Waiting for response headers covers sending the request too (hyper streams the
+        // body while waiting), so the send timeout extends the read timeout.
+        let wait = config.read_timeout.unwrap_or(self.settings.read_timeout)
+            + config.send_timeout.unwrap_or_default();
+
+        let mut tried = Vec::new();
+        let resp = loop {
+            let Some(ep) = target.upstream.pick(&tried) else {
+                return if tried.is_empty() {
+                    (
+                        full(StatusCode::SERVICE_UNAVAILABLE, "503 service unavailable\n"),
+                        None,
+                    )
+                } else {
+                    (
+                        full(StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
+                        tried.last().copied(),
+                    )
+                };
+            };
+            tried.push(ep);
+            let Ok(uri) = format!("http://{ep}{upstream_path}").parse::<Uri>() else {
+                return (full(StatusCode::BAD_REQUEST, "400 bad request\n"), None);
+            };
+            let mut out = Request::new(if retriable {
+                empty()
+            } else {
+                body.take().unwrap_or_else(empty)
+            });
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = uri;
+            *out.version_mut() = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            *out.headers_mut() = headers.clone();
+            match tokio::time::timeout(wait, client.request(out)).await {
+                Err(_) => {
+                    return (
+                        full(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout\n"),
+                        Some(ep),
+                    );
+                }
+                Ok(Ok(resp)) => break (resp, ep),
+                Ok(Err(e)) if e.is_connect() => {
+                    target.upstream.eject(ep);
+                    tracing::debug!(upstream = %ep, error = %e, "connect failed");
+                    if retriable && tried.len() < MAX_TRIES {
+                        continue;
+                    }
+                    return (full(StatusCode::BAD_GATEWAY, "502 bad gateway\n"), Some(ep));
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(upstream = %ep, error = %e, "upstream request failed");
+                    let too_large = std::error::Error::source(&e)
+                        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                    return if too_large {
+                        (
+                            full(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "413 request entity too large\n",
+                            ),
+                            Some(ep),
+                        )
+                    } else {
+                        (full(StatusCode::BAD_GATEWAY, "502 bad gateway\n"), Some(ep))
+                    };
+                }
+            }
+        };
+        let (mut resp, ep) = resp;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match (down.await, up.await) {
+                    (Ok(d), Ok(u)) => {
+                        let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::debug!(error = %e, "upgrade failed");
+                    }
+                }
+            });
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers, switching);
+        let body = rbody.map_err(BoxError::from).boxed_unsync();
+        (Response::from_parts(rparts, body), Some(ep))
+    }
+}
+
+/// Accepts connections on `listener` (TLS when `tls` is set) until `shutdown`, then lets
+/// open connections finish for up to `grace` (idle keep-alive connections close at once,
+/// HTTP/2 ones get GOAWAY).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            remote,
+            tls: tls.is_some(),
+        };
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+            });
+            match tls {
+                None => {
+                    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(c.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(c.into_owned()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::CanaryConfig;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(
+            up.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            up.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+        assert!(!up.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).len(), 32);
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&h).len(), 32);
+    }
+
+    #[test]
+    fn canary_choice() {
+        let mut c = Config::default();
+        assert!(!wants_canary(&c, &HeaderMap::new()));
+        c.canary = Some(CanaryConfig {
+            weight: 0,
+            weight_total: 100,
+            header: Some(HeaderName::from_static("x-canary")),
+            header_value: None,
+            cookie: Some("cc".into()),
+        });
+        let mut h = HeaderMap::new();
+        assert!(!wants_canary(&c, &h));
+        h.insert("x-canary", HeaderValue::from_static("always"));
+        assert!(wants_canary(&c, &h));
+        h.insert("x-canary", HeaderValue::from_static("never"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b; cc=always"));
+        assert!(!wants_canary(&c, &h));
+        h.remove("x-canary");
+        assert!(wants_canary(&c, &h));
+        if let Some(cc) = c.canary.as_mut() {
+            cc.weight = 100;
+            cc.cookie = None;
+        }
+        assert!(wants_canary(&c, &HeaderMap::new()));
+    }
+}
