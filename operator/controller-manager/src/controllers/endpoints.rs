@@ -320,8 +320,9 @@ fn endpoint_address(svc: &Service, pod: &Pod) -> Option<EndpointAddress> {
         .find(|ip| ip.is_ipv6() == want_v6)?;
     Some(EndpointAddress {
         ip: ip.to_string(),
-        // Upstream always points at spec.nodeName, empty or not.
-        node_name: Some(util::node_name(pod).unwrap_or_default().to_string()),
+        // Upstream points at spec.nodeName even when empty, which validation refuses; a pod
+        // with an IP has a node, so leaving an empty one out only avoids that failure.
+        node_name: util::node_name(pod).map(str::to_string),
         hostname: util::hostname_for(pod, svc),
         target_ref: Some(ObjectReference {
             kind: Some("Pod".into()),
