@@ -105,13 +105,41 @@ metadata: {name: w2, namespace: demo}
 "#,
         )
         .await?;
+    // A pod too (pods are deleted first). Admission wants the default ServiceAccount;
+    // with no node the apiserver deletes the unbound pod at once.
+    common::kubectl_until(
+        cp,
+        "default SA in demo",
+        t,
+        &[
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            "demo",
+            "-o",
+            "name",
+        ],
+        |o| !o.trim().is_empty(),
+    )
+    .await?;
+    kubectl
+        .ok([
+            "run",
+            "p",
+            "-n",
+            "demo",
+            "--image=registry.invalid/none:1",
+            "--restart=Never",
+        ])
+        .await?;
     let started = std::time::Instant::now();
     kubectl
         .ok(["delete", "namespace", "demo", "--wait=false"])
         .await?;
     wait_gone(cp, "demo", t).await?;
     eprintln!(
-        "FIGURE namespace with 5 objects deleted in {:.1}s (includes upstream's 5 s grace)",
+        "FIGURE namespace with 6 objects deleted in {:.1}s (includes upstream's 5 s grace)",
         started.elapsed().as_secs_f64()
     );
 
@@ -308,5 +336,114 @@ spec:
         .ok(["delete", "apiservice", "v1.broken.example.com"])
         .await?;
     wait_gone(cp, "agg", Duration::from_secs(90)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_pods_are_waited_for_before_other_content() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    // Panicking while the control plane is alive dumps its components' logs.
+    if let Err(e) = terminating_pods_are_waited_for_before_other_content_on(&cp).await {
+        panic!("{e:?}");
+    }
+    Ok(())
+}
+
+async fn terminating_pods_are_waited_for_before_other_content_on(
+    cp: &ControlPlane,
+) -> anyhow::Result<()> {
+    let _cm = common::start(cp, "controller-manager", &[CONTROLLERS]).await?;
+    let kubectl = cp.kubectl()?;
+    let t = Duration::from_secs(60);
+    kubectl.ok(["create", "namespace", "pods"]).await?;
+    common::kubectl_until(
+        cp,
+        "default SA in pods",
+        t,
+        &[
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            "pods",
+            "-o",
+            "name",
+        ],
+        |o| !o.trim().is_empty(),
+    )
+    .await?;
+    // Bound to a node (that has no kubelet), the pod is deleted gracefully: it stays
+    // terminating until something (here: the test) finishes it.
+    kubectl
+        .apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: bound, namespace: pods}
+spec:
+  nodeName: no-such-node
+  terminationGracePeriodSeconds: 30
+  containers: [{name: c, image: registry.invalid/none:1}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: kept-while-pods-remain, namespace: pods}
+"#,
+        )
+        .await?;
+    kubectl
+        .ok(["delete", "namespace", "pods", "--wait=false"])
+        .await?;
+    // The first pass deleted the pod (now terminating) and wrote the conditions. As
+    // upstream, that early return for remaining pods does not tally content, so the
+    // conditions only say that deleting worked.
+    common::kubectl_until(
+        cp,
+        "pod terminating",
+        t,
+        &[
+            "get",
+            "pod",
+            "bound",
+            "-n",
+            "pods",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ],
+        |o| !o.is_empty(),
+    )
+    .await?;
+    common::kubectl_until(
+        cp,
+        "conditions written",
+        t,
+        &[
+            "get",
+            "namespace",
+            "pods",
+            "-o",
+            &condition_path("NamespaceDeletionContentFailure"),
+        ],
+        |o| o.starts_with("False|ContentDeleted|"),
+    )
+    .await?;
+    // OrderedNamespaceDeletion: nothing else is deleted while pods remain.
+    let cms = kubectl
+        .ok(["get", "configmap", "-n", "pods", "-o", "name"])
+        .await?;
+    assert!(cms.contains("configmap/kept-while-pods-remain"), "{cms}");
+
+    kubectl
+        .ok([
+            "delete",
+            "pod",
+            "bound",
+            "-n",
+            "pods",
+            "--force",
+            "--grace-period=0",
+        ])
+        .await?;
+    wait_gone(cp, "pods", t).await?;
     Ok(())
 }
