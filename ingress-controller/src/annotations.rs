@@ -198,10 +198,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
             "proxy-read-timeout" => seconds(value).map(|d| config.read_timeout = Some(d)),
             "proxy-send-timeout" => seconds(value).map(|d| config.send_timeout = Some(d)),
             "backend-protocol" => match value.to_ascii_uppercase().as_str() {
-                "HTTP" => Ok(config.backend_protocol = BackendProtocol::Http),
-                "GRPC" | "H2C" => Ok(config.backend_protocol = BackendProtocol::H2c),
+                "HTTP" => Ok(BackendProtocol::Http),
+                "GRPC" | "H2C" => Ok(BackendProtocol::H2c),
                 other => Err(format!("{other:?} is not one of HTTP, GRPC, H2C")),
-            },
+            }
+            .map(|p| config.backend_protocol = p),
             "canary" => boolean(value).map(|b| is_canary = b),
             "canary-weight" => number(value, 0, u32::MAX).map(|w| canary.weight = w),
             "canary-weight-total" => number(value, 1, u32::MAX).map(|w| canary.weight_total = w),

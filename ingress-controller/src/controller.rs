@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use ferrokube_runtime::events::{self, EventType, Recorder};
-use ferrokube_runtime::informer::{InformerFactory, ObjectKey, Store};
+use ferrokube_runtime::informer::{Informer, InformerFactory, ObjectKey, Store};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -514,13 +514,40 @@ async fn watch_secret(
     }
 }
 
+/// The shared informers the controller reads, registered before the factory starts.
+pub struct Informers {
+    ingresses: Informer<Ingress>,
+    classes: Informer<IngressClass>,
+    services: Informer<Service>,
+    slices: Informer<EndpointSlice>,
+}
+
+impl Informers {
+    /// Registers the controller's informers with `factory`.
+    pub fn new(factory: &InformerFactory) -> Self {
+        Self {
+            ingresses: factory.informer(),
+            classes: factory.informer(),
+            services: factory.informer(),
+            slices: factory.informer(),
+        }
+    }
+
+    /// The Service cache (for `--publish-service`).
+    pub fn services(&self) -> Store<Service> {
+        self.services.store()
+    }
+}
+
 impl Controller {
     /// Runs until `shutdown`.
-    pub async fn run(self, informers: Arc<InformerFactory>, shutdown: CancellationToken) {
-        let ingresses = informers.informer::<Ingress>();
-        let classes = informers.informer::<IngressClass>();
-        let services = informers.informer::<Service>();
-        let slices = informers.informer::<EndpointSlice>();
+    pub async fn run(self, informers: Informers, shutdown: CancellationToken) {
+        let Informers {
+            ingresses,
+            classes,
+            services,
+            slices,
+        } = informers;
         let mut rx_i = ingresses.subscribe();
         let mut rx_c = classes.subscribe();
         let mut rx_s = services.subscribe();

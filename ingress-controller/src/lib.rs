@@ -39,7 +39,6 @@ use ferrokube_runtime::leader_election::{self, LeaderElector};
 use ferrokube_runtime::metrics::Metrics;
 use ferrokube_runtime::server::{self, Health, Kind};
 use ferrokube_runtime::shutdown;
-use k8s_openapi::api::core::v1::Service;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -193,8 +192,9 @@ pub async fn run(options: Options) -> Result<(), Error> {
         default_secret,
         fallback_cert,
     };
-    let services = informers.informer::<Service>().store();
-    tasks.spawn(controller.run(informers.clone(), stop_rest.clone()));
+    let watched = controller::Informers::new(&informers);
+    let services = watched.services();
+    tasks.spawn(controller.run(watched, stop_rest.clone()));
     informers.start(&mut tasks, &stop_rest);
     tasks.spawn(async move {
         let _ = events_task.await;

@@ -273,7 +273,7 @@ impl TableBuilder {
             // Stable: among equal lengths the older Ingress (added first) stays first.
             rules
                 .prefixes
-                .sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()));
+                .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         };
         self.table.exact.values_mut().for_each(sort);
         self.table.wildcard.values_mut().for_each(sort);
