@@ -608,23 +608,35 @@ async fn tls_redirect_upgrades_invalid_ingress_and_endpoint_removal() -> anyhow:
             .await?;
     }
 
-    // SNI picks each Ingress's certificate; unknown names get the default one.
-    let (r, served) = wait::until("TLS for a", T, Duration::from_millis(100), || async {
-        let (r, served) = get_tls(ic.https, "a.example.com", "/x").await?;
-        if served == der_a && r.body.starts_with('a') {
-            Ok((r, served))
-        } else {
-            Err(format!("{} {}", r.status, r.body))
+    // SNI picks each Ingress's certificate (once its Secret's watch delivered it);
+    // unknown names get the default one.
+    let tls_until = |host: &'static str, der: Vec<u8>| {
+        let https = ic.https;
+        async move {
+            wait::until(
+                &format!("TLS for {host}"),
+                T,
+                Duration::from_millis(100),
+                || {
+                    let der = der.clone();
+                    async move {
+                        let (r, served) = get_tls(https, host, "/x").await?;
+                        if served == der && r.status == 200 {
+                            Ok(r)
+                        } else {
+                            Err(format!("{} {}", r.status, r.body))
+                        }
+                    }
+                },
+            )
+            .await
         }
-    })
-    .await?;
+    };
+    let r = tls_until("a.example.com", der_a.clone()).await?;
+    assert!(r.body.starts_with("a"), "{}", r.body);
     assert!(r.body.contains("proto=https"), "{}", r.body);
-    assert_eq!(served, der_a);
-    let (r, served) = get_tls(ic.https, "b.example.com", "/")
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let r = tls_until("b.example.com", der_b.clone()).await?;
     assert!(r.body.starts_with("b "), "{}", r.body);
-    assert_eq!(served, der_b);
     let (_, served) = get_tls(ic.https, "c.example.com", "/")
         .await
         .map_err(anyhow::Error::msg)?;
