@@ -81,6 +81,10 @@ pub struct Options {
     #[arg(long, default_value_t = 5)]
     pub concurrent_replicaset_syncs: usize,
 
+    /// ReplicationControllers synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_rc_syncs: usize,
+
     /// Deployments synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,

@@ -19,7 +19,7 @@
 //! `Added`, as a client-go handler added to a running informer does.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -137,17 +137,122 @@ pub struct Selectors {
 
 // === State ===
 
+/// The name of the index every informer keeps: an object's namespace (empty for
+/// cluster-scoped objects), as client-go's `cache.NamespaceIndex`.
+pub const NAMESPACE_INDEX: &str = "namespace";
+
+/// A function from an object to the values it is indexed under (none, one or several).
+pub type IndexFn<K> = Box<dyn Fn(&K) -> Vec<String> + Send + Sync>;
+
+/// Asking a [`Store`] for an index it does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no index named {name:?} in this informer's store")]
+pub struct UnknownIndex {
+    /// The index asked for.
+    pub name: String,
+}
+
+/// One secondary index: value -> keys of the cached objects indexed under it.
+struct Index<K> {
+    func: IndexFn<K>,
+    entries: HashMap<String, HashSet<ObjectKey>>,
+}
+
+impl<K> Index<K> {
+    fn insert(&mut self, key: &ObjectKey, obj: &K) {
+        for value in (self.func)(obj) {
+            self.entries.entry(value).or_default().insert(key.clone());
+        }
+    }
+
+    /// Undoes `insert` for the object as it was cached. The cached `Arc` never changes, so
+    /// the function yields the same values it yielded on insertion.
+    fn remove(&mut self, key: &ObjectKey, obj: &K) {
+        for value in (self.func)(obj) {
+            if let Some(keys) = self.entries.get_mut(&value) {
+                keys.remove(key);
+                // Empty sets are dropped so that values of vanished owners do not pile up.
+                if keys.is_empty() {
+                    self.entries.remove(&value);
+                }
+            }
+        }
+    }
+
+    fn rebuild(&mut self, cache: &HashMap<ObjectKey, Arc<K>>) {
+        self.entries.clear();
+        for (key, obj) in cache {
+            self.insert(key, obj);
+        }
+    }
+}
+
 struct State<K> {
     cache: HashMap<ObjectKey, Arc<K>>,
     /// Objects listed since the last `Init`, swapped in on `InitDone`.
     relist: Option<HashMap<ObjectKey, Arc<K>>>,
     subscribers: Vec<mpsc::UnboundedSender<Notification<K>>>,
+    /// Secondary indexes by name, always consistent with `cache` (updated under the same
+    /// write lock).
+    indexes: HashMap<String, Index<K>>,
 }
 
 impl<K> State<K> {
+    fn new() -> Self {
+        Self {
+            cache: HashMap::new(),
+            relist: None,
+            subscribers: Vec::new(),
+            indexes: HashMap::new(),
+        }
+    }
+
     fn notify(&mut self, n: Notification<K>) {
         // A dropped receiver means that subscriber is gone; forget it.
         self.subscribers.retain(|tx| tx.send(n.clone()).is_ok());
+    }
+
+    /// Caches `obj` under `key`, keeping the indexes in step; returns what it replaced.
+    fn insert(&mut self, key: ObjectKey, obj: Arc<K>) -> Option<Arc<K>> {
+        let old = self.cache.insert(key.clone(), obj.clone());
+        for index in self.indexes.values_mut() {
+            if let Some(old) = &old {
+                index.remove(&key, old);
+            }
+            index.insert(&key, &obj);
+        }
+        old
+    }
+
+    /// Drops `key` from the cache and the indexes; returns what was cached.
+    fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
+        let old = self.cache.remove(key)?;
+        for index in self.indexes.values_mut() {
+            index.remove(key, &old);
+        }
+        Some(old)
+    }
+
+    /// Swaps in a whole new cache (after a re-list) and rebuilds the indexes from it.
+    fn replace(&mut self, fresh: HashMap<ObjectKey, Arc<K>>) -> HashMap<ObjectKey, Arc<K>> {
+        let old = std::mem::replace(&mut self.cache, fresh);
+        for index in self.indexes.values_mut() {
+            index.rebuild(&self.cache);
+        }
+        old
+    }
+
+    fn by_index(&self, name: &str, value: &str) -> Result<Vec<Arc<K>>, UnknownIndex> {
+        let index = self.indexes.get(name).ok_or_else(|| UnknownIndex {
+            name: name.to_string(),
+        })?;
+        Ok(index
+            .entries
+            .get(value)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.cache.get(key).cloned())
+            .collect())
     }
 }
 
@@ -194,14 +299,68 @@ impl<K> Store<K> {
         self.read().cache.values().cloned().collect()
     }
 
-    /// Every cached object in `namespace`.
+    /// Every cached object in `namespace` (through the namespace index, so the cost is
+    /// that of the namespace's objects, not of the whole cache).
     pub fn list_in(&self, namespace: &str) -> Vec<Arc<K>> {
-        self.read()
-            .cache
-            .iter()
-            .filter(|(k, _)| k.namespace == namespace)
-            .map(|(_, v)| v.clone())
-            .collect()
+        let state = self.read();
+        match state.by_index(NAMESPACE_INDEX, namespace) {
+            Ok(objs) => objs,
+            // Stores built by the factory always have the index; scan otherwise.
+            Err(_) => state
+                .cache
+                .iter()
+                .filter(|(k, _)| k.namespace == namespace)
+                .map(|(_, v)| v.clone())
+                .collect(),
+        }
+    }
+
+    /// Adds the index `name`, computed by `func`, built at once from the current cache and
+    /// kept up to date on every change and re-list from then on (client-go's
+    /// `AddIndexers`). The name identifies the function: when an index of that name exists
+    /// already (another controller sharing this informer added it), it is kept and `false`
+    /// is returned, as upstream's `AddPodControllerIndexer` does.
+    pub fn add_index(
+        &self,
+        name: &str,
+        func: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    ) -> bool {
+        let mut state = self
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if state.indexes.contains_key(name) {
+            return false;
+        }
+        let mut index = Index {
+            func: Box::new(func),
+            entries: HashMap::new(),
+        };
+        index.rebuild(&state.cache);
+        state.indexes.insert(name.to_string(), index);
+        true
+    }
+
+    /// Whether the index `name` exists.
+    pub fn has_index(&self, name: &str) -> bool {
+        self.read().indexes.contains_key(name)
+    }
+
+    /// The cached objects indexed under `value` in the index `name` (client-go's
+    /// `ByIndex`), in no particular order.
+    pub fn by_index(&self, name: &str, value: &str) -> Result<Vec<Arc<K>>, UnknownIndex> {
+        self.read().by_index(name, value)
+    }
+
+    /// The values the index `name` currently holds objects under (client-go's
+    /// `ListIndexFuncValues`).
+    pub fn index_values(&self, name: &str) -> Result<Vec<String>, UnknownIndex> {
+        let state = self.read();
+        let index = state.indexes.get(name).ok_or_else(|| UnknownIndex {
+            name: name.to_string(),
+        })?;
+        Ok(index.entries.keys().cloned().collect())
     }
 
     /// Cached objects for which `pred` holds.
@@ -276,6 +435,16 @@ impl<K> Informer<K> {
 
 // === Dispatch ===
 
+impl<K> Shared<K> {
+    fn new() -> Self {
+        let (synced, _) = watch::channel(false);
+        Self {
+            state: RwLock::new(State::new()),
+            synced,
+        }
+    }
+}
+
 impl<K: Resource> Shared<K> {
     fn apply(&self, event: watcher::Event<K>) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
@@ -290,7 +459,7 @@ impl<K: Resource> Shared<K> {
             }
             watcher::Event::InitDone => {
                 let fresh = state.relist.take().unwrap_or_default();
-                let old = std::mem::replace(&mut state.cache, fresh);
+                let old = state.replace(fresh);
                 let mut changes = Vec::new();
                 for (key, new) in &state.cache {
                     match old.get(key) {
@@ -317,7 +486,7 @@ impl<K: Resource> Shared<K> {
             }
             watcher::Event::Apply(obj) => {
                 let new = Arc::new(obj);
-                let n = match state.cache.insert(ObjectKey::of(&*new), new.clone()) {
+                let n = match state.insert(ObjectKey::of(&*new), new.clone()) {
                     Some(old) => Notification::Updated { old, new },
                     None => Notification::Added(new),
                 };
@@ -325,7 +494,7 @@ impl<K: Resource> Shared<K> {
             }
             watcher::Event::Delete(obj) => {
                 let key = ObjectKey::of(&obj);
-                let last = state.cache.remove(&key).unwrap_or_else(|| Arc::new(obj));
+                let last = state.remove(&key).unwrap_or_else(|| Arc::new(obj));
                 state.notify(Notification::Deleted(last));
             }
         }
@@ -436,20 +605,15 @@ impl InformerFactory {
         {
             return existing.clone();
         }
-        let (synced, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            state: RwLock::new(State {
-                cache: HashMap::new(),
-                relist: None,
-                subscribers: Vec::new(),
-            }),
-            synced,
-        });
+        let shared = Arc::new(Shared::new());
         let informer = Informer {
             store: Store {
                 shared: shared.clone(),
             },
         };
+        informer.store.add_index(NAMESPACE_INDEX, |o: &K| {
+            vec![o.meta().namespace.clone().unwrap_or_default()]
+        });
         // One namespace is watched through a field selector, which works alike for typed and
         // dynamic resources.
         let api: Api<K> = Api::all_with(self.client.clone(), &dt);
@@ -554,4 +718,134 @@ async fn run<K>(
 /// Convenience for controllers keyed by [`ObjectKey`]: the key of a notification's object.
 pub fn key_of<K: Resource>(n: &Notification<K>) -> ObjectKey {
     ObjectKey::of(&**n.object())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    fn cm(ns: &str, name: &str, owner: &str, rv: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                labels: (!owner.is_empty())
+                    .then(|| [("owner".to_string(), owner.to_string())].into()),
+                resource_version: Some(rv.into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    fn store() -> (Arc<Shared<ConfigMap>>, Store<ConfigMap>) {
+        let shared = Arc::new(Shared::new());
+        let store = Store {
+            shared: shared.clone(),
+        };
+        store.add_index(NAMESPACE_INDEX, |o: &ConfigMap| {
+            vec![o.metadata.namespace.clone().unwrap_or_default()]
+        });
+        (shared, store)
+    }
+
+    fn by_owner(o: &ConfigMap) -> Vec<String> {
+        o.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("owner"))
+            .map(|v| v.split('+').map(ToString::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn names(mut objs: Vec<Arc<ConfigMap>>) -> Vec<String> {
+        objs.sort_by(|a, b| ObjectKey::of(&**a).cmp(&ObjectKey::of(&**b)));
+        objs.iter()
+            .map(|o| ObjectKey::of(&**o).to_string())
+            .collect()
+    }
+
+    fn lookup(store: &Store<ConfigMap>, value: &str) -> Vec<String> {
+        names(store.by_index("owner", value).unwrap_or_default())
+    }
+
+    #[test]
+    fn index_follows_apply_and_delete() {
+        let (shared, store) = store();
+        shared.apply(watcher::Event::Apply(cm("a", "one", "x", "1")));
+        // An index added late is built from what is cached already.
+        assert!(store.add_index("owner", by_owner));
+        assert!(
+            !store.add_index("owner", |_: &ConfigMap| vec![]),
+            "the first function under a name stays"
+        );
+        assert_eq!(lookup(&store, "x"), vec!["a/one"]);
+
+        // Several values per object.
+        shared.apply(watcher::Event::Apply(cm("b", "two", "x+y", "2")));
+        assert_eq!(lookup(&store, "x"), vec!["a/one", "b/two"]);
+        assert_eq!(lookup(&store, "y"), vec!["b/two"]);
+
+        // An update moves the object from its old values to its new ones.
+        shared.apply(watcher::Event::Apply(cm("a", "one", "y", "3")));
+        assert_eq!(lookup(&store, "x"), vec!["b/two"]);
+        assert_eq!(lookup(&store, "y"), vec!["a/one", "b/two"]);
+        // And no longer indexed anywhere.
+        shared.apply(watcher::Event::Apply(cm("a", "one", "", "4")));
+        assert_eq!(lookup(&store, "y"), vec!["b/two"]);
+
+        shared.apply(watcher::Event::Delete(cm("b", "two", "x+y", "2")));
+        assert!(lookup(&store, "x").is_empty());
+        assert!(lookup(&store, "y").is_empty());
+        // Values without objects are forgotten.
+        assert_eq!(store.index_values("owner").map(|v| v.len()).ok(), Some(0));
+        // Deleting something never cached leaves the indexes alone.
+        shared.apply(watcher::Event::Delete(cm("c", "ghost", "x", "9")));
+        assert!(lookup(&store, "x").is_empty());
+    }
+
+    #[test]
+    fn index_is_rebuilt_on_relist() {
+        let (shared, store) = store();
+        store.add_index("owner", by_owner);
+        shared.apply(watcher::Event::Apply(cm("a", "gone", "x", "1")));
+        shared.apply(watcher::Event::Apply(cm("a", "kept", "x", "1")));
+        shared.apply(watcher::Event::Init);
+        shared.apply(watcher::Event::InitApply(cm("a", "kept", "y", "2")));
+        shared.apply(watcher::Event::InitApply(cm("b", "new", "x", "1")));
+        // Until the re-list is complete the old contents are served.
+        assert_eq!(lookup(&store, "x"), vec!["a/gone", "a/kept"]);
+        shared.apply(watcher::Event::InitDone);
+        assert_eq!(lookup(&store, "x"), vec!["b/new"]);
+        assert_eq!(lookup(&store, "y"), vec!["a/kept"]);
+        assert_eq!(names(store.list_in("a")), vec!["a/kept"]);
+        assert_eq!(names(store.list_in("b")), vec!["b/new"]);
+        assert!(store.list_in("zzz").is_empty());
+    }
+
+    #[test]
+    fn namespace_index_serves_list_in() {
+        let (shared, store) = store();
+        for (ns, name) in [("a", "1"), ("a", "2"), ("b", "1"), ("", "cluster")] {
+            shared.apply(watcher::Event::Apply(cm(ns, name, "", "1")));
+        }
+        assert_eq!(names(store.list_in("a")), vec!["a/1", "a/2"]);
+        assert_eq!(names(store.list_in("")), vec!["cluster"]);
+        shared.apply(watcher::Event::Delete(cm("a", "1", "", "1")));
+        assert_eq!(names(store.list_in("a")), vec!["a/2"]);
+        assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn unknown_index_is_an_error() {
+        let (_, store) = store();
+        assert!(!store.has_index("owner"));
+        let err = store.by_index("owner", "x").err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("no index named \"owner\" in this informer's store")
+        );
+    }
 }

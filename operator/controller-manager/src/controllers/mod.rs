@@ -11,6 +11,7 @@ pub mod node_lifecycle;
 pub mod podgc;
 pub mod deployment;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod resource_discovery;
 pub mod root_ca_cert_publisher;
 pub mod serviceaccount;
@@ -100,7 +101,7 @@ pub const ALL: &[Descriptor] = &[
         "replicationcontroller-controller",
         &["replicationcontroller"],
         false,
-        None,
+        Some(replicationcontroller::start),
     ),
     known(
         "pod-garbage-collector-controller",

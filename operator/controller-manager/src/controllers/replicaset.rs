@@ -14,6 +14,14 @@
 //!   status (replicas, fullyLabeled, ready, available, terminating, ReplicaFailure)
 //!   written with a merge patch on the status subresource
 //! ```
+//!
+//! The core is generic over [`ReplicaOwner`], so that `replicationcontroller-controller`
+//! (`super::replicationcontroller`) runs this very code for ReplicationControllers, as
+//! upstream's `ReplicationManager` runs the ReplicaSet controller through conversions.
+//!
+//! Pods are found through an index of the shared pod informer by controller reference
+//! (upstream's `PodControllerIndex`), so a sync reads only its own pods and the orphans of
+//! its namespace rather than every pod in the cache.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,12 +30,12 @@ use std::time::Duration;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers, enqueue_from};
 use ferrokube_runtime::events::{self, EventType, Recorder};
-use ferrokube_runtime::informer::{Notification, ObjectKey, Store};
+use ferrokube_runtime::informer::{Notification, ObjectKey, Store, UnknownIndex};
 use ferrokube_runtime::workqueue::WorkQueue;
 use futures::future::join_all;
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
@@ -35,7 +43,7 @@ use tokio::task::JoinSet;
 
 use super::StartError;
 use crate::context::Context;
-use crate::controller_ref::{ClaimError, ControllerRefManager, Owner, recheck_by_get};
+use crate::controller_ref::{ClaimError, Claimable, ControllerRefManager, Owner, recheck_by_get};
 use crate::controller_utils::{
     self as cu, FAILED_CREATE_POD_REASON, FAILED_DELETE_POD_REASON, RankedPod,
     SLOW_START_INITIAL_BATCH_SIZE, SUCCESSFUL_CREATE_POD_REASON, SUCCESSFUL_DELETE_POD_REASON,
@@ -44,10 +52,114 @@ use crate::expectations::ControllerExpectations;
 
 /// Upstream's `BurstReplicas`: at most this many pods are created or deleted per sync.
 pub const BURST_REPLICAS: usize = 500;
-/// The condition type set when pods cannot be created or deleted.
+/// The condition type set when pods cannot be created or deleted (the same string for
+/// ReplicaSets and ReplicationControllers).
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
-/// The reporting controller name in events.
-const CONTROLLER_NAME: &str = "replicaset-controller";
+/// Upstream's `PodControllerIndex`: pods by `namespace/Kind/name/uid` of their controller,
+/// orphans by `namespace` alone (see [`pod_controller_index_key`]).
+pub const POD_CONTROLLER_INDEX: &str = "podController";
+/// Owners (ReplicaSets, ReplicationControllers) by the uid of their own controller, to find
+/// the siblings of a Deployment's ReplicaSet without scanning the namespace.
+const CONTROLLER_UID_INDEX: &str = "controllerUID";
+
+/// What the core needs of the kind it keeps pods for: the spec's fields and the status,
+/// read the same way whether a selector is a `LabelSelector` or a plain label map.
+pub trait ReplicaOwner: Claimable {
+    /// The reporting controller in events (upstream's event source component).
+    const CONTROLLER_NAME: &'static str;
+    /// The work queue's name, which labels its metrics (upstream's queue name).
+    const QUEUE_NAME: &'static str;
+    /// Whether the status has `terminatingReplicas` (ReplicaSets since 1.33;
+    /// ReplicationControllers never had it, so it must not be written to them).
+    const TERMINATING_REPLICAS: bool;
+
+    /// Whether the object has a spec at all (nothing to do without one).
+    fn has_spec(&self) -> bool;
+    /// `spec.replicas`, defaulting to 1 as the apiserver does.
+    fn replicas(&self) -> i32;
+    /// `spec.minReadySeconds`, 0 when unset.
+    fn min_ready_seconds(&self) -> i32;
+    /// `spec.template`.
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// The selector as a matcher, or why it cannot be one.
+    fn selector(&self) -> Result<Selector, String>;
+    /// The selector used to find owners for an orphan; `None` for an empty selector, which
+    /// matches no orphans (upstream's `GetPodReplicaSets` / `GetPodControllers` skip it).
+    fn orphan_selector(&self) -> Option<Selector>;
+    /// The current status in the shape shared by both kinds.
+    fn replica_status(&self) -> ReplicaStatus;
+}
+
+/// The status fields shared by ReplicaSets and ReplicationControllers (their conditions
+/// have the same fields and JSON, so ReplicaSet's condition type serves both).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicaStatus {
+    /// `replicas`.
+    pub replicas: i32,
+    /// `fullyLabeledReplicas`.
+    pub fully_labeled_replicas: Option<i32>,
+    /// `readyReplicas`.
+    pub ready_replicas: Option<i32>,
+    /// `availableReplicas`.
+    pub available_replicas: Option<i32>,
+    /// `terminatingReplicas` (ReplicaSets only).
+    pub terminating_replicas: Option<i32>,
+    /// `observedGeneration`.
+    pub observed_generation: Option<i64>,
+    /// `conditions`.
+    pub conditions: Option<Vec<ReplicaSetCondition>>,
+}
+
+impl ReplicaOwner for ReplicaSet {
+    const CONTROLLER_NAME: &'static str = "replicaset-controller";
+    const QUEUE_NAME: &'static str = "replicaset";
+    const TERMINATING_REPLICAS: bool = true;
+
+    fn has_spec(&self) -> bool {
+        self.spec.is_some()
+    }
+
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+
+    fn selector(&self) -> Result<Selector, String> {
+        let sel = self
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
+        Selector::try_from(sel).map_err(|e| e.0)
+    }
+
+    fn orphan_selector(&self) -> Option<Selector> {
+        self.spec.as_ref().and_then(|s| selector_of(&s.selector))
+    }
+
+    fn replica_status(&self) -> ReplicaStatus {
+        let s = self.status.clone().unwrap_or_default();
+        ReplicaStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            terminating_replicas: s.terminating_replicas,
+            observed_generation: s.observed_generation,
+            conditions: s.conditions,
+        }
+    }
+}
 
 /// Why a sync failed (the key is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -59,24 +171,67 @@ pub enum SyncError {
     #[error("{0}")]
     ManageReplicas(String),
     /// Writing status failed.
-    #[error("updating status of ReplicaSet {key}: {source}")]
+    #[error("updating status of {kind} {key}: {source}")]
     Status {
-        /// The ReplicaSet.
+        /// `ReplicaSet` or `ReplicationController`.
+        kind: String,
+        /// The owner.
         key: String,
         /// The cause.
         #[source]
         source: kube::Error,
     },
+    /// The pod informer has no index by controller (a programming error in `run`).
+    #[error(transparent)]
+    Index(#[from] UnknownIndex),
 }
 
 /// Starts the controller.
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
-    let rs_informer = ctx.informers.informer::<ReplicaSet>();
+    run::<ReplicaSet>(ctx, tasks, ctx.options.concurrent_replicaset_syncs)
+}
+
+/// The key under which [`POD_CONTROLLER_INDEX`] files a pod with controller `cref` in
+/// `namespace` (upstream's `PodControllerIndexKey`): `namespace/Kind/name/uid`, or just
+/// `namespace` for an orphan.
+pub fn pod_controller_index_key(namespace: &str, cref: Option<&OwnerReference>) -> String {
+    match cref {
+        Some(r) => format!("{namespace}/{}/{}/{}", r.kind, r.name, r.uid),
+        None => namespace.to_string(),
+    }
+}
+
+/// Adds [`POD_CONTROLLER_INDEX`] to the shared pod informer (once; every controller that
+/// asks shares it, as upstream's `AddPodControllerIndexer`).
+pub fn add_pod_controller_index(pods: &Store<Pod>) {
+    pods.add_index(POD_CONTROLLER_INDEX, |pod: &Pod| {
+        vec![pod_controller_index_key(
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            cu::controller_of(&pod.metadata),
+        )]
+    });
+}
+
+/// Starts the replica-keeping core for owners of kind `K` with `concurrency` workers.
+pub fn run<K: ReplicaOwner>(
+    ctx: &Context,
+    tasks: &mut JoinSet<()>,
+    concurrency: usize,
+) -> Result<(), StartError> {
+    let rs_informer = ctx.informers.informer::<K>();
     let pod_informer = ctx.informers.informer::<Pod>();
-    let queue: WorkQueue<ObjectKey> = WorkQueue::new("replicaset", &ctx.metrics);
+    let queue: WorkQueue<ObjectKey> = WorkQueue::new(K::QUEUE_NAME, &ctx.metrics);
     let expectations = ControllerExpectations::new();
     let rs_store = rs_informer.store();
     let pod_store = pod_informer.store();
+    // Indexes are added before the informers start, so they are complete from the first
+    // sync on (and `add_index` builds them from the cache in any case).
+    add_pod_controller_index(&pod_store);
+    rs_store.add_index(CONTROLLER_UID_INDEX, |o: &K| {
+        cu::controller_of(o.meta())
+            .map(|r| vec![r.uid.clone()])
+            .unwrap_or_default()
+    });
 
     {
         let expectations = expectations.clone();
@@ -85,12 +240,12 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
             rs_informer.subscribe(),
             queue.clone(),
             ctx.shutdown.clone(),
-            move |n: &Notification<ReplicaSet>| {
+            move |n: &Notification<K>| {
                 let key = ObjectKey::of(&**n.object());
                 match n {
                     Notification::Deleted(_) => expectations.delete(&key.to_string()),
                     // A ReplicaSet recreated under the same name starts afresh.
-                    Notification::Updated { old, new } if old.metadata.uid != new.metadata.uid => {
+                    Notification::Updated { old, new } if old.meta().uid != new.meta().uid => {
                         expectations.delete(&key.to_string());
                     }
                     _ => {}
@@ -119,10 +274,10 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         rs_store: rs_store.clone(),
         pod_store: pod_store.clone(),
         expectations,
-        recorder: ctx.recorder(CONTROLLER_NAME, tasks),
+        recorder: ctx.recorder(K::CONTROLLER_NAME, tasks),
         burst_replicas: BURST_REPLICAS,
     };
-    let mut workers = Workers::new("replicaset", ctx.options.concurrent_replicaset_syncs);
+    let mut workers = Workers::new(K::QUEUE_NAME, concurrency);
     // Upstream retries a failing ReplicaSet forever (with backoff): a quota raised an hour
     // later must still be noticed without another event.
     workers.max_retries = u32::MAX;
@@ -144,20 +299,20 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
 
 /// Turns pod events into ReplicaSet keys, observing expectations on the way
 /// (upstream's `addPod` / `updatePod` / `deletePod`).
-struct PodHandler {
-    rs_store: Store<ReplicaSet>,
+struct PodHandler<K> {
+    rs_store: Store<K>,
     expectations: ControllerExpectations,
     queue: WorkQueue<ObjectKey>,
 }
 
-impl PodHandler {
-    fn resolve(&self, namespace: &str, cref: &OwnerReference) -> Option<Arc<ReplicaSet>> {
-        if cref.kind != "ReplicaSet" {
+impl<K: ReplicaOwner> PodHandler<K> {
+    fn resolve(&self, namespace: &str, cref: &OwnerReference) -> Option<Arc<K>> {
+        if cref.kind != K::kind(&()) {
             return None;
         }
         self.rs_store
             .get(namespace, &cref.name)
-            .filter(|rs| rs.metadata.uid.as_deref() == Some(cref.uid.as_str()))
+            .filter(|rs| rs.meta().uid.as_deref() == Some(cref.uid.as_str()))
     }
 
     /// ReplicaSets whose selector matches an orphan (`getPodReplicaSets`).
@@ -168,12 +323,7 @@ impl PodHandler {
         self.rs_store
             .list_in(&ns)
             .iter()
-            .filter(|rs| {
-                rs.spec
-                    .as_ref()
-                    .and_then(|s| selector_of(&s.selector))
-                    .is_some_and(|sel| sel.matches(labels))
-            })
+            .filter(|rs| rs.orphan_selector().is_some_and(|sel| sel.matches(labels)))
             .map(|rs| ObjectKey::of(&**rs))
             .collect()
     }
@@ -233,7 +383,7 @@ impl PodHandler {
                 if let Some(cref) = cur_ref {
                     if let Some(rs) = self.resolve(&ns, cref) {
                         let key = ObjectKey::of(&*rs);
-                        let min_ready = min_ready_seconds(&rs);
+                        let min_ready = rs.min_ready_seconds();
                         if !cu::is_pod_ready(old) && cu::is_pod_ready(new) && min_ready > 0 {
                             // Look again once the pod has been ready long enough to be
                             // available.
@@ -256,18 +406,9 @@ impl PodHandler {
     }
 }
 
-fn min_ready_seconds(rs: &ReplicaSet) -> i32 {
-    rs.spec
-        .as_ref()
-        .and_then(|s| s.min_ready_seconds)
-        .unwrap_or(0)
-}
-
 /// The selector as a matcher; `None` when it cannot be parsed or selects nothing useful
 /// (an empty selector matches no orphans, as upstream's `getPodReplicaSets` skips it).
-fn selector_of(
-    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-) -> Option<Selector> {
+pub fn selector_of(sel: &LabelSelector) -> Option<Selector> {
     let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
     if empty {
@@ -276,17 +417,52 @@ fn selector_of(
     Selector::try_from(sel.clone()).ok()
 }
 
-#[derive(Clone)]
-struct Sync {
+struct Sync<K> {
     client: kube::Client,
-    rs_store: Store<ReplicaSet>,
+    rs_store: Store<K>,
     pod_store: Store<Pod>,
     expectations: ControllerExpectations,
     recorder: Recorder,
     burst_replicas: usize,
 }
 
-impl Sync {
+// Not derived: the derive would demand `K: Clone` for no reason (stores are shared handles).
+impl<K> Clone for Sync<K> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            rs_store: self.rs_store.clone(),
+            pod_store: self.pod_store.clone(),
+            expectations: self.expectations.clone(),
+            recorder: self.recorder.clone(),
+            burst_replicas: self.burst_replicas,
+        }
+    }
+}
+
+impl<K: ReplicaOwner> Sync<K> {
+    /// Pods controlled by `rs` and the orphans of its namespace, from the controller index
+    /// (upstream's `FilterPodsByOwner(..., includeOrphanedPods=true)`).
+    fn pods_of(&self, rs: &K) -> Result<Vec<Arc<Pod>>, UnknownIndex> {
+        let meta = rs.meta();
+        let ns = meta.namespace.as_deref().unwrap_or_default();
+        let own = OwnerReference {
+            kind: K::kind(&()).into_owned(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            ..OwnerReference::default()
+        };
+        let mut pods = self.pod_store.by_index(
+            POD_CONTROLLER_INDEX,
+            &pod_controller_index_key(ns, Some(&own)),
+        )?;
+        pods.extend(
+            self.pod_store
+                .by_index(POD_CONTROLLER_INDEX, &pod_controller_index_key(ns, None))?,
+        );
+        Ok(pods)
+    }
+
     async fn sync(&self, key: &ObjectKey) -> Result<Action, SyncError> {
         let started = std::time::Instant::now();
         let skey = key.to_string();
@@ -296,23 +472,20 @@ impl Sync {
             return Ok(Action::Done);
         };
         let needs_sync = self.expectations.satisfied(&skey);
-        let Some(spec) = rs.spec.as_ref() else {
+        if !rs.has_spec() {
             return Ok(Action::Done);
-        };
-        let selector = match Selector::try_from(spec.selector.clone()) {
+        }
+        let selector = match rs.selector() {
             Ok(s) => s,
             Err(e) => {
                 // Bad input: nothing to do until the object changes.
-                tracing::warn!(replicaset = %key, error = %e.0, "invalid selector");
+                tracing::warn!(replicaset = %key, error = %e, "invalid selector");
                 return Ok(Action::Done);
             }
         };
-        let uid = rs.metadata.uid.clone().unwrap_or_default();
-        // Ours (controller ref to this uid) and orphans: upstream's FilterPodsByOwner.
-        let all_pods = self.pod_store.filter(|p| {
-            p.metadata.namespace.as_deref() == Some(key.namespace.as_str())
-                && cu::controller_of(&p.metadata).is_none_or(|r| r.uid == uid)
-        });
+        let uid = rs.meta().uid.clone().unwrap_or_default();
+        // Ours (controller ref to this owner) and orphans: upstream's FilterPodsByOwner.
+        let all_pods = self.pods_of(&rs)?;
         let active: Vec<Arc<Pod>> = all_pods
             .iter()
             .filter(|p| cu::is_pod_active(p))
@@ -323,7 +496,7 @@ impl Sync {
             self.client.clone(),
             owner.clone(),
             selector.clone(),
-            recheck_by_get::<ReplicaSet>(self.client.clone(), &owner),
+            recheck_by_get::<K>(self.client.clone(), &owner),
         );
         let (active, claim_err) = manager.claim(active).await;
         if let Some(e) = claim_err {
@@ -338,20 +511,20 @@ impl Sync {
             })
             .count();
 
-        let manage_err = if needs_sync && rs.metadata.deletion_timestamp.is_none() {
+        let manage_err = if needs_sync && rs.meta().deletion_timestamp.is_none() {
             self.manage_replicas(&rs, &skey, &active).await.err()
         } else {
             None
         };
 
         let now = Timestamp::now();
-        let status = calculate_status(&rs, &active, terminating, manage_err.as_deref(), now);
+        let status = calculate_status(&*rs, &active, terminating, manage_err.as_deref(), now);
         let updated = self.update_status(&rs, status).await?;
         tracing::debug!(replicaset = %key, elapsed = ?started.elapsed(), "finished syncing");
         if let Some(e) = manage_err {
             return Err(SyncError::ManageReplicas(e));
         }
-        let min_ready = min_ready_seconds(&rs);
+        let min_ready = rs.min_ready_seconds();
         if min_ready > 0 && updated.ready_replicas != updated.available_replicas {
             let fallback = Duration::from_secs(u64::from(min_ready.unsigned_abs()));
             let next = cu::next_pod_availability_check(
@@ -367,13 +540,8 @@ impl Sync {
 
     /// Creates or deletes pods to reach `spec.replicas` (`manageReplicas`). The error is a
     /// message for the ReplicaFailure condition.
-    async fn manage_replicas(
-        &self,
-        rs: &ReplicaSet,
-        key: &str,
-        active: &[Arc<Pod>],
-    ) -> Result<(), String> {
-        let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    async fn manage_replicas(&self, rs: &K, key: &str, active: &[Arc<Pod>]) -> Result<(), String> {
+        let want = rs.replicas();
         let have = i64::try_from(active.len()).unwrap_or(i64::MAX);
         let diff = have - i64::from(want);
         let burst = self.burst_replicas;
@@ -423,11 +591,11 @@ impl Sync {
         Ok(())
     }
 
-    async fn create_pod(&self, rs: &ReplicaSet) -> Result<(), String> {
-        let Some(spec) = rs.spec.as_ref() else {
+    async fn create_pod(&self, rs: &K) -> Result<(), String> {
+        if !rs.has_spec() {
             return Ok(());
-        };
-        let template = spec.template.clone().unwrap_or_default();
+        }
+        let template = rs.template().cloned().unwrap_or_default();
         if cu::labels_empty(template.metadata.as_ref().and_then(|m| m.labels.as_ref())) {
             return Err("unable to create pods, no labels".into());
         }
@@ -463,7 +631,7 @@ impl Sync {
         }
     }
 
-    async fn delete_pod(&self, rs: &ReplicaSet, key: &str, pod: &Pod) -> Result<(), String> {
+    async fn delete_pod(&self, rs: &K, key: &str, pod: &Pod) -> Result<(), String> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
@@ -501,22 +669,24 @@ impl Sync {
 
     /// Pods of every ReplicaSet sharing this one's controller (`getIndirectlyRelatedPods`),
     /// used to prefer deleting pods doubled up on a node.
-    fn indirectly_related_pods(&self, rs: &ReplicaSet) -> Vec<Arc<Pod>> {
-        let Some(cref) = cu::controller_of(&rs.metadata) else {
+    fn indirectly_related_pods(&self, rs: &K) -> Vec<Arc<Pod>> {
+        let Some(cref) = cu::controller_of(rs.meta()) else {
             return vec![];
         };
-        let ns = rs.metadata.namespace.clone().unwrap_or_default();
+        let ns = rs.meta().namespace.clone().unwrap_or_default();
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for related in self.rs_store.list_in(&ns) {
-            if cu::controller_of(&related.metadata).is_none_or(|r| r.uid != cref.uid) {
+        // The index is added in `run`; without it there are simply no siblings to weigh.
+        let siblings = self
+            .rs_store
+            .by_index(CONTROLLER_UID_INDEX, &cref.uid)
+            .unwrap_or_default();
+        for related in siblings {
+            if related.meta().namespace.as_deref() != Some(ns.as_str()) {
                 continue;
             }
-            let Some(sel) = related
-                .spec
-                .as_ref()
-                .and_then(|s| Selector::try_from(s.selector.clone()).ok())
-            else {
+            // An invalid selector matches no pods.
+            let Ok(sel) = related.selector() else {
                 continue;
             };
             let empty = Default::default();
@@ -533,17 +703,17 @@ impl Sync {
 
     async fn update_status(
         &self,
-        rs: &ReplicaSet,
-        mut status: ReplicaSetStatus,
-    ) -> Result<ReplicaSetStatus, SyncError> {
-        let current = rs.status.clone().unwrap_or_default();
-        let generation = rs.metadata.generation;
+        rs: &K,
+        mut status: ReplicaStatus,
+    ) -> Result<ReplicaStatus, SyncError> {
+        let current = rs.replica_status();
+        let generation = rs.meta().generation;
         if same_counts(&current, &status) && generation == current.observed_generation {
             return Ok(current);
         }
         // Record the generation acted on, so that a retry never claims a newer spec.
         status.observed_generation = generation;
-        let key = cu::meta_key(&rs.metadata);
+        let key = cu::meta_key(rs.meta());
         tracing::debug!(
             replicaset = %key,
             replicas = format!("{}->{}", current.replicas, status.replicas),
@@ -551,37 +721,49 @@ impl Sync {
             available = format!("{:?}->{:?}", current.available_replicas, status.available_replicas),
             "updating status"
         );
-        let api: Api<ReplicaSet> = Api::namespaced(
+        let api: Api<K> = Api::namespaced(
             self.client.clone(),
-            rs.metadata.namespace.as_deref().unwrap_or_default(),
+            rs.meta().namespace.as_deref().unwrap_or_default(),
         );
-        let patch = serde_json::json!({ "status": status_json(&status) });
+        let patch = serde_json::json!({ "status": status_json(&status, K::TERMINATING_REPLICAS) });
         api.patch_status(
-            rs.metadata.name.as_deref().unwrap_or_default(),
+            rs.meta().name.as_deref().unwrap_or_default(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
         .await
-        .map_err(|source| SyncError::Status { key, source })?;
+        .map_err(|source| SyncError::Status {
+            kind: K::kind(&()).into_owned(),
+            key,
+            source,
+        })?;
         Ok(status)
     }
 }
 
 /// The status as a merge patch: zero counts written explicitly (a merge patch leaves absent
-/// fields alone), conditions replaced as a whole.
-fn status_json(s: &ReplicaSetStatus) -> serde_json::Value {
-    serde_json::json!({
+/// fields alone), conditions replaced as a whole. `terminatingReplicas` only for kinds
+/// that have it: the apiserver would drop it from a ReplicationController anyway, and a
+/// field it does not know must not be sent.
+fn status_json(s: &ReplicaStatus, terminating: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({
         "replicas": s.replicas,
         "fullyLabeledReplicas": s.fully_labeled_replicas.unwrap_or(0),
         "readyReplicas": s.ready_replicas.unwrap_or(0),
         "availableReplicas": s.available_replicas.unwrap_or(0),
-        "terminatingReplicas": s.terminating_replicas,
         "observedGeneration": s.observed_generation,
         "conditions": s.conditions.clone().filter(|c| !c.is_empty()),
-    })
+    });
+    if terminating && let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "terminatingReplicas".into(),
+            serde_json::json!(s.terminating_replicas),
+        );
+    }
+    v
 }
 
-fn same_counts(a: &ReplicaSetStatus, b: &ReplicaSetStatus) -> bool {
+fn same_counts(a: &ReplicaStatus, b: &ReplicaStatus) -> bool {
     a.replicas == b.replicas
         && a.fully_labeled_replicas.unwrap_or(0) == b.fully_labeled_replicas.unwrap_or(0)
         && a.ready_replicas.unwrap_or(0) == b.ready_replicas.unwrap_or(0)
@@ -670,22 +852,20 @@ pub fn pods_to_delete(
 }
 
 /// Upstream's `calculateStatus`.
-fn calculate_status(
-    rs: &ReplicaSet,
+fn calculate_status<K: ReplicaOwner>(
+    rs: &K,
     active: &[Arc<Pod>],
     terminating: usize,
     manage_err: Option<&str>,
     now: Timestamp,
-) -> ReplicaSetStatus {
-    let mut status = rs.status.clone().unwrap_or_default();
-    let spec = rs.spec.clone().unwrap_or_default();
-    let template_labels = spec
-        .template
-        .as_ref()
+) -> ReplicaStatus {
+    let mut status = rs.replica_status();
+    let template_labels = rs
+        .template()
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let min_ready = rs.min_ready_seconds();
     let (mut fully, mut ready, mut available) = (0, 0, 0);
     for pod in active {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -710,7 +890,7 @@ fn calculate_status(
         .any(|c| c.type_ == REPLICA_FAILURE);
     match manage_err {
         Some(msg) if !failure => {
-            let want = i64::from(spec.replicas.unwrap_or(1));
+            let want = i64::from(rs.replicas());
             let have = i64::try_from(active.len()).unwrap_or(i64::MAX);
             let reason = match have.cmp(&want) {
                 std::cmp::Ordering::Less => FAILED_CREATE_POD_REASON,
@@ -740,7 +920,7 @@ fn calculate_status(
     status.fully_labeled_replicas = Some(fully);
     status.ready_replicas = Some(ready);
     status.available_replicas = Some(available);
-    status.terminating_replicas = Some(count(terminating));
+    status.terminating_replicas = K::TERMINATING_REPLICAS.then(|| count(terminating));
     status
 }
 
@@ -816,7 +996,11 @@ mod tests {
         assert_eq!(c[0].reason.as_deref(), Some("FailedCreate"));
 
         let mut rs2 = rs.clone();
-        rs2.status = Some(s);
+        rs2.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+            replicas: s.replicas,
+            conditions: s.conditions.clone(),
+            ..Default::default()
+        });
         let s2 = calculate_status(&rs2, &active, 0, None, Timestamp::now());
         assert!(s2.conditions.unwrap_or_default().is_empty());
     }
