@@ -4,13 +4,14 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let cp = ferrokube_tests::ControlPlane::start().await?;
 //! let client = cp.client().await?;
-//! let out = cp.kubectl().ok(["get", "namespaces"]).await?;
+//! let out = cp.kubectl()?.ok(["get", "namespaces"]).await?;
 //! # Ok(()) }
 //! ```
 //!
 //! Everything lives in one directory (a temp dir for tests): `pki/`, `etcd/`, `logs/` and
-//! `kubeconfig`. Dropping a test's [`ControlPlane`] kills both processes; when the test is
-//! panicking it also prints the tail of every log and keeps the directory for a post-mortem.
+//! `kubeconfig`. Dropping a test's [`ControlPlane`] kills both processes and prints the tail
+//! of every log (the test harness shows it only for failing tests); when the test is
+//! panicking it also keeps the directory for a post-mortem.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
