@@ -40,6 +40,7 @@ apt_packages=(
   busybox-static                # the tests' container images are built from it
   util-linux                    # unshare, nsenter
   wrk                           # load generator for the ingress benchmark
+  nginx-light                   # the ingress benchmark's peer (started by hand, own config)
   ca-certificates
 )
 
@@ -57,6 +58,8 @@ install_apt() {
   # The Debian registry package starts a system service on :5000; ours runs per cluster.
   if command -v systemctl >/dev/null 2>&1; then
     $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    # Debian's nginx starts a system service on :80; the benchmark runs its own.
+    $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
   fi
 }
 
