@@ -13,11 +13,14 @@
 //! only the one entry it touches (copy on write), so taking a snapshot costs one reference
 //! count per node, not a deep copy.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use ferrokube_runtime::informer::Store;
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::framework::types::{NodeInfo, PodInfo};
 
@@ -32,6 +35,51 @@ pub enum Error {
     NotAssumed(String),
 }
 
+/// The informer caches plugins read besides nodes and pods (upstream's listers from the
+/// shared informer factory). Unset ones read as empty, which is what unit tests use.
+#[derive(Clone, Default)]
+pub struct Listers {
+    /// Namespaces (InterPodAffinity's namespaceSelector).
+    pub namespaces: Option<Store<Namespace>>,
+    /// Services (PodTopologySpread's default selector).
+    pub services: Option<Store<Service>>,
+    /// ReplicationControllers (default selector).
+    pub replication_controllers: Option<Store<ReplicationController>>,
+    /// ReplicaSets (default selector).
+    pub replica_sets: Option<Store<ReplicaSet>>,
+    /// StatefulSets (default selector).
+    pub stateful_sets: Option<Store<StatefulSet>>,
+    /// PodDisruptionBudgets (DefaultPreemption).
+    pub pdbs: Option<Store<PodDisruptionBudget>>,
+    /// Namespace labels given directly (tests without informers).
+    pub static_namespace_labels: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for Listers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listers").finish_non_exhaustive()
+    }
+}
+
+impl Listers {
+    /// The labels of namespace `ns` (upstream `GetNamespaceLabelsSnapshot`); `None` when
+    /// the namespace is unknown.
+    pub fn namespace_labels(&self, ns: &str) -> Option<BTreeMap<String, String>> {
+        if let Some(l) = self.static_namespace_labels.get(ns) {
+            return Some(l.clone());
+        }
+        self.namespaces
+            .as_ref()
+            .and_then(|s| s.get("", ns))
+            .map(|n| n.metadata.labels.clone().unwrap_or_default())
+    }
+
+    /// All PodDisruptionBudgets.
+    pub fn pdbs(&self) -> Vec<Arc<PodDisruptionBudget>> {
+        self.pdbs.as_ref().map(Store::list).unwrap_or_default()
+    }
+}
+
 /// The nodes of one scheduling cycle. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -39,6 +87,8 @@ pub struct Snapshot {
     pub nodes: Arc<Vec<Arc<NodeInfo>>>,
     /// For each normalized image name, on how many nodes it is (ImageLocality's spread).
     pub image_nodes: Arc<HashMap<String, usize>>,
+    /// The other objects plugins read (live informer caches, as upstream's listers).
+    pub listers: Arc<Listers>,
 }
 
 impl Snapshot {
@@ -53,6 +103,7 @@ impl Snapshot {
         Self {
             nodes: Arc::new(nodes.into_iter().map(Arc::new).collect()),
             image_nodes: Arc::new(image_nodes),
+            listers: Arc::default(),
         }
     }
 
@@ -82,6 +133,7 @@ struct Inner {
     snapshot: Option<(u64, Snapshot)>,
     image_nodes: Arc<HashMap<String, usize>>,
     images_dirty: bool,
+    listers: Arc<Listers>,
 }
 
 impl Inner {
@@ -136,6 +188,13 @@ impl Cache {
         // Every mutation completes before it can panic-free return; a poisoned lock still
         // guards consistent maps.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the informer caches snapshots hand to plugins.
+    pub fn set_listers(&self, listers: Listers) {
+        let mut inner = self.lock();
+        inner.listers = Arc::new(listers);
+        inner.generation += 1;
     }
 
     /// Adds or updates a node.
@@ -303,6 +362,7 @@ impl Cache {
         let snap = Snapshot {
             nodes: Arc::new(nodes),
             image_nodes: inner.image_nodes.clone(),
+            listers: inner.listers.clone(),
         };
         inner.snapshot = Some((inner.generation, snap.clone()));
         snap

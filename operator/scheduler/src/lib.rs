@@ -38,7 +38,9 @@ use ferrokube_runtime::leader_election::{self, LeaderElector};
 use ferrokube_runtime::metrics::Metrics;
 use ferrokube_runtime::server::{self, Health, Kind};
 use ferrokube_runtime::shutdown;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -223,6 +225,18 @@ async fn run_scheduler(
         ..Selectors::default()
     });
     let nodes = informers.informer::<Node>();
+    // What plugins read besides nodes and pods (upstream's listers): namespaces for
+    // InterPodAffinity, the controllers and Services behind PodTopologySpread's default
+    // selector, PodDisruptionBudgets for preemption.
+    let listers = cache::Listers {
+        namespaces: Some(informers.informer::<Namespace>().store()),
+        services: Some(informers.informer::<Service>().store()),
+        replication_controllers: Some(informers.informer::<ReplicationController>().store()),
+        replica_sets: Some(informers.informer::<ReplicaSet>().store()),
+        stateful_sets: Some(informers.informer::<StatefulSet>().store()),
+        pdbs: Some(informers.informer::<PodDisruptionBudget>().store()),
+        ..cache::Listers::default()
+    };
     let mut pod_rx = pods.subscribe();
     let mut node_rx = nodes.subscribe();
 
@@ -252,8 +266,10 @@ async fn run_scheduler(
         cfg.pod_max_backoff,
     ));
     let recorders = scheduler::recorders(&client, &profiles, &identity, &mut tasks, &shutdown);
+    let cache = Arc::new(cache::Cache::new(None));
+    cache.set_listers(listers);
     let sched = Arc::new(scheduler::Scheduler::new(
-        Arc::new(cache::Cache::new(None)),
+        cache,
         queue.clone(),
         profiles,
         recorders,

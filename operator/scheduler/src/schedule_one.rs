@@ -65,8 +65,84 @@ pub fn num_feasible_nodes_to_find(percentage: i32, num_all_nodes: usize) -> usiz
     (num_all_nodes * pct / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
 }
 
+/// Runs the PreFilter extensions' AddPod of the plugins not skipped for this pod.
+pub fn run_pre_filter_extension_add_pod(
+    fwk: &Framework,
+    state: &mut CycleState,
+    pod: &PodInfo,
+    added: &Arc<PodInfo>,
+    node: &NodeInfo,
+) -> Status {
+    for pl in &fwk.pre_filter {
+        if state.skip_filter.contains(pl.name()) {
+            continue;
+        }
+        let s = pl.add_pod(state, pod, added, node);
+        if !s.is_success() {
+            return s.with_plugin(pl.name());
+        }
+    }
+    Status::success()
+}
+
+/// Runs the PreFilter extensions' RemovePod of the plugins not skipped for this pod.
+pub fn run_pre_filter_extension_remove_pod(
+    fwk: &Framework,
+    state: &mut CycleState,
+    pod: &PodInfo,
+    removed: &Arc<PodInfo>,
+    node: &NodeInfo,
+) -> Status {
+    for pl in &fwk.pre_filter {
+        if state.skip_filter.contains(pl.name()) {
+            continue;
+        }
+        let s = pl.remove_pod(state, pod, removed, node);
+        if !s.is_success() {
+            return s.with_plugin(pl.name());
+        }
+    }
+    Status::success()
+}
+
+/// upstream `RunPostFilterPlugins`: the first plugin that succeeds (or is unresolvable)
+/// decides; otherwise the rejections' reasons are joined. DynamicResources, configured
+/// but not implemented, says what upstream's says for pods without resource claims.
+pub fn run_post_filter_plugins(
+    fwk: &Framework,
+    state: &CycleState,
+    pod: &PodInfo,
+    diagnosis: &Diagnosis,
+    snapshot: &Snapshot,
+) -> (
+    Option<crate::framework::interface::PostFilterResult>,
+    Status,
+) {
+    let mut reasons = Vec::new();
+    if fwk.unimplemented.iter().any(|n| n == "DynamicResources") {
+        reasons.push("no new claims to deallocate".to_string());
+    }
+    let mut result = None;
+    for pl in &fwk.post_filter {
+        let (r, s) = pl.post_filter(fwk, state, pod, diagnosis, snapshot);
+        match s.code {
+            Code::Success | Code::UnschedulableAndUnresolvable => {
+                return (r, s.with_plugin(pl.name()));
+            }
+            Code::Unschedulable | Code::Pending => {
+                if r.is_some() {
+                    result = r;
+                }
+                reasons.extend(s.reasons.into_iter().filter(|r| !r.is_empty()));
+            }
+            _ => return (None, s.with_plugin(pl.name())),
+        }
+    }
+    (result, Status::with_reasons(Code::Unschedulable, reasons))
+}
+
 /// Runs the filter plugins on one node, stopping at the first rejection.
-fn run_filters(fwk: &Framework, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+pub fn run_filters(fwk: &Framework, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
     for pl in &fwk.filter {
         if state.skip_filter.contains(pl.name()) {
             continue;
@@ -107,10 +183,7 @@ pub fn schedule_pod(
                 diagnosis.pre_filter_msg = s.message();
                 diagnosis.unschedulable_plugins.insert(pl.name());
                 diagnosis.absent_nodes_status = Some(s.with_plugin(pl.name()));
-                return Err(ScheduleError::Fit(Box::new(FitError {
-                    num_all_nodes: nodes.len(),
-                    diagnosis,
-                })));
+                return Err(post_filter(fwk, &state, pod, diagnosis, snapshot));
             }
         }
     }
@@ -152,10 +225,7 @@ pub fn schedule_pod(
     next_start.store((start + processed) % n, Ordering::Relaxed);
 
     if feasible.is_empty() {
-        return Err(ScheduleError::Fit(Box::new(FitError {
-            num_all_nodes: n,
-            diagnosis,
-        })));
+        return Err(post_filter(fwk, &state, pod, diagnosis, snapshot));
     }
     if feasible.len() == 1 {
         return Ok(ScheduleResult {
@@ -172,6 +242,31 @@ pub fn schedule_pod(
         evaluated_nodes: processed,
         feasible_nodes: feasible.len(),
     })
+}
+
+/// Runs PostFilter on a failed attempt and wraps the outcome into the fit error (upstream
+/// `schedulingCycle`: the PostFilter status message becomes `PostFilterMsg`).
+fn post_filter(
+    fwk: &Framework,
+    state: &CycleState,
+    pod: &PodInfo,
+    diagnosis: Diagnosis,
+    snapshot: &Snapshot,
+) -> ScheduleError {
+    let (result, status) = run_post_filter_plugins(fwk, state, pod, &diagnosis, snapshot);
+    if status.code == Code::Error {
+        return ScheduleError::Internal(status);
+    }
+    let mut e = FitError {
+        num_all_nodes: snapshot.nodes.len(),
+        diagnosis,
+        post_filter_result: None,
+    };
+    e.diagnosis.post_filter_msg = status.message();
+    if status.is_success() {
+        e.post_filter_result = result;
+    }
+    ScheduleError::Fit(Box::new(e))
 }
 
 /// PreScore, Score, NormalizeScore and weights: the weighted total per feasible node
@@ -335,7 +430,7 @@ mod tests {
         };
         assert_eq!(
             e.message(),
-            "0/4 nodes are available: 1 node(s) had untolerated taint(s), 3 Insufficient cpu."
+            "0/4 nodes are available: 1 node(s) had untolerated taint(s), 3 Insufficient cpu. no new claims to deallocate, preemption: 0/4 nodes are available: 4 Preemption is not helpful for scheduling."
         );
         assert!(
             e.diagnosis

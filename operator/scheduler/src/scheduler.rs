@@ -29,10 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::binder::default_binder::DefaultBinder;
 use crate::cache::Cache;
-use crate::framework::interface::{ClusterEvent, Code, Status};
+use crate::framework::interface::{ClusterEvent, PostFilterResult};
 use crate::framework::runtime::Framework;
 use crate::framework::types::PodInfo;
-use crate::framework::{Diagnosis, FitError};
 use crate::metrics::{AttemptResult, SchedulerMetrics};
 use crate::queue::{QueuedPodInfo, SchedulingQueue};
 use crate::schedule_one::{NO_NODES_AVAILABLE, ScheduleError, schedule_pod};
@@ -249,13 +248,19 @@ impl Scheduler {
                 let this = self.clone();
                 binds.spawn(async move { this.bind(fwk, info, cycle, r.node, started).await });
             }
-            Err(ScheduleError::Fit(mut e)) => {
-                e.diagnosis.post_filter_msg = post_filter_message(&fwk, &pod, &e);
+            Err(ScheduleError::Fit(e)) => {
                 let mut info = info;
                 info.unschedulable_plugins =
                     e.diagnosis.unschedulable_plugins.iter().copied().collect();
                 let msg = e.message();
-                self.fail(
+                let nominated = e
+                    .post_filter_result
+                    .as_ref()
+                    .map(|r| r.nominated_node.clone());
+                if let Some(r) = e.post_filter_result {
+                    self.clone().preempt(&fwk, &pod, r);
+                }
+                self.fail_nominated(
                     &fwk,
                     info,
                     cycle,
@@ -263,6 +268,7 @@ impl Scheduler {
                     "Unschedulable",
                     &msg,
                     started,
+                    nominated,
                 );
             }
             Err(ScheduleError::NoNodes) => {
@@ -344,6 +350,74 @@ impl Scheduler {
         }
     }
 
+    /// Evicts the victims preemption chose (upstream `prepareCandidate`): each gets the
+    /// DisruptionTarget condition, is deleted, and a `Preempted` event names the
+    /// preemptor. Runs in the background, as upstream's asynchronous preemption.
+    fn preempt(self: Arc<Self>, fwk: &Framework, pod: &PodInfo, r: PostFilterResult) {
+        let profile = fwk.profile_name.clone();
+        let preemptor_uid = pod.uid.clone();
+        let preemptor_key = pod.key.clone();
+        tokio::spawn(async move {
+            for victim in &r.victims {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), victim.namespace());
+                let condition = serde_json::json!({"status": {"conditions": [{
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "PreemptionByScheduler",
+                    "message": format!("{profile}: preempting to accommodate a higher priority pod"),
+                    "lastTransitionTime": Timestamp::now().to_string(),
+                    "observedGeneration": victim.pod.metadata.generation,
+                }]}});
+                let patched = api
+                    .patch_status(
+                        victim.name(),
+                        &PatchParams::default(),
+                        &Patch::Strategic(&condition),
+                    )
+                    .await;
+                match patched {
+                    Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                    Err(e) => {
+                        tracing::warn!(victim = %victim.key, error = %e, "could not add DisruptionTarget condition due to preemption");
+                        continue;
+                    }
+                    Ok(_) => {}
+                }
+                // Preconditioned on the UID so a recreated pod of the same name survives.
+                let dp = kube::api::DeleteParams {
+                    preconditions: victim.pod.metadata.uid.clone().map(|uid| {
+                        kube::api::Preconditions {
+                            uid: Some(uid),
+                            resource_version: None,
+                        }
+                    }),
+                    ..Default::default()
+                };
+                match api.delete(victim.name(), &dp).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                    Err(e) => {
+                        tracing::warn!(victim = %victim.key, error = %e, "preempting pod");
+                        continue;
+                    }
+                }
+                tracing::info!(preemptor = %preemptor_key, victim = %victim.key, node = %r.nominated_node, "preemptor pod preempted victim pod");
+                if let Some(rec) = self.recorders.get(&profile) {
+                    rec.publish(
+                        events::reference(&*victim.pod),
+                        EventType::Normal,
+                        "Preempted",
+                        "Preempting",
+                        format!(
+                            "Preempted by pod {preemptor_uid} on node {}",
+                            r.nominated_node
+                        ),
+                    );
+                }
+            }
+        });
+    }
+
     /// Reports a failed attempt and puts the pod back (upstream `handleSchedulingFailure`).
     #[allow(clippy::too_many_arguments)]
     fn fail(
@@ -355,6 +429,22 @@ impl Scheduler {
         reason: &str,
         message: &str,
         started: Instant,
+    ) {
+        self.fail_nominated(fwk, info, cycle, result, reason, message, started, None);
+    }
+
+    /// [`Self::fail`], also setting `status.nominatedNodeName` when preemption chose a node.
+    #[allow(clippy::too_many_arguments)]
+    fn fail_nominated(
+        &self,
+        fwk: &Framework,
+        info: QueuedPodInfo,
+        cycle: u64,
+        result: AttemptResult,
+        reason: &str,
+        message: &str,
+        started: Instant,
+        nominated: Option<String>,
     ) {
         self.metrics
             .observe_attempt(result, &fwk.profile_name, started.elapsed().as_secs_f64());
@@ -383,8 +473,14 @@ impl Scheduler {
             let client = self.client.clone();
             let (reason, message) = (reason.to_string(), message.to_string());
             tokio::spawn(async move {
-                if let Err(e) =
-                    update_pod_scheduled_condition(client, &current, &reason, &message).await
+                if let Err(e) = update_pod_scheduled_condition(
+                    client,
+                    &current,
+                    &reason,
+                    &message,
+                    nominated.as_deref(),
+                )
+                .await
                 {
                     tracing::info!(pod = ?current.metadata.name, error = %e, "updating PodScheduled condition");
                 }
@@ -416,71 +512,21 @@ impl Scheduler {
     }
 }
 
-/// What the default profile's PostFilter plugins report, joined as upstream joins their
-/// reasons: DynamicResources first (it has no claims to deallocate for pods without
-/// resource claims, and ferrokube does not schedule those yet), then DefaultPreemption.
-pub fn post_filter_message(fwk: &Framework, pod: &PodInfo, e: &FitError) -> String {
-    let mut reasons = Vec::new();
-    for name in fwk.unimplemented.iter() {
-        match name.as_str() {
-            "DynamicResources" => reasons.push("no new claims to deallocate".to_string()),
-            "DefaultPreemption" => reasons.push(preemption_message(pod, e)),
-            _ => {}
-        }
-    }
-    reasons.join(", ")
-}
-
-/// What DefaultPreemption reports when it finds no victims, in upstream's words.
-///
-/// Preemption itself is not implemented yet, so this reports what upstream reports when
-/// no lower-priority pod can be evicted: nodes rejected with a resolvable status
-/// (`Unschedulable`) found "No preemption victims", the others were "not helpful". With
-/// equal priorities everywhere (the common case) this is exactly upstream's text.
-pub fn preemption_message(pod: &PodInfo, e: &FitError) -> String {
-    if pod
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.preemption_policy.as_deref())
-        == Some("Never")
-    {
-        return "preemption: not eligible due to preemptionPolicy=Never.".into();
-    }
-    let mut d = Diagnosis {
-        absent_nodes_status: Some(Status::new(
-            Code::UnschedulableAndUnresolvable,
-            "Preemption is not helpful for scheduling",
-        )),
-        ..Diagnosis::default()
-    };
-    for (node, s) in &e.diagnosis.node_to_status {
-        if s.code == Code::Unschedulable {
-            d.node_to_status.insert(
-                node.clone(),
-                Status::new(
-                    Code::UnschedulableAndUnresolvable,
-                    "No preemption victims found for incoming pod",
-                ),
-            );
-        }
-    }
-    let inner = FitError {
-        num_all_nodes: e.num_all_nodes,
-        diagnosis: d,
-    };
-    format!("preemption: {}", inner.message())
-}
-
-/// Sets `PodScheduled=False` with `reason`/`message`, leaving the patch out when nothing
-/// changes (upstream `updatePod` with `UpdatePodCondition`). A strategic merge patch
-/// on the status subresource touches only this condition.
+/// Sets `PodScheduled=False` with `reason`/`message` (and `status.nominatedNodeName` when
+/// preemption nominated a node), leaving the patch out when nothing changes (upstream
+/// `updatePod` with `UpdatePodCondition`). A strategic merge patch on the status
+/// subresource touches only these fields.
 async fn update_pod_scheduled_condition(
     client: kube::Client,
     pod: &Pod,
     reason: &str,
     message: &str,
+    nominated: Option<&str>,
 ) -> Result<(), kube::Error> {
+    let current_nominated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref());
     let existing = pod
         .status
         .as_ref()
@@ -490,6 +536,7 @@ async fn update_pod_scheduled_condition(
         && c.status == "False"
         && c.reason.as_deref() == Some(reason)
         && c.message.as_deref() == Some(message)
+        && (nominated.is_none() || nominated == current_nominated)
     {
         return Ok(());
     }
@@ -501,7 +548,7 @@ async fn update_pod_scheduled_condition(
             .unwrap_or_else(|| Timestamp::now().to_string()),
         _ => Timestamp::now().to_string(),
     };
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "status": {
             "conditions": [{
                 "type": "PodScheduled",
@@ -514,6 +561,9 @@ async fn update_pod_scheduled_condition(
             }]
         }
     });
+    if let Some(n) = nominated {
+        patch["status"]["nominatedNodeName"] = serde_json::Value::String(n.to_string());
+    }
     let api: Api<Pod> = Api::namespaced(
         client,
         pod.metadata.namespace.as_deref().unwrap_or_default(),

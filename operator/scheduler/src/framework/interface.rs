@@ -107,7 +107,9 @@ impl Status {
 
 /// Data plugins keep for one scheduling cycle, each under its own key (upstream
 /// `CycleState`). PreFilter/PreScore write; Filter/Score read from many threads.
-#[derive(Default)]
+/// Cloning is shallow (values are shared); a plugin that changes its value in a clone
+/// (the PreFilter extensions during preemption's dry run) writes a new value.
+#[derive(Clone, Default)]
 pub struct CycleState {
     data: HashMap<&'static str, Arc<dyn Any + Send + Sync>>,
     /// Score plugins whose PreScore returned Skip for this pod.
@@ -126,6 +128,16 @@ impl CycleState {
     pub fn read<T: Any + Send + Sync>(&self, key: &'static str) -> Option<&T> {
         self.data.get(key).and_then(|v| v.downcast_ref::<T>())
     }
+}
+
+/// What a PostFilter plugin decided (upstream `PostFilterResult` with the victims
+/// preemption must evict before the pod can go to the nominated node).
+#[derive(Clone, Debug, Default)]
+pub struct PostFilterResult {
+    /// The node the pod is nominated to once the victims are gone.
+    pub nominated_node: String,
+    /// The pods to evict from the nominated node.
+    pub victims: Vec<Arc<PodInfo>>,
 }
 
 /// A node and its score, as Score plugins produce them.
@@ -189,9 +201,45 @@ pub trait Plugin: Send + Sync {
         Status::success()
     }
 
+    /// PreFilter extension AddPod: `added` now runs on `node`; update this plugin's
+    /// PreFilter state in `state` (preemption's dry run).
+    fn add_pod(
+        &self,
+        _state: &mut CycleState,
+        _pod: &PodInfo,
+        _added: &Arc<PodInfo>,
+        _node: &NodeInfo,
+    ) -> Status {
+        Status::success()
+    }
+
+    /// PreFilter extension RemovePod: `removed` no longer runs on `node`.
+    fn remove_pod(
+        &self,
+        _state: &mut CycleState,
+        _pod: &PodInfo,
+        _removed: &Arc<PodInfo>,
+        _node: &NodeInfo,
+    ) -> Status {
+        Status::success()
+    }
+
     /// Filter: whether `pod` can go on `node`.
     fn filter(&self, _state: &CycleState, _pod: &PodInfo, _node: &NodeInfo) -> Status {
         Status::success()
+    }
+
+    /// PostFilter: runs when no node fits; may nominate a node (preemption). `fwk` lets
+    /// the plugin re-run the profile's filters; `diagnosis` says why each node failed.
+    fn post_filter(
+        &self,
+        _fwk: &crate::framework::runtime::Framework,
+        _state: &CycleState,
+        _pod: &PodInfo,
+        _diagnosis: &crate::framework::Diagnosis,
+        _snapshot: &Snapshot,
+    ) -> (Option<PostFilterResult>, Status) {
+        (None, Status::new(Code::Unschedulable, ""))
     }
 
     /// PreScore: per-pod scoring preparation over the feasible nodes; Skip leaves this

@@ -34,6 +34,8 @@ pub struct FitError {
     pub num_all_nodes: usize,
     /// Why.
     pub diagnosis: Diagnosis,
+    /// What PostFilter (preemption) decided, if it nominated a node.
+    pub post_filter_result: Option<interface::PostFilterResult>,
 }
 
 impl FitError {
@@ -101,6 +103,7 @@ mod tests {
         let e = FitError {
             num_all_nodes: 5,
             diagnosis: d,
+            ..FitError::default()
         };
         assert_eq!(
             e.message(),
@@ -112,6 +115,7 @@ mod tests {
                 pre_filter_msg: "some prefilter message".into(),
                 ..Diagnosis::default()
             },
+            ..FitError::default()
         };
         assert_eq!(
             pre.message(),

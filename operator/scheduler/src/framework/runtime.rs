@@ -158,9 +158,12 @@ mod tests {
                 "TaintToleration",
                 "NodeAffinity",
                 "NodePorts",
-                "NodeResourcesFit"
+                "NodeResourcesFit",
+                "PodTopologySpread",
+                "InterPodAffinity"
             ]
         );
+        assert_eq!(names(&f.post_filter), ["DefaultPreemption"]);
         let scores: Vec<(&str, i64)> = f.score.iter().map(|(p, w)| (p.name(), *w)).collect();
         assert_eq!(
             scores,
@@ -168,10 +171,13 @@ mod tests {
                 ("TaintToleration", 3),
                 ("NodeAffinity", 2),
                 ("NodeResourcesFit", 1),
+                ("PodTopologySpread", 2),
+                ("InterPodAffinity", 2),
                 ("NodeResourcesBalancedAllocation", 1),
                 ("ImageLocality", 1)
             ]
         );
-        assert!(f.unimplemented.contains(&"InterPodAffinity".to_string()));
+        assert!(!f.unimplemented.contains(&"InterPodAffinity".to_string()));
+        assert!(f.unimplemented.contains(&"DynamicResources".to_string()));
     }
 }

@@ -2,11 +2,15 @@
 //! ([`PodInfo`]), a node with everything placed on it ([`NodeInfo`]), and resource amounts
 //! ([`Resource`]). Mirrors upstream's `framework/types.go`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, Node, Pod, PodAffinityTerm, ResourceRequirements, WeightedPodAffinityTerm,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::plugins::helper::{Selector, label_selector_as_selector};
 
 /// upstream `schedutil.DefaultMilliCPURequest`: what a container without a CPU request counts
 /// as when scoring, so that best-effort pods do not all pile onto one node.
@@ -243,6 +247,145 @@ pub struct PodInfo {
     pub host_ports: Vec<HostPort>,
     /// `spec.priority` (0 when unset).
     pub priority: i32,
+    /// The pod's inter-pod (anti-)affinity terms, parsed once.
+    pub affinity: AffinityInfo,
+}
+
+/// A parsed pod (anti-)affinity term (upstream `fwk.AffinityTerm`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AffinityTerm {
+    /// Namespaces named by the term; the pod's own when it names none and has no
+    /// namespaceSelector.
+    pub namespaces: BTreeSet<String>,
+    /// Which pods the term is about.
+    pub selector: Selector,
+    /// The node label that defines the topology domain.
+    pub topology_key: String,
+    /// Namespaces selected by their labels (Nothing when unset).
+    pub namespace_selector: Selector,
+}
+
+impl AffinityTerm {
+    /// upstream `newAffinityTerm`.
+    pub fn new(pod: &Pod, term: &PodAffinityTerm) -> Result<Self, String> {
+        let selector = label_selector_as_selector(term.label_selector.as_ref())?;
+        let namespace_selector = label_selector_as_selector(term.namespace_selector.as_ref())?;
+        let names = term.namespaces.as_deref().unwrap_or_default();
+        let namespaces = if names.is_empty() && term.namespace_selector.is_none() {
+            [pod.metadata.namespace.clone().unwrap_or_default()].into()
+        } else {
+            names.iter().cloned().collect()
+        };
+        Ok(Self {
+            namespaces,
+            selector,
+            topology_key: term.topology_key.clone(),
+            namespace_selector,
+        })
+    }
+
+    /// upstream `AffinityTerm.Matches`: `pod` is in one of the term's namespaces (by name,
+    /// or its namespace's labels `ns_labels` match the namespaceSelector) and its labels
+    /// match the selector.
+    pub fn matches(&self, pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>) -> bool {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        (self.namespaces.contains(ns) || self.namespace_selector.matches(ns_labels))
+            && self.selector.matches(pod.metadata.labels.as_ref())
+    }
+}
+
+/// A preferred term with its weight.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WeightedAffinityTerm {
+    /// The term.
+    pub term: AffinityTerm,
+    /// Its weight (1-100).
+    pub weight: i32,
+}
+
+/// A pod's inter-pod affinity and anti-affinity, parsed (upstream keeps these on
+/// `PodInfo` too).
+#[derive(Clone, Debug, Default)]
+pub struct AffinityInfo {
+    /// podAffinity required terms.
+    pub required_affinity: Vec<AffinityTerm>,
+    /// podAntiAffinity required terms.
+    pub required_anti_affinity: Vec<AffinityTerm>,
+    /// podAffinity preferred terms.
+    pub preferred_affinity: Vec<WeightedAffinityTerm>,
+    /// podAntiAffinity preferred terms.
+    pub preferred_anti_affinity: Vec<WeightedAffinityTerm>,
+    /// Why a term could not be parsed (upstream `NewPodInfo`'s error); the pod is then
+    /// unschedulable rather than scheduled with the bad term ignored.
+    pub parse_error: Option<String>,
+}
+
+impl AffinityInfo {
+    /// Parses the affinity of `pod`; the first bad term is remembered in `parse_error`.
+    pub fn of(pod: &Pod) -> Self {
+        let mut out = Self::default();
+        let Some(a) = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
+            return out;
+        };
+        let mut errs: Vec<String> = Vec::new();
+        let mut required = |terms: Option<&Vec<PodAffinityTerm>>| -> Vec<AffinityTerm> {
+            terms
+                .into_iter()
+                .flatten()
+                .filter_map(|t| AffinityTerm::new(pod, t).map_err(|e| errs.push(e)).ok())
+                .collect()
+        };
+        if let Some(pa) = a.pod_affinity.as_ref() {
+            out.required_affinity = required(
+                pa.required_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            );
+        }
+        if let Some(pa) = a.pod_anti_affinity.as_ref() {
+            out.required_anti_affinity = required(
+                pa.required_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            );
+        }
+        let mut preferred =
+            |terms: Option<&Vec<WeightedPodAffinityTerm>>| -> Vec<WeightedAffinityTerm> {
+                terms
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| {
+                        AffinityTerm::new(pod, &t.pod_affinity_term)
+                            .map(|term| WeightedAffinityTerm {
+                                term,
+                                weight: t.weight,
+                            })
+                            .map_err(|e| errs.push(e))
+                            .ok()
+                    })
+                    .collect()
+            };
+        if let Some(pa) = a.pod_affinity.as_ref() {
+            out.preferred_affinity = preferred(
+                pa.preferred_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            );
+        }
+        if let Some(pa) = a.pod_anti_affinity.as_ref() {
+            out.preferred_anti_affinity = preferred(
+                pa.preferred_during_scheduling_ignored_during_execution
+                    .as_ref(),
+            );
+        }
+        out.parse_error = errs.into_iter().next();
+        out
+    }
+
+    /// Whether the pod has any inter-pod affinity or anti-affinity term.
+    pub fn has_any(&self) -> bool {
+        !self.required_affinity.is_empty()
+            || !self.required_anti_affinity.is_empty()
+            || !self.preferred_affinity.is_empty()
+            || !self.preferred_anti_affinity.is_empty()
+    }
 }
 
 impl PodInfo {
@@ -257,6 +400,7 @@ impl PodInfo {
         let (requests, non_zero_requests) = pod_requests(&pod);
         let host_ports = host_ports(&pod);
         let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        let affinity = AffinityInfo::of(&pod);
         Self {
             pod,
             key,
@@ -265,7 +409,13 @@ impl PodInfo {
             non_zero_requests,
             host_ports,
             priority,
+            affinity,
         }
+    }
+
+    /// The pod's labels.
+    pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.pod.metadata.labels.as_ref()
     }
 
     /// The pod's namespace.
@@ -407,6 +557,11 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
     /// Bumped on every change, so a snapshot can tell what moved.
     pub generation: u64,
+    /// How many of the pods have inter-pod affinity or anti-affinity terms (upstream keeps
+    /// `PodsWithAffinity`; a count is enough to skip nodes without any).
+    pub pods_with_affinity: usize,
+    /// How many of the pods have required anti-affinity terms.
+    pub pods_with_required_anti_affinity: usize,
 }
 
 impl NodeInfo {
@@ -437,6 +592,12 @@ impl NodeInfo {
         self.requested.add(&pod.requests);
         self.non_zero_requested.add(&pod.non_zero_requests);
         self.used_ports.extend(pod.host_ports.iter().cloned());
+        if pod.affinity.has_any() {
+            self.pods_with_affinity += 1;
+        }
+        if !pod.affinity.required_anti_affinity.is_empty() {
+            self.pods_with_required_anti_affinity += 1;
+        }
         self.pods.push(pod);
     }
 
@@ -448,6 +609,12 @@ impl NodeInfo {
         let pod = self.pods.swap_remove(i);
         self.requested.sub(&pod.requests);
         self.non_zero_requested.sub(&pod.non_zero_requests);
+        if pod.affinity.has_any() {
+            self.pods_with_affinity -= 1;
+        }
+        if !pod.affinity.required_anti_affinity.is_empty() {
+            self.pods_with_required_anti_affinity -= 1;
+        }
         for hp in &pod.host_ports {
             if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
                 self.used_ports.swap_remove(j);

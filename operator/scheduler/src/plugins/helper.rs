@@ -1,12 +1,202 @@
 //! Matching shared by several plugins: node selectors (upstream
-//! `component-helpers/scheduling/corev1/nodeaffinity`) and taints/tolerations
-//! (upstream `v1helper`).
+//! `component-helpers/scheduling/corev1/nodeaffinity`), taints/tolerations
+//! (upstream `v1helper`) and parsed label selectors (apimachinery's `labels.Selector`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// A selector operator (apimachinery `selection.Operator`, the ones label selectors use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `key=value` (matchLabels).
+    Equals,
+    /// `key in (values)`.
+    In,
+    /// `key notin (values)`: also true when the key is absent.
+    NotIn,
+    /// `key` present.
+    Exists,
+    /// `key` absent.
+    DoesNotExist,
+}
+
+/// One requirement of a parsed selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    /// The label key.
+    pub key: String,
+    /// The operator.
+    pub op: Op,
+    /// The values (one for Equals, none for Exists/DoesNotExist).
+    pub values: Vec<String>,
+}
+
+impl Requirement {
+    /// Whether `labels` satisfy the requirement.
+    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        let v = labels.and_then(|l| l.get(&self.key));
+        match self.op {
+            Op::Equals | Op::In => v.is_some_and(|v| self.values.contains(v)),
+            Op::NotIn => v.is_none_or(|v| !self.values.contains(v)),
+            Op::Exists => v.is_some(),
+            Op::DoesNotExist => v.is_none(),
+        }
+    }
+}
+
+/// A parsed label selector (apimachinery `labels.Selector`). A `nil` selector selects
+/// nothing; an empty one (no requirements) selects everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// `labels.Nothing()`.
+    Nothing,
+    /// All requirements must hold; none = `labels.Everything()`.
+    Requirements(Vec<Requirement>),
+}
+
+impl Default for Selector {
+    fn default() -> Self {
+        Self::Nothing
+    }
+}
+
+impl Selector {
+    /// `labels.Everything()`.
+    pub fn everything() -> Self {
+        Self::Requirements(Vec::new())
+    }
+
+    /// A selector equal to `set` (`labels.SelectorFromSet`).
+    pub fn from_set(set: &BTreeMap<String, String>) -> Self {
+        Self::Requirements(
+            set.iter()
+                .map(|(k, v)| Requirement {
+                    key: k.clone(),
+                    op: Op::Equals,
+                    values: vec![v.clone()],
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `labels` are selected.
+    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::Requirements(reqs) => reqs.iter().all(|r| r.matches(labels)),
+        }
+    }
+
+    /// upstream `Selector.Empty()`: true for Everything only (Nothing is not "empty").
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Requirements(r) if r.is_empty())
+    }
+
+    /// Adds requirements (`Selector.Add`); Nothing stays Nothing.
+    pub fn add(&mut self, more: impl IntoIterator<Item = Requirement>) {
+        if let Self::Requirements(reqs) = self {
+            reqs.extend(more);
+        }
+    }
+
+    /// The requirements (`Selector.Requirements()`); `None` for Nothing.
+    pub fn requirements(&self) -> Option<&[Requirement]> {
+        match self {
+            Self::Nothing => None,
+            Self::Requirements(r) => Some(r),
+        }
+    }
+}
+
+/// apimachinery `metav1.LabelSelectorAsSelector`, with its error messages: `nil` selects
+/// nothing, `{}` everything; unknown operators and value counts that do not fit the
+/// operator are errors.
+pub fn label_selector_as_selector(ls: Option<&LabelSelector>) -> Result<Selector, String> {
+    let Some(ls) = ls else {
+        return Ok(Selector::Nothing);
+    };
+    let labels = ls.match_labels.as_ref();
+    let exprs = ls.match_expressions.as_deref().unwrap_or_default();
+    if labels.is_none_or(BTreeMap::is_empty) && exprs.is_empty() {
+        return Ok(Selector::everything());
+    }
+    let mut reqs = Vec::new();
+    for (k, v) in labels.into_iter().flatten() {
+        reqs.push(new_requirement(k, Op::Equals, vec![v.clone()])?);
+    }
+    for e in exprs {
+        let op = match e.operator.as_str() {
+            "In" => Op::In,
+            "NotIn" => Op::NotIn,
+            "Exists" => Op::Exists,
+            "DoesNotExist" => Op::DoesNotExist,
+            other => return Err(format!("{other:?} is not a valid label selector operator")),
+        };
+        reqs.push(new_requirement(
+            &e.key,
+            op,
+            e.values.clone().unwrap_or_default(),
+        )?);
+    }
+    Ok(Selector::Requirements(reqs))
+}
+
+/// apimachinery `labels.NewRequirement`'s checks on the value count and the values.
+fn new_requirement(key: &str, op: Op, values: Vec<String>) -> Result<Requirement, String> {
+    if key.is_empty() {
+        return Err("key: Invalid value: \"\": name part must be non-empty".into());
+    }
+    match op {
+        Op::In | Op::NotIn if values.is_empty() => {
+            return Err(
+                "values: Invalid value: []: for 'in', 'notin' operators, values set can't be empty"
+                    .into(),
+            );
+        }
+        Op::Equals if values.len() != 1 => {
+            return Err(
+                "values: Invalid value: exact-match compatibility requires one single value".into(),
+            );
+        }
+        Op::Exists | Op::DoesNotExist if !values.is_empty() => {
+            return Err(
+                "values: Invalid value: values set must be empty for exists and does not exist"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    for v in &values {
+        if !valid_label_value(v) {
+            return Err(format!(
+                "values[0][{key}]: Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            ));
+        }
+    }
+    Ok(Requirement {
+        key: key.to_string(),
+        op,
+        values,
+    })
+}
+
+/// A label value: empty, or at most 63 alphanumerics, `-`, `_`, `.`, starting and ending
+/// alphanumeric.
+fn valid_label_value(v: &str) -> bool {
+    if v.is_empty() {
+        return true;
+    }
+    let b = v.as_bytes();
+    v.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
 
 /// Whether one requirement on labels holds. Malformed requirements (bad operator, `Gt`
 /// without a single integer) never match, as upstream's lazy-error selector treats them.
@@ -165,6 +355,39 @@ mod tests {
             !term_matches(&NodeSelectorTerm::default(), &n),
             "empty term matches nothing"
         );
+    }
+
+    #[test]
+    fn label_selectors_as_upstream() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        assert!(
+            !label_selector_as_selector(None)
+                .expect("nil")
+                .matches(Some(&labels))
+        );
+        let all = label_selector_as_selector(Some(&LabelSelector::default())).expect("empty");
+        assert!(all.matches(None) && all.is_empty());
+        let sel = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "app".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(ToString::to_string).collect()),
+            }]),
+            ..Default::default()
+        };
+        let s = label_selector_as_selector(Some(&sel("In", &["web", "db"]))).expect("valid");
+        assert!(s.matches(Some(&labels)));
+        assert!(!s.matches(None));
+        let s = label_selector_as_selector(Some(&sel("NotIn", &["db"]))).expect("valid");
+        assert!(s.matches(Some(&labels)) && s.matches(None));
+        assert_eq!(
+            label_selector_as_selector(Some(&sel("Bogus", &[]))).expect_err("bad op"),
+            "\"Bogus\" is not a valid label selector operator"
+        );
+        assert!(label_selector_as_selector(Some(&sel("In", &[]))).is_err());
+        assert!(label_selector_as_selector(Some(&sel("Exists", &["x"]))).is_err());
+        assert!(label_selector_as_selector(Some(&sel("In", &["-bad-"]))).is_err());
     }
 
     #[test]

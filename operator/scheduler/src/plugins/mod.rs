@@ -1,14 +1,17 @@
 //! The in-tree plugins, one module each, named after upstream's plugin names
 //! (`NodeResourcesFit` -> [`node_resources_fit`]), and the registry that builds them.
 
+pub mod default_preemption;
 pub mod helper;
 pub mod image_locality;
+pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_name;
 pub mod node_ports;
 pub mod node_resources_balanced_allocation;
 pub mod node_resources_fit;
 pub mod node_unschedulable;
+pub mod pod_topology_spread;
 pub mod priority_sort;
 pub mod scheduling_gates;
 pub mod taint_toleration;
@@ -67,9 +70,18 @@ pub const REGISTRY: &[(&str, Option<Factory>)] = &[
     ("NodeVolumeLimits", None),
     ("VolumeBinding", None),
     ("VolumeZone", None),
-    ("PodTopologySpread", None),
-    ("InterPodAffinity", None),
-    ("DefaultPreemption", None),
+    (
+        "PodTopologySpread",
+        Some(|a| Ok(Arc::new(pod_topology_spread::PodTopologySpread::new(a)?))),
+    ),
+    (
+        "InterPodAffinity",
+        Some(|a| Ok(Arc::new(inter_pod_affinity::InterPodAffinity::new(a)?))),
+    ),
+    (
+        "DefaultPreemption",
+        Some(|a| Ok(Arc::new(default_preemption::DefaultPreemption::new(a)?))),
+    ),
     ("DynamicResources", None),
     ("NodeDeclaredFeatures", None),
     ("GangScheduling", None),
@@ -102,6 +114,9 @@ pub fn validate_args(name: &str, args: &serde_json::Value) -> Result<(), String>
             node_resources_balanced_allocation::BalancedAllocation::new(args).map(|_| ())
         }
         "NodeAffinity" => node_affinity::NodeAffinity::new(args).map(|_| ()),
+        "InterPodAffinity" => inter_pod_affinity::InterPodAffinity::new(args).map(|_| ()),
+        "PodTopologySpread" => pod_topology_spread::PodTopologySpread::new(args).map(|_| ()),
+        "DefaultPreemption" => default_preemption::DefaultPreemption::new(args).map(|_| ()),
         _ => Ok(()),
     }
 }
