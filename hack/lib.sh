@@ -6,3 +6,6 @@
 FERROKUBE_CACHE=${FERROKUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrokube}
 export FERROKUBE_CACHE
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERROKUBE_CACHE/target}
+# One-shot builds (CI, the local cluster) gain nothing from incremental artifacts, which
+# cost gigabytes of disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}

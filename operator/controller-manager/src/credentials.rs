@@ -81,7 +81,40 @@ pub fn client_name(controller: &str) -> &'static str {
     }
 }
 
-/// Hands out per-controller clients.
+/// Where each controller's client comes from.
+pub enum ControllerClients {
+    /// The manager's own credentials; still one client (and QPS budget) per controller, as
+    /// upstream's `SimpleControllerClientBuilder` gives.
+    Shared {
+        /// The loaded connection settings.
+        config: kube::Config,
+        /// QPS, burst and user agent.
+        options: ClientOptions,
+    },
+    /// One ServiceAccount per controller.
+    ServiceAccounts(ServiceAccountCredentials),
+}
+
+impl ControllerClients {
+    /// A client for the controller whose upstream client name is `name`.
+    pub async fn client(
+        &self,
+        name: &str,
+        tasks: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) -> Result<kube::Client, Error> {
+        match self {
+            Self::Shared { config, options } => {
+                let mut options = options.clone();
+                options.user_agent = options.user_agent.map(|ua| format!("{ua}/{name}"));
+                Ok(client::from_config(config.clone(), &options)?)
+            }
+            Self::ServiceAccounts(creds) => creds.client(name, tasks, shutdown).await,
+        }
+    }
+}
+
+/// Hands out per-controller clients authenticated as ServiceAccounts.
 pub struct ServiceAccountCredentials {
     admin: kube::Client,
     base: kube::Config,

@@ -136,15 +136,21 @@ pub async fn run(options: Options) -> Result<(), Error> {
             path: token_dir.display().to_string(),
             source,
         })?;
-        Some(Arc::new(credentials::ServiceAccountCredentials::new(
-            client.clone(),
-            config,
-            client_options.clone(),
-            &token_dir,
-        )))
+        credentials::ControllerClients::ServiceAccounts(
+            credentials::ServiceAccountCredentials::new(
+                client.clone(),
+                config,
+                client_options.clone(),
+                &token_dir,
+            ),
+        )
     } else {
-        None
+        credentials::ControllerClients::Shared {
+            config,
+            options: client_options.clone(),
+        }
     };
+    let credentials = Arc::new(credentials);
 
     let metrics = Metrics::new();
     let health = Health::new();
@@ -235,26 +241,24 @@ pub async fn run(options: Options) -> Result<(), Error> {
 async fn run_controllers(
     ctx: Context,
     enabled: Vec<&'static controllers::Descriptor>,
-    credentials: Option<Arc<credentials::ServiceAccountCredentials>>,
+    credentials: Arc<credentials::ControllerClients>,
 ) -> Result<(), Error> {
     let mut tasks = JoinSet::new();
     for d in enabled {
         match d.start {
             Some(start) => {
-                // Informers keep the manager's own identity (upstream's "shared-informers");
-                // a controller's writes go out under its own ServiceAccount when asked.
-                let own = match &credentials {
-                    Some(creds) => Context {
-                        client: creds
-                            .client(
-                                credentials::client_name(d.known.name),
-                                &mut tasks,
-                                &ctx.shutdown,
-                            )
-                            .await?,
-                        ..ctx.clone()
-                    },
-                    None => ctx.clone(),
+                // Informers share the manager's own client (upstream's "shared-informers");
+                // each controller writes through a client of its own, with its own QPS
+                // budget and, when asked, its own ServiceAccount.
+                let own = Context {
+                    client: credentials
+                        .client(
+                            credentials::client_name(d.known.name),
+                            &mut tasks,
+                            &ctx.shutdown,
+                        )
+                        .await?,
+                    ..ctx.clone()
                 };
                 start(&own, &mut tasks)?;
                 tracing::info!(controller = d.known.name, "started controller");

@@ -239,12 +239,12 @@ mod tests {
         let unreachable = taint(node_util::TAINT_UNREACHABLE, t0);
         assert_eq!(verdict(&[], &[], now), Verdict::Keep);
         assert_eq!(
-            verdict(&[unreachable.clone()], &[], now),
+            verdict(std::slice::from_ref(&unreachable), &[], now),
             Verdict::EvictAt(now)
         );
         assert_eq!(
             verdict(
-                &[unreachable.clone()],
+                std::slice::from_ref(&unreachable),
                 &[tol(node_util::TAINT_UNREACHABLE, Some(300))],
                 now
             ),
@@ -252,7 +252,7 @@ mod tests {
         );
         assert_eq!(
             verdict(
-                &[unreachable.clone()],
+                std::slice::from_ref(&unreachable),
                 &[tol(node_util::TAINT_UNREACHABLE, None)],
                 now
             ),
@@ -261,7 +261,7 @@ mod tests {
         // The smallest of several matching time limits counts.
         assert_eq!(
             verdict(
-                &[unreachable.clone()],
+                std::slice::from_ref(&unreachable),
                 &[
                     tol(node_util::TAINT_UNREACHABLE, Some(300)),
                     tol("", Some(5))
