@@ -963,6 +963,40 @@ mod tests {
     }
 
     #[test]
+    fn pod_controller_index_keys_follow_upstream() {
+        let cref = OwnerReference {
+            kind: "ReplicaSet".into(),
+            name: "web".into(),
+            uid: "u-1".into(),
+            ..OwnerReference::default()
+        };
+        assert_eq!(
+            pod_controller_index_key("ns", Some(&cref)),
+            "ns/ReplicaSet/web/u-1"
+        );
+        // Orphans are filed under the bare namespace, which no owner key can equal.
+        assert_eq!(pod_controller_index_key("ns", None), "ns");
+    }
+
+    #[test]
+    fn status_patch_has_terminating_replicas_only_where_the_api_does() {
+        let s = ReplicaStatus {
+            replicas: 2,
+            terminating_replicas: Some(1),
+            ..ReplicaStatus::default()
+        };
+        let rs = status_json(&s, true);
+        assert_eq!(rs["terminatingReplicas"], serde_json::json!(1));
+        assert_eq!(
+            rs["readyReplicas"],
+            serde_json::json!(0),
+            "zeros are explicit"
+        );
+        let rc = status_json(&s, false);
+        assert!(rc.get("terminatingReplicas").is_none(), "{rc}");
+    }
+
+    #[test]
     fn status_counts_and_failure_condition() {
         let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "ns", "generation": 2},
