@@ -50,18 +50,13 @@ impl Requirement {
 
 /// A parsed label selector (apimachinery `labels.Selector`). A `nil` selector selects
 /// nothing; an empty one (no requirements) selects everything.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Selector {
     /// `labels.Nothing()`.
+    #[default]
     Nothing,
     /// All requirements must hold; none = `labels.Everything()`.
     Requirements(Vec<Requirement>),
-}
-
-impl Default for Selector {
-    fn default() -> Self {
-        Self::Nothing
-    }
 }
 
 impl Selector {

@@ -605,8 +605,10 @@ impl Plugin for PodTopologySpread {
                     .and_then(|l| l.get(&c.topology_key))
                     .cloned()
                     .unwrap_or_default();
-                if !s.topology_value_to_pod_counts[i].contains_key(&v) {
-                    s.topology_value_to_pod_counts[i].insert(v, 0);
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    s.topology_value_to_pod_counts[i].entry(v)
+                {
+                    e.insert(0);
                     topo_size[i] += 1;
                 }
             }
