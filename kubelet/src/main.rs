@@ -1,0 +1,28 @@
+//! `ferrokube-kubelet`: a drop-in for the kubelet.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // Re-executed as a container shim: no runtime, no flags, just hold runc.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == ferrokube_kubelet::runtime::SHIM_ARG)
+    {
+        let code = ferrokube_kubelet::runtime::shim_main(&args[2..]);
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    // reqwest (under oci-client) uses the process-wide rustls provider; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let flags = ferrokube_kubelet::options::Flags::parse();
+    ferrokube_runtime::logging::init(flags.verbosity, flags.logging_format);
+    match ferrokube_kubelet::run(flags).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "kubelet failed");
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
