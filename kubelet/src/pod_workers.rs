@@ -1015,10 +1015,14 @@ impl Worker {
             if st.running.is_some() {
                 running += 1;
             } else if let Some(t) = &st.terminated {
-                if t.exit_code == 0 {
-                    succeeded += 1
+                // An exit the restart policy restarts keeps the pod Running (upstream never
+                // fails a restartPolicy=Always pod for its containers' exits).
+                if should_restart(&policy, t.exit_code) {
+                    restarting += 1;
+                } else if t.exit_code == 0 {
+                    succeeded += 1;
                 } else {
-                    failed += 1
+                    failed += 1;
                 }
             } else if s
                 .last_state

@@ -173,7 +173,7 @@ impl Runtime for Runc {
             source,
         })?;
         use std::os::unix::process::CommandExt;
-        let child = Command::new(&self.shim)
+        let mut child = Command::new(&self.shim)
             .arg(SHIM_ARG)
             .arg(&self.binary)
             .arg(&self.root)
@@ -196,8 +196,11 @@ impl Runtime for Runc {
                 source,
             }
         })?;
-        // The shim outlives this handle on purpose; the kubelet never waits on it.
-        drop(child);
+        // The shim outlives the kubelet if need be; while the kubelet lives, a thread reaps
+        // it so no zombie is left behind.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
         Ok(())
     }
 
@@ -210,9 +213,14 @@ impl Runtime for Runc {
         let Ok(pid) = std::fs::read_to_string(bundle.join("shim.pid")) else {
             return State::Missing;
         };
+        // A shim that was just forked may not have exec'd yet: it then still shows the
+        // kubelet's own command line.
+        let own = std::fs::read("/proc/self/cmdline").unwrap_or_default();
         let alive = pid.trim().parse::<u32>().is_ok_and(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(SHIM_ARG.len()).any(|w| w == SHIM_ARG.as_bytes()))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.windows(SHIM_ARG.len()).any(|w| w == SHIM_ARG.as_bytes())
+                    || (!c.is_empty() && c == own)
+            })
         });
         if alive {
             State::Running
@@ -609,7 +617,6 @@ pub fn generate_spec(input: &SpecInput) -> Value {
                 "permitted": input.capabilities,
             },
             "noNewPrivileges": input.no_new_privileges,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576, "soft": 1_048_576}],
         },
         "root": {"path": "rootfs", "readonly": input.readonly_rootfs},
         "hostname": input.hostname,

@@ -8,10 +8,12 @@
 pub mod bench;
 pub mod cluster;
 pub mod controlplane;
+pub mod images;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod kwok;
 pub mod pki;
+pub mod registry;
 pub mod procstat;
 pub mod process;
 pub mod upstream;

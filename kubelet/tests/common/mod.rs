@@ -1,0 +1,228 @@
+//! Shared set-up for the kubelet's end-to-end tests: a kubelet per test node, and a
+//! teardown that leaves no containers, mounts, network namespaces, bridges or cgroups.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferrokube_tests::process::Process;
+use ferrokube_tests::{ControlPlane, wait};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+/// The binary under test, built by cargo for this test run.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferrokube-kubelet"))
+}
+
+/// Whether this machine can run pods (root, runc, CNI plugins); tests say why they skip.
+pub fn can_run_pods() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    for p in [
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/bin/busybox",
+    ] {
+        if !Path::new(p).exists() {
+            return Err(format!("{p} is missing (hack/provision.sh installs it)"));
+        }
+    }
+    Ok(())
+}
+
+/// A kubelet under test and everything it made on the host.
+pub struct Kubelet {
+    /// The process (stopped on drop).
+    pub process: Option<Process>,
+    /// The node name.
+    pub name: String,
+    /// `--root-dir`.
+    pub root: PathBuf,
+    /// `--pod-logs-dir`.
+    pub logs: PathBuf,
+    /// The pod range.
+    pub cidr: String,
+    /// Port of /healthz.
+    pub healthz_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a kubelet for node `name` with pod range `cidr` and waits for /healthz.
+pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<Kubelet> {
+    let dir = tempfile::Builder::new()
+        .prefix("ferrokube-kubelet-")
+        .tempdir()?;
+    let root = dir.path().join("root");
+    let logs = dir.path().join("pods-logs");
+    let healthz_port = ferrokube_tests::controlplane::free_port()?;
+    let args = [
+        format!("--hostname-override={name}"),
+        format!("--root-dir={}", root.display()),
+        format!("--pod-logs-dir={}", logs.display()),
+        format!("--pod-cidr={cidr}"),
+        format!("--healthz-port={healthz_port}"),
+        "--v=3".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let process = cp.spawn_component(&format!("kubelet-{name}"), binary(), &args)?;
+    let k = Kubelet {
+        process: Some(process),
+        name: name.to_string(),
+        root,
+        logs,
+        cidr: cidr.to_string(),
+        healthz_port,
+        _dir: dir,
+    };
+    let addr = format!("127.0.0.1:{healthz_port}");
+    wait::until(
+        "kubelet /healthz",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let addr = addr.clone();
+            async move {
+                match ferrokube_tests::cluster::http_status(&addr, "/healthz").await? {
+                    200 => Ok(()),
+                    s => Err(format!("status {s}")),
+                }
+            }
+        },
+    )
+    .await?;
+    Ok(k)
+}
+
+impl Kubelet {
+    /// Stops the kubelet process (containers keep running, as upstream).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Removes every trace of this kubelet from the host.
+    pub fn teardown(&mut self) {
+        self.stop();
+        let runc_root = self.root.join("runc");
+        let pods: Vec<String> = std::fs::read_dir(self.root.join("pods"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(out) = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+        // Mounts under the root dir (overlay rootfs, tmpfs emptyDirs), deepest first.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(&self.root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
+        }
+        for uid in &pods {
+            let ns = ferrokube_kubelet::network::netns_name(uid);
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &ns])
+                .output();
+            ferrokube_kubelet::pod_workers::remove_pod_cgroups("/", uid);
+        }
+        let bridge = ferrokube_kubelet::network::bridge_name(&self.name);
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &bridge])
+            .output();
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Makes namespace `ns` usable for pods: the `default` ServiceAccount and the
+/// `kube-root-ca.crt` ConfigMap that the controller-manager would create.
+pub async fn prepare_namespace(cp: &ControlPlane, ns: &str) -> anyhow::Result<()> {
+    let kubectl = cp.kubectl()?;
+    if ns != "default" {
+        kubectl.ok(["create", "namespace", ns]).await?;
+    }
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns},
+             "data": {"ca.crt": cp.pki.ca.pair.cert_pem}},
+        ],
+    });
+    kubectl.apply(&manifest.to_string()).await?;
+    Ok(())
+}
+
+/// Waits until pod `ns/name` satisfies `check` (which says what it saw otherwise).
+pub async fn pod_until<T>(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Pod) -> Result<T, String>,
+) -> anyhow::Result<T> {
+    let api: Api<Pod> = Api::namespaced(cp.client().await?, ns);
+    let check = &check;
+    let out = wait::until(what, timeout, Duration::from_millis(200), || {
+        let api = api.clone();
+        async move {
+            let pod = api
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("pod not found")?;
+            check(&pod).map_err(|e| {
+                format!(
+                    "{e}; status: {}",
+                    serde_json::to_string(&pod.status).unwrap_or_default()
+                )
+            })
+        }
+    })
+    .await?;
+    Ok(out)
+}
+
+/// The waiting reason of the pod's first container, if waiting.
+pub fn waiting_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}

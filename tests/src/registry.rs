@@ -1,0 +1,80 @@
+//! A Distribution registry (Debian's `docker-registry`) for one test: on a free loopback
+//! port, its storage in a temp dir, stopped when the handle drops.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cluster::{http_status, which};
+use crate::controlplane::free_port;
+use crate::process::{Lifetime, Process};
+use crate::wait;
+
+/// A running registry.
+pub struct Registry {
+    process: Process,
+    /// `127.0.0.1:<port>`, the registry part of image references.
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry and waits until `/v2/` answers.
+    pub async fn start() -> Result<Self> {
+        let bin = which("docker-registry")
+            .context("docker-registry is not installed (hack/provision.sh installs it)")?;
+        let dir = tempfile::tempdir()?;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        // Generated as a value, never by pasting text into YAML.
+        let config = serde_json::json!({
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {
+                "filesystem": {"rootdirectory": dir.path().join("data")},
+                "delete": {"enabled": true},
+            },
+            "http": {"addr": addr},
+        });
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, serde_yaml::to_string(&config)?)?;
+        let mut process = Process::spawn(
+            "registry",
+            &bin,
+            &["serve".to_string(), config_path.display().to_string()],
+            &dir.path().join("registry.log"),
+            Lifetime::Owned,
+        )?;
+        let ready = wait::until(
+            "registry /v2/",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                let exited = process.has_exited();
+                let addr = addr.clone();
+                async move {
+                    if exited {
+                        return Err("the registry exited".to_string());
+                    }
+                    match http_status(&addr, "/v2/").await? {
+                        200 => Ok(()),
+                        s => Err(format!("HTTP {s}")),
+                    }
+                }
+            },
+        )
+        .await;
+        if let Err(e) = ready {
+            bail!("{e}\n--- registry log ---\n{}", process.log_tail(20));
+        }
+        Ok(Self {
+            process,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// The registry's log so far (for failure reports).
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
