@@ -269,6 +269,50 @@ fn post_filter(
     ScheduleError::Fit(Box::new(e))
 }
 
+/// Every node's verdict for `pod` without stopping early: the feasible nodes with their
+/// weighted totals, or why none fits. For differential tests and diagnosis; the
+/// scheduler itself uses [`schedule_pod`].
+pub fn evaluate(
+    fwk: &Framework,
+    snapshot: &Snapshot,
+    pod: &PodInfo,
+) -> Result<Vec<NodeScore>, ScheduleError> {
+    if snapshot.nodes.is_empty() {
+        return Err(ScheduleError::NoNodes);
+    }
+    let mut state = CycleState::default();
+    let mut diagnosis = Diagnosis::default();
+    for pl in &fwk.pre_filter {
+        let s = pl.pre_filter(&mut state, pod, snapshot);
+        match s.code {
+            Code::Success => {}
+            Code::Skip => {
+                state.skip_filter.insert(pl.name());
+            }
+            Code::Error => return Err(ScheduleError::Internal(s.with_plugin(pl.name()))),
+            _ => {
+                diagnosis.pre_filter_msg = s.message();
+                diagnosis.absent_nodes_status = Some(s.with_plugin(pl.name()));
+                return Err(post_filter(fwk, &state, pod, diagnosis, snapshot));
+            }
+        }
+    }
+    let mut feasible = Vec::new();
+    for node in snapshot.nodes.iter() {
+        let s = run_filters(fwk, &state, pod, node);
+        if s.is_success() {
+            feasible.push(node.clone());
+        } else {
+            diagnosis.unschedulable_plugins.insert(s.plugin);
+            diagnosis.node_to_status.insert(node.name.clone(), s);
+        }
+    }
+    if feasible.is_empty() {
+        return Err(post_filter(fwk, &state, pod, diagnosis, snapshot));
+    }
+    prioritize_nodes(fwk, &mut state, pod, &feasible, snapshot)
+}
+
 /// PreScore, Score, NormalizeScore and weights: the weighted total per feasible node
 /// (upstream `prioritizeNodes`).
 pub fn prioritize_nodes(
