@@ -98,6 +98,42 @@ pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<
 }
 
 impl Kubelet {
+    /// Starts the kubelet process again on the same root dir (after [`stop`](Self::stop)).
+    pub async fn restart(&mut self, cp: &ControlPlane) -> anyhow::Result<()> {
+        self.stop();
+        let args = [
+            format!("--hostname-override={}", self.name),
+            format!("--root-dir={}", self.root.display()),
+            format!("--pod-logs-dir={}", self.logs.display()),
+            format!("--pod-cidr={}", self.cidr),
+            format!("--healthz-port={}", self.healthz_port),
+            "--v=3".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.process = Some(cp.spawn_component(
+            &format!("kubelet-{}-restarted", self.name),
+            binary(),
+            &args,
+        )?);
+        let addr = format!("127.0.0.1:{}", self.healthz_port);
+        wait::until(
+            "restarted kubelet /healthz",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let addr = addr.clone();
+                async move {
+                    match ferrokube_tests::cluster::http_status(&addr, "/healthz").await? {
+                        200 => Ok(()),
+                        s => Err(format!("status {s}")),
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Stops the kubelet process (containers keep running, as upstream).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
