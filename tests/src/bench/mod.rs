@@ -3,6 +3,7 @@
 //! ferrokube / upstream.
 
 pub mod controller_manager;
+pub mod scheduler;
 
 use std::fmt;
 

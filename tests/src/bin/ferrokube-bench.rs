@@ -34,6 +34,28 @@ enum Command {
         #[arg(long, default_value_t = 1800)]
         timeout_seconds: u64,
     },
+    /// The scheduler (SchedulingBasic shape): time until M pending pods on N nodes are
+    /// bound, pods/s, CPU and peak RSS, ours against kube-scheduler at equal client QPS.
+    Scheduler {
+        /// Nodes (plain Node objects).
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Pending pods, created before the scheduler starts.
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
+        /// Client limits to compare at, as `qps/burst` (repeatable).
+        #[arg(long = "limits", default_values = ["50/100", "5000/5000"])]
+        limits: Vec<String>,
+        /// Pod shapes: `basic`, `spread` (repeatable).
+        #[arg(long = "shape", default_values = ["basic"])]
+        shapes: Vec<bench::scheduler::Shape>,
+        /// Our scheduler binary (default: beside this program).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Give up on a run after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_seconds: u64,
+    },
 }
 
 fn beside_this_program(name: &str) -> anyhow::Result<PathBuf> {
@@ -70,6 +92,30 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_seconds),
             };
             bench::controller_manager::run(&cfg).await?;
+        }
+        Command::Scheduler {
+            nodes,
+            pods,
+            limits,
+            shapes,
+            binary,
+            timeout_seconds,
+        } => {
+            let cfg = bench::scheduler::Config {
+                nodes,
+                pods,
+                limits: limits
+                    .iter()
+                    .map(|l| parse_limit(l))
+                    .collect::<anyhow::Result<_>>()?,
+                shapes,
+                ferrokube_bin: match binary {
+                    Some(b) => b,
+                    None => beside_this_program("ferrokube-scheduler")?,
+                },
+                timeout: Duration::from_secs(timeout_seconds),
+            };
+            bench::scheduler::run(&cfg).await?;
         }
     }
     Ok(())

@@ -1,0 +1,272 @@
+//! The scheduler benchmark (upstream's SchedulingBasic shape): N plain Node objects (no
+//! kubelet, no kwok: the scheduler only binds) and M pending pods created before the
+//! scheduler starts; time from the scheduler's start until every pod is bound, pods/s,
+//! CPU seconds and peak RSS of the scheduler. Each peer runs against its own fresh
+//! control plane with the same KubeSchedulerConfiguration (client QPS/burst included).
+//!
+//! Shapes: `basic` (pods requesting CPU and memory) and `spread` (pods also carrying a
+//! zone topology spread constraint and a preferred zone pod affinity).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, watcher};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Figure, Peer};
+use crate::{ControlPlane, procstat, upstream};
+
+/// The pods' shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// CPU and memory requests only.
+    Basic,
+    /// Also a zone topology spread constraint (DoNotSchedule, maxSkew 1) and a preferred
+    /// pod affinity per zone.
+    Spread,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "basic" => Ok(Self::Basic),
+            "spread" => Ok(Self::Spread),
+            other => Err(format!("unknown shape {other:?} (basic, spread)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Basic => "basic",
+            Self::Spread => "spread",
+        })
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Nodes.
+    pub nodes: usize,
+    /// Pending pods.
+    pub pods: usize,
+    /// Client QPS/burst settings to compare at.
+    pub limits: Vec<(f64, u32)>,
+    /// Pod shapes to compare.
+    pub shapes: Vec<Shape>,
+    /// Our scheduler binary.
+    pub ferrokube_bin: PathBuf,
+    /// How long one run may take before it is abandoned.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    seconds: f64,
+    cpu: f64,
+    rss_mib: f64,
+}
+
+const NAMESPACE: &str = "bench";
+const ZONES: usize = 10;
+
+/// Runs every shape and setting for both peers and prints one line per figure.
+pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for &shape in &cfg.shapes {
+        for &(qps, burst) in &cfg.limits {
+            let up = one(cfg, Peer::Upstream, shape, qps, burst).await?;
+            let ours = one(cfg, Peer::Ferrokube, shape, qps, burst).await?;
+            let setting = format!(
+                "{shape}, {} nodes, {} pods, qps {qps}/{burst}",
+                cfg.nodes, cfg.pods
+            );
+            let rate = |r: &Run| cfg.pods as f64 / r.seconds.max(1e-9);
+            let per_pod = |r: &Run| r.cpu * 1000.0 / cfg.pods as f64;
+            for (what, unit, u, f) in [
+                (
+                    "time until all pods are bound",
+                    "s",
+                    up.seconds,
+                    ours.seconds,
+                ),
+                ("throughput", "pods/s", rate(&up), rate(&ours)),
+                ("CPU", "cpu-s", up.cpu, ours.cpu),
+                ("CPU per pod", "cpu-ms", per_pod(&up), per_pod(&ours)),
+                ("peak RSS", "MiB", up.rss_mib, ours.rss_mib),
+            ] {
+                let fig = Figure {
+                    what: format!("scheduler {what} ({setting})"),
+                    unit,
+                    upstream: u,
+                    ferrokube: f,
+                };
+                println!("{fig}");
+                figures.push(fig);
+            }
+        }
+    }
+    Ok(figures)
+}
+
+fn node(i: usize) -> Result<(Node, serde_json::Value)> {
+    let name = format!("node-{i}");
+    let node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
+            "topology.kubernetes.io/zone": format!("zone-{}", i % ZONES)}},
+    }))?;
+    let resources = json!({"cpu": "32", "memory": "256Gi", "pods": "110"});
+    let status = json!({"status": {"capacity": resources, "allocatable": resources,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "bench",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    Ok((node, status))
+}
+
+fn pod(i: usize, shape: Shape) -> Result<Pod> {
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "c", "image": "registry.invalid/pause:3.10",
+            "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}}}],
+    });
+    if shape == Shape::Spread {
+        let zone = "topology.kubernetes.io/zone";
+        spec["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": zone,
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "bench"}}}]);
+        spec["affinity"] = json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 10, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "bench"}}, "topologyKey": zone}}]}});
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("pod-{i}"), "namespace": NAMESPACE, "labels": {"app": "bench"}},
+        "spec": spec,
+    }))?)
+}
+
+async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Result<Run> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client().await?;
+    let pp = PostParams::default();
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?,
+        )
+        .await?;
+    Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "default"}}))?,
+        )
+        .await?;
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let created: Vec<Result<()>> = futures::stream::iter(0..cfg.nodes)
+        .map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let (n, status) = node(i)?;
+                let name = format!("node-{i}");
+                nodes.create(&PostParams::default(), &n).await?;
+                nodes
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await?;
+                // Lifts the not-ready taint the TaintNodesByCondition admission plugin set.
+                nodes
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"taints": null}})),
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    created.into_iter().collect::<Result<Vec<()>>>()?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let created: Vec<Result<()>> = futures::stream::iter(0..cfg.pods)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                pods.create(&PostParams::default(), &pod(i, shape)?).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    created.into_iter().collect::<Result<Vec<()>>>()?;
+
+    // Count bound pods from a watch.
+    let (count_tx, mut count) = watch::channel(0usize);
+    let watched = pods.clone();
+    let counter = tokio::spawn(async move {
+        let mut bound = std::collections::HashSet::new();
+        let mut stream = watcher(watched, watcher::Config::default()).boxed();
+        while let Some(event) = stream.next().await {
+            let p = match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+                _ => continue,
+            };
+            if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                bound.extend(p.metadata.name);
+            }
+            let _ = count_tx.send(bound.len());
+        }
+    });
+
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("scheduler.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nleaderElection:\n  leaderElect: false\nclientConnection:\n  kubeconfig: {}\n  qps: {qps}\n  burst: {burst}\n",
+            cp.kubeconfig_path().display()
+        ),
+    )?;
+    let bin = match peer {
+        Peer::Upstream => upstream::binary("kube-scheduler")?,
+        Peer::Ferrokube => cfg.ferrokube_bin.clone(),
+    };
+    let config_flag = format!("--config={}", config.display());
+    let started = Instant::now();
+    let process = cp.spawn_component(
+        &format!("{peer}-scheduler"),
+        &bin,
+        &[&config_flag, "--secure-port=0", "--v=1"],
+    )?;
+    let pid = process.pid();
+    let n = cfg.pods;
+    // Sample while waiting: the peak RSS survives, CPU is read at the end.
+    tokio::time::timeout(cfg.timeout, count.wait_for(|c| *c >= n))
+        .await
+        .with_context(|| {
+            format!(
+                "{peer}: {n} pods were not bound within {:?}\n{}",
+                cfg.timeout,
+                cp.logs(20)
+            )
+        })??;
+    let seconds = started.elapsed().as_secs_f64();
+    let usage = procstat::usage(pid).unwrap_or_default();
+    counter.abort();
+    drop(process);
+    Ok(Run {
+        seconds,
+        cpu: usage.cpu_seconds,
+        rss_mib: usage.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+    })
+}
