@@ -24,7 +24,8 @@ use ferrokube_runtime::events::{EventType, Recorder, reference};
 use ferrokube_runtime::informer::{Informer, Notification};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+    ContainerStateWaiting, ContainerStatus, HostIP, LifecycleHandler, Pod, PodCondition, PodIP,
+    PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -708,6 +709,37 @@ impl Worker {
                     "Started",
                     format!("Started container {}", c.name),
                 );
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let cur = self.instance(&c.name, attempt);
+                    // The hook needs the container's process, not just its shim.
+                    let began = Instant::now();
+                    while began.elapsed() < Duration::from_secs(10) {
+                        let (rt, id) = (self.k.runtime.clone(), cur.id.clone());
+                        let started = tokio::task::spawn_blocking(move || rt.is_started(&id))
+                            .await
+                            .unwrap_or(false);
+                        if started
+                            || !matches!(self.instance(&c.name, attempt).state, State::Running)
+                        {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if !self
+                        .run_hook(pod, c, &cur.id, hook, Duration::from_secs(30))
+                        .await
+                    {
+                        tracing::warn!(container = %c.name, "postStart hook failed");
+                        self.k.event(
+                            pod,
+                            EventType::Warning,
+                            "FailedPostStartHook",
+                            format!("PostStartHook failed for container {}", c.name),
+                        );
+                        let (rt, id) = (self.k.runtime.clone(), cur.id.clone());
+                        let _ = tokio::task::spawn_blocking(move || rt.signal(&id, "KILL")).await;
+                    }
+                }
             }
             Err(e) => {
                 self.k
@@ -863,6 +895,19 @@ impl Worker {
             runc: &self.k.config.runtime_binary,
             runc_root: &self.k.config.root_dir.join("runc"),
         };
+        if track.probe.is_fresh() {
+            let api_ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.iter().find(|s| s.name == c.name))
+                .is_some_and(|s| {
+                    s.ready && s.container_id.as_deref() == Some(&format!("runc://{}", cur.id))
+                });
+            if api_ready {
+                track.probe.adopt_ready();
+            }
+        }
         let outcome = probes::run_due(c, &target, &mut track.probe).await;
         track.ready = outcome.ready;
         if outcome.restart && track.term_sent.is_none() {
@@ -886,16 +931,7 @@ impl Worker {
         if self.deleted_via_api {
             return;
         }
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or_else(|| {
-                pod.spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-            })
-            .unwrap_or(30)
-            .max(0) as u64;
+        let grace = termination_grace(pod);
         let running = self.stop_all(pod, grace == 0).await;
         let deadline_passed = self
             .tracks
@@ -935,41 +971,84 @@ impl Worker {
     /// Signals every running container (TERM once, or KILL); returns how many still run.
     async fn stop_all(&mut self, pod: &Pod, kill: bool) -> usize {
         let spec = pod.spec.clone().unwrap_or_default();
-        let names: Vec<String> = spec
+        let grace = Duration::from_secs(termination_grace(pod));
+        let containers: Vec<Container> = spec
             .init_containers
             .iter()
             .flatten()
             .chain(spec.containers.iter())
-            .map(|c| c.name.clone())
+            .cloned()
             .collect();
         let mut running = 0;
-        for name in names {
-            let Some(cur) = self.current(&name) else {
+        for c in containers {
+            let Some(cur) = self.current(&c.name) else {
                 continue;
             };
             if cur.state != State::Running {
                 continue;
             }
             running += 1;
-            let track = self.tracks.entry(name.clone()).or_default();
-            let signal = if kill {
-                "KILL"
-            } else if track.term_sent.is_none() {
-                track.term_sent = Some(Instant::now());
+            let first_term = !kill
+                && self
+                    .tracks
+                    .get(&c.name)
+                    .is_none_or(|t| t.term_sent.is_none());
+            if first_term {
+                self.tracks.entry(c.name.clone()).or_default().term_sent = Some(Instant::now());
                 self.k.event(
                     pod,
                     EventType::Normal,
                     "Killing",
-                    format!("Stopping container {name}"),
+                    format!("Stopping container {}", c.name),
                 );
-                "TERM"
-            } else {
+                // preStop runs before SIGTERM, within the grace period (upstream order).
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+                    && !self.run_hook(pod, &c, &cur.id, hook, grace).await
+                {
+                    self.k.event(
+                        pod,
+                        EventType::Warning,
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed for container {}", c.name),
+                    );
+                }
+            } else if !kill {
                 continue;
-            };
+            }
+            let signal = if kill { "KILL" } else { "TERM" };
             let (rt, id) = (self.k.runtime.clone(), cur.id.clone());
             let _ = tokio::task::spawn_blocking(move || rt.signal(&id, signal)).await;
         }
         running
+    }
+
+    /// Runs a postStart/preStop hook against container `id`, bounded by `timeout`.
+    async fn run_hook(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        id: &str,
+        hook: &LifecycleHandler,
+        timeout: Duration,
+    ) -> bool {
+        if let Some(s) = &hook.sleep {
+            tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(timeout)).await;
+            return true;
+        }
+        let ip = self.pod_ip(pod);
+        let runc_root = self.k.config.root_dir.join("runc");
+        let target = probes::Target {
+            ip: ip.as_deref(),
+            container_id: id,
+            runc: &self.k.config.runtime_binary,
+            runc_root: &runc_root,
+        };
+        tokio::time::timeout(
+            timeout,
+            probes::run_handler(&probes::Handler::of_hook(hook), c, &target),
+        )
+        .await
+        .unwrap_or(false)
     }
 
     async fn release_network(&mut self, pod: &Pod) {
@@ -1266,7 +1345,24 @@ impl Worker {
     }
 
     async fn patch_status(&mut self, pod: &Pod, status: PodStatus) {
-        let value = json!({"status": status});
+        let mut value = json!({"status": status});
+        // Fields we clear must be sent as null: a strategic merge patch keeps what it omits.
+        for c in value["status"]["conditions"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            for f in ["reason", "message"] {
+                if c.get(f).is_none() {
+                    c[f] = serde_json::Value::Null;
+                }
+            }
+        }
+        for f in ["podIP", "podIPs"] {
+            if value["status"].get(f).is_none() {
+                value["status"][f] = serde_json::Value::Null;
+            }
+        }
         // Condition times aside, an unchanged status is not written again.
         let mut key = value.clone();
         for c in key["status"]["conditions"]
@@ -1290,6 +1386,19 @@ impl Worker {
             Err(e) => tracing::warn!(pod = %name, error = %e, "patching pod status"),
         }
     }
+}
+
+/// The pod's grace period: the deletion's, else the spec's, else 30 s.
+fn termination_grace(pod: &Pod) -> u64 {
+    pod.metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30)
+        .max(0) as u64
 }
 
 fn parse_time(s: &str) -> Option<Time> {

@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -30,6 +32,23 @@ pub struct ProbeState {
     readiness: Counter,
     started: bool,
     ready: bool,
+}
+
+impl ProbeState {
+    /// For a container adopted after a kubelet restart that the API still shows ready: keep
+    /// it ready (and started) until a probe says otherwise, so a restart flips nothing.
+    pub fn adopt_ready(&mut self) {
+        self.started = true;
+        self.ready = true;
+    }
+
+    /// Whether no probe has run yet for this instance.
+    pub fn is_fresh(&self) -> bool {
+        self.startup.last_run.is_none()
+            && self.liveness.last_run.is_none()
+            && self.readiness.last_run.is_none()
+            && !self.started
+    }
 }
 
 /// Where probes go.
@@ -147,14 +166,54 @@ pub fn resolve_port(port: &IntOrString, c: &Container) -> Option<u16> {
 }
 
 async fn run_once(p: &Probe, c: &Container, target: &Target<'_>) -> bool {
-    if let Some(h) = &p.http_get {
+    if p.grpc.is_some() {
+        // gRPC probes are not supported yet; they count as passing rather than killing pods.
+        return true;
+    }
+    run_handler(
+        &Handler {
+            exec: p.exec.as_ref(),
+            http_get: p.http_get.as_ref(),
+            tcp_socket: p.tcp_socket.as_ref(),
+        },
+        c,
+        target,
+    )
+    .await
+}
+
+/// The actions a probe or a lifecycle hook can take.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Handler<'a> {
+    /// Run a command in the container.
+    pub exec: Option<&'a ExecAction>,
+    /// GET a URL.
+    pub http_get: Option<&'a HTTPGetAction>,
+    /// Open a TCP connection.
+    pub tcp_socket: Option<&'a TCPSocketAction>,
+}
+
+impl<'a> Handler<'a> {
+    /// The handler of a postStart/preStop hook (`sleep` is handled by the caller).
+    pub fn of_hook(h: &'a LifecycleHandler) -> Self {
+        Self {
+            exec: h.exec.as_ref(),
+            http_get: h.http_get.as_ref(),
+            tcp_socket: h.tcp_socket.as_ref(),
+        }
+    }
+}
+
+/// Runs one handler; true on success.
+pub async fn run_handler(h: &Handler<'_>, c: &Container, target: &Target<'_>) -> bool {
+    if let Some(h) = h.http_get {
         let host = h.host.clone().or(target.ip.map(str::to_string));
         let (Some(host), Some(port)) = (host, resolve_port(&h.port, c)) else {
             return false;
         };
         return http_get(&host, port, h.path.as_deref().unwrap_or("/")).await;
     }
-    if let Some(t) = &p.tcp_socket {
+    if let Some(t) = h.tcp_socket {
         let host = t.host.clone().or(target.ip.map(str::to_string));
         let (Some(host), Some(port)) = (host, resolve_port(&t.port, c)) else {
             return false;
@@ -163,7 +222,7 @@ async fn run_once(p: &Probe, c: &Container, target: &Target<'_>) -> bool {
             .await
             .is_ok();
     }
-    if let Some(e) = &p.exec {
+    if let Some(e) = h.exec {
         let cmd = e.command.clone().unwrap_or_default();
         if cmd.is_empty() {
             return false;
@@ -183,8 +242,7 @@ async fn run_once(p: &Probe, c: &Container, target: &Target<'_>) -> bool {
             .await
             .is_ok_and(|s| s.success());
     }
-    // gRPC probes are not supported yet; they count as passing rather than killing pods.
-    true
+    false
 }
 
 /// An HTTP/1.1 GET; success is a status in [200, 400), as upstream.

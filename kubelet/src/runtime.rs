@@ -90,6 +90,8 @@ pub trait Runtime: Send + Sync {
     fn signal(&self, id: &str, signal: &str) -> Result<(), Error>;
     /// Forgets the container (runc delete --force); safe when it is already gone.
     fn remove(&self, id: &str) -> Result<(), Error>;
+    /// Whether the container's process has been created and runs (not merely its shim).
+    fn is_started(&self, id: &str) -> bool;
 }
 
 /// runc, with its state under `root`.
@@ -237,6 +239,19 @@ impl Runtime for Runc {
 
     fn signal(&self, id: &str, signal: &str) -> Result<(), Error> {
         self.runc("kill", &["kill", id, signal])
+    }
+
+    fn is_started(&self, id: &str) -> bool {
+        Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["state", id])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .is_some_and(|v| v["status"] == "running")
     }
 
     fn remove(&self, id: &str) -> Result<(), Error> {

@@ -145,6 +145,49 @@ async fn scenarios(
     })
     .await?;
 
+    // postStart runs after start; on deletion preStop runs, then SIGTERM reaches the
+    // container, which exits within its grace period.
+    let host = tempfile::tempdir()?;
+    kubectl
+        .apply(&pod_manifest(
+            "hooks",
+            serde_json::json!({"containers": [{
+                "name": "c", "image": image,
+                "command": ["sh", "-c", "trap 'echo term >> /host/events; exit 0' TERM; while true; do sleep 0.2; done"],
+                "lifecycle": {
+                    "postStart": {"exec": {"command": ["sh", "-c", "echo poststart >> /host/events"]}},
+                    "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /host/events"]}},
+                },
+                "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+            }],
+            "volumes": [{"name": "host", "hostPath": {"path": host.path()}}]}),
+        ))
+        .await?;
+    let events = host.path().join("events");
+    common::pod_until(cp, NS, "hooks", "postStart ran", t, |p| {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        if is_ready(p) && text.contains("poststart") {
+            Ok(())
+        } else {
+            Err(format!("{text:?}"))
+        }
+    })
+    .await?;
+    kubectl
+        .ok([
+            "delete",
+            "pod",
+            "hooks",
+            "-n",
+            NS,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .await?;
+    let text = std::fs::read_to_string(&events)?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, vec!["poststart", "prestop", "term"], "{text}");
+
     // A kubelet restart adopts the running container: same container ID, no restart.
     let before = common::pod_until(cp, NS, "init", "init still ready", t, |p| {
         let s = first_status(p).ok_or("no status")?;
