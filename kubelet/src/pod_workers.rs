@@ -117,6 +117,14 @@ pub async fn run(k: Arc<Kubelet>, informer: Informer<Pod>, shutdown: Cancellatio
                     let _ = tx.send(value);
                     continue;
                 }
+                let mut value = value;
+                if let Some(p) = &value
+                    && !k.pod_dir(&uid).exists()
+                    && let Some(rejected) = admit(&k, p, &store.list(), &workers).await
+                {
+                    value = Some(rejected);
+                }
+                let pod = value.clone().unwrap_or(pod);
                 let (tx, rx) = watch::channel(value);
                 workers.insert(uid.clone(), tx);
                 let (k, shutdown, done) = (k.clone(), shutdown.clone(), done_tx.clone());
@@ -125,6 +133,114 @@ pub async fn run(k: Arc<Kubelet>, informer: Informer<Pod>, shutdown: Cancellatio
                     let _ = done.send(uid);
                 });
             }
+        }
+    }
+}
+
+/// CPU (milli) and memory (bytes) a pod requests: its app containers' sum, or its largest
+/// init container when that is more (upstream's effective request).
+pub fn pod_requests(pod: &Pod) -> (i128, i128) {
+    let req = |c: &Container, name: &str| {
+        c.resources
+            .as_ref()
+            .and_then(|r| {
+                r.requests
+                    .as_ref()
+                    .and_then(|m| m.get(name))
+                    .or(r.limits.as_ref().and_then(|m| m.get(name)))
+            })
+            .and_then(|q| runtime::parse_quantity_milli(&q.0))
+            .unwrap_or(0)
+    };
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sum = |name: &str| spec.containers.iter().map(|c| req(c, name)).sum::<i128>();
+    let init_max = |name: &str| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .map(|c| req(c, name))
+            .max()
+            .unwrap_or(0)
+    };
+    (
+        sum("cpu").max(init_max("cpu")),
+        (sum("memory").max(init_max("memory"))) / 1000,
+    )
+}
+
+/// Admission against allocatable, as upstream's predicate admit handler: a pod that does
+/// not fit is failed with `OutOf<resource>` and never started. Returns the rejected pod.
+async fn admit(
+    k: &Kubelet,
+    pod: &Pod,
+    all: &[Arc<Pod>],
+    admitted: &HashMap<String, watch::Sender<Option<Arc<Pod>>>>,
+) -> Option<Arc<Pod>> {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
+    if pod.metadata.deletion_timestamp.is_some() || matches!(phase, "Succeeded" | "Failed") {
+        return None;
+    }
+    let active: Vec<&Arc<Pod>> = all
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .uid
+                .as_ref()
+                .is_some_and(|u| admitted.contains_key(u))
+        })
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect();
+    let facts = crate::node_status::HostFacts::read(&k.config.root_dir);
+    let (_, allocatable) = crate::node_status::resources(&facts, k.config.max_pods);
+    let cap = |name: &str, scale: i128| {
+        allocatable
+            .get(name)
+            .and_then(|q| runtime::parse_quantity_milli(&q.0))
+            .map_or(0, |v| v / scale)
+    };
+    let (cpu, mem) = pod_requests(pod);
+    let (used_cpu, used_mem) = active
+        .iter()
+        .map(|p| pod_requests(p))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let checks = [
+        (
+            "pods",
+            1,
+            active.len() as i128,
+            i128::from(k.config.max_pods),
+        ),
+        ("cpu", cpu, used_cpu, cap("cpu", 1)),
+        ("memory", mem, used_mem, cap("memory", 1000)),
+    ];
+    let (resource, requested, used, capacity) = checks
+        .into_iter()
+        .find(|(_, r, u, c)| *r > 0 && r + u > *c)?;
+    let reason = format!("OutOf{resource}");
+    let message = format!(
+        "Pod was rejected: Node didn't have enough resource: {resource}, requested: {requested}, used: {used}, capacity: {capacity}"
+    );
+    k.event(pod, EventType::Warning, &reason, message.clone());
+    let (ns, name) = pod_names(pod);
+    let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
+    let patch = json!({"status": {"phase": "Failed", "reason": reason, "message": message}});
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            tracing::warn!(pod = %name, error = %e, "rejecting a pod");
+            None
         }
     }
 }
@@ -1806,6 +1922,24 @@ mod tests {
         assert_eq!(pull_backoff(2).as_secs(), 20);
         assert_eq!(humanize(Duration::from_secs(300)), "5m0s");
         assert_eq!(humanize(Duration::from_secs(20)), "20s");
+    }
+
+    #[test]
+    fn effective_requests() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}],
+                "containers": [
+                    {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "100Mi"}}},
+                    {"name": "b", "resources": {"limits": {"cpu": "250m", "memory": "2Gi"}}},
+                ],
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_requests(&pod),
+            (2000, 100 * 1024 * 1024 + 2 * 1024 * 1024 * 1024)
+        );
     }
 
     #[test]

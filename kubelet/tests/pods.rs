@@ -308,6 +308,22 @@ async fn run_scenarios(
         "{log}"
     );
 
+    // Admission: a pod that cannot fit into allocatable is failed with OutOfcpu.
+    kubectl
+        .apply(&pod_manifest(
+            "huge",
+            serde_json::json!({"containers": [{"name": "c", "image": format!("{reg}/web:1"), "resources": {"requests": {"cpu": "1000"}}}]}),
+        ))
+        .await?;
+    common::pod_until(cp, NS, "huge", "huge rejected", t, |p| {
+        let st = p.status.as_ref().ok_or("no status")?;
+        match (st.phase.as_deref(), st.reason.as_deref()) {
+            (Some("Failed"), Some("OutOfcpu")) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
     // Deletion: SIGTERM, teardown, then the kubelet finishes the deletion in the API.
     let web_netns = ferrokube_kubelet::network::netns_name(&uid);
     assert!(
