@@ -465,6 +465,34 @@ impl Worker {
         let mut initialized = true;
         if ready_to_start && volume_error.is_none() {
             for c in spec.init_containers.iter().flatten() {
+                if c.restart_policy.as_deref() == Some("Always") {
+                    // A sidecar: once started it keeps running beside the app containers,
+                    // restarted whenever it exits; later init containers wait only for its
+                    // start (its startup probe, when it has one).
+                    match self.current(&c.name) {
+                        None => {
+                            initialized = false;
+                            self.start(pod, c, 0).await;
+                            break;
+                        }
+                        Some(cur) => match cur.state.clone() {
+                            State::Missing => {
+                                initialized = false;
+                                self.start(pod, c, cur.attempt).await;
+                                break;
+                            }
+                            State::Running => {
+                                self.probe(pod, c, &cur).await;
+                                if !self.tracks.get(&c.name).is_some_and(|t| t.probe.started()) {
+                                    initialized = false;
+                                    break;
+                                }
+                            }
+                            State::Exited(e) => self.maybe_restart(pod, c, &e).await,
+                        },
+                    }
+                    continue;
+                }
                 match self.current(&c.name).map(|cur| cur.state) {
                     Some(State::Exited(e)) if e.exit_code == 0 => continue,
                     Some(State::Running) => {
@@ -1196,12 +1224,20 @@ impl Worker {
             true,
         );
         let app_statuses = statuses(self, &spec.containers, false);
+        let sidecars: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .map(|c| c.name.as_str())
+            .collect();
         let init_failed = policy == "Never"
             && init_statuses.iter().any(|s| {
-                s.state
-                    .as_ref()
-                    .and_then(|st| st.terminated.as_ref())
-                    .is_some_and(|t| t.exit_code != 0)
+                !sidecars.contains(&s.name.as_str())
+                    && s.state
+                        .as_ref()
+                        .and_then(|st| st.terminated.as_ref())
+                        .is_some_and(|t| t.exit_code != 0)
             });
         let (mut running, mut waiting_new, mut succeeded, mut failed, mut restarting) =
             (0, 0, 0, 0, 0);
@@ -1282,10 +1318,9 @@ impl Worker {
         let uninit: Vec<String> = init_statuses
             .iter()
             .filter(|s| {
-                s.state
-                    .as_ref()
-                    .and_then(|st| st.terminated.as_ref())
-                    .is_none_or(|t| t.exit_code != 0)
+                let st = s.state.clone().unwrap_or_default();
+                let sidecar_up = st.running.is_some() && s.started == Some(true);
+                !sidecar_up && st.terminated.as_ref().is_none_or(|t| t.exit_code != 0)
             })
             .map(|s| s.name.clone())
             .collect();
@@ -1409,7 +1444,9 @@ impl Worker {
                     State::Running => {
                         status.container_id = Some(format!("runc://{}", cur.id));
                         status.started = Some(true);
-                        status.ready = !init && track.ready;
+                        // Sidecars (restartPolicy Always init containers) report readiness; others never.
+                        let sidecar = init && c.restart_policy.as_deref() == Some("Always");
+                        status.ready = (!init || sidecar) && track.ready;
                         status.state = Some(ContainerState {
                             running: Some(ContainerStateRunning {
                                 started_at: cur.started_at.as_deref().and_then(parse_time),

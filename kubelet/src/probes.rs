@@ -42,6 +42,11 @@ impl ProbeState {
         self.ready = true;
     }
 
+    /// Whether the startup probe (if any) has passed.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
     /// Whether no probe has run yet for this instance.
     pub fn is_fresh(&self) -> bool {
         self.startup.last_run.is_none()

@@ -120,6 +120,49 @@ async fn scenarios(
         .map_err(anyhow::Error::msg)?;
     assert_eq!((status, body.as_str()), (200, "one\ntwo\n"));
 
+    // A sidecar (restartPolicy Always init container) starts, keeps running beside the app,
+    // and the init container after it can already talk to it.
+    kubectl
+        .apply(&pod_manifest(
+            "sidecar",
+            serde_json::json!({
+                "initContainers": [
+                    {"name": "side", "image": image, "restartPolicy": "Always",
+                     "command": ["sh", "-c", "echo ok > /tmp/index.html; exec httpd -f -p 8081 -h /tmp"]},
+                    {"name": "fetch", "image": image,
+                     "command": ["sh", "-c", "until wget -q -O /work/got http://127.0.0.1:8081/index.html; do sleep 0.2; done"],
+                     "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                ],
+                "containers": [{"name": "web", "image": image, "command": ["httpd", "-f", "-p", "8080", "-h", "/work"],
+                                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+                "volumes": [{"name": "work", "emptyDir": {}}],
+            }),
+        ))
+        .await?;
+    let side_ip = common::pod_until(cp, NS, "sidecar", "sidecar pod Ready", t, |p| {
+        let inits = p
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.clone())
+            .unwrap_or_default();
+        let side_running = inits
+            .iter()
+            .any(|s| s.name == "side" && s.state.as_ref().is_some_and(|st| st.running.is_some()));
+        match (
+            side_running,
+            is_ready(p),
+            p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        ) {
+            (true, true, Some(ip)) => Ok(ip),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let (status, body) = ferrokube_tests::cluster::http_get(&format!("{side_ip}:8080"), "/got")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
     // A failing liveness probe restarts the container (and only it).
     kubectl
         .apply(&pod_manifest(
