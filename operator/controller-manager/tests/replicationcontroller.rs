@@ -324,3 +324,66 @@ async fn replicationcontroller_quota_failure_sets_condition_and_recovers() -> an
     .await?;
     Ok(())
 }
+
+/// Under `--use-service-account-credentials` the controller acts as
+/// `system:serviceaccount:kube-system:replication-controller`, limited by the bootstrap
+/// role `system:controller:replication-controller` (which allows `update`, not `patch`,
+/// on `replicationcontrollers/status`): pods, status and events must all still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicationcontroller_works_with_its_own_service_account() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let cm = common::start(
+        &cp,
+        "controller-manager",
+        &[
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            "--controllers=serviceaccount,replicationcontroller",
+        ],
+    )
+    .await?;
+    common::kubectl_until(
+        &cp,
+        "default SA",
+        T,
+        &["get", "serviceaccount", "default", "-o", "name"],
+        |o| !o.trim().is_empty(),
+    )
+    .await?;
+    let _kwok = kwok::start(&cp, "kwok-node", 1).await?;
+    let kubectl = cp.kubectl()?;
+    kubectl.apply(RC).await?;
+    web_pods(&cp, 3).await?;
+    rc_counts(&cp, "3/3/3/3").await?;
+    kubectl.ok(["scale", "rc", "web", "--replicas=1"]).await?;
+    web_pods(&cp, 1).await?;
+    rc_counts(&cp, "1/1/1/1").await?;
+    common::kubectl_until(
+        &cp,
+        "events from replication-controller",
+        T,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=ReplicationController,involvedObject.name=web",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+        ],
+        |o| o.contains("SuccessfulCreate") && o.contains("SuccessfulDelete"),
+    )
+    .await?;
+    // The one refusal allowed: the first status merge patch, after which the controller
+    // switches to update (PUT) for good.
+    let log = std::fs::read_to_string(cm.process.log_path())?;
+    assert!(
+        log.contains("writing status with update from now on"),
+        "no switch to update:\n{log}"
+    );
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("forbidden"))
+        .count();
+    assert_eq!(refusals, 0, "a sync failed on RBAC:\n{log}");
+    Ok(())
+}

@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferrokube_runtime::apierrors;
@@ -64,7 +65,7 @@ const CONTROLLER_UID_INDEX: &str = "controllerUID";
 
 /// What the core needs of the kind it keeps pods for: the spec's fields and the status,
 /// read the same way whether a selector is a `LabelSelector` or a plain label map.
-pub trait ReplicaOwner: Claimable {
+pub trait ReplicaOwner: Claimable + serde::Serialize {
     /// The reporting controller in events (upstream's event source component).
     const CONTROLLER_NAME: &'static str;
     /// The work queue's name, which labels its metrics (upstream's queue name).
@@ -88,6 +89,8 @@ pub trait ReplicaOwner: Claimable {
     fn orphan_selector(&self) -> Option<Selector>;
     /// The current status in the shape shared by both kinds.
     fn replica_status(&self) -> ReplicaStatus;
+    /// This object with its status replaced by `status` (for a PUT of `/status`).
+    fn with_replica_status(&self, status: &ReplicaStatus) -> Self;
 }
 
 /// The status fields shared by ReplicaSets and ReplicationControllers (their conditions
@@ -158,6 +161,70 @@ impl ReplicaOwner for ReplicaSet {
             observed_generation: s.observed_generation,
             conditions: s.conditions,
         }
+    }
+
+    fn with_replica_status(&self, s: &ReplicaStatus) -> Self {
+        let mut rs = self.clone();
+        rs.status = Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            terminating_replicas: s.terminating_replicas,
+            observed_generation: s.observed_generation,
+            conditions: s.conditions.clone().filter(|c| !c.is_empty()),
+        });
+        rs
+    }
+}
+
+/// How status reaches the apiserver. A merge patch is preferred (it writes only the fields
+/// we own), but the bootstrap roles `system:controller:replicaset-controller` and
+/// `system:controller:replication-controller` grant only `update` on `.../status`, so
+/// under `--use-service-account-credentials` (kubeadm's default) a patch is Forbidden.
+/// After the first such refusal the controller writes status with a PUT of `/status`
+/// carrying the cached resourceVersion, as upstream's `UpdateStatus` does: the apiserver
+/// keeps spec and metadata from its own copy, a stale cache gets a Conflict (retried with
+/// backoff once the cache catches up), and the status is entirely this controller's.
+#[derive(Clone, Default)]
+struct StatusWriter {
+    update_only: Arc<AtomicBool>,
+}
+
+impl StatusWriter {
+    async fn write<K: ReplicaOwner>(
+        &self,
+        api: &Api<K>,
+        rs: &K,
+        status: &ReplicaStatus,
+    ) -> Result<(), kube::Error> {
+        let name = rs.meta().name.as_deref().unwrap_or_default();
+        if !self.update_only.load(Ordering::Relaxed) {
+            let patch =
+                serde_json::json!({ "status": status_json(status, K::TERMINATING_REPLICAS) });
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if apierrors::is_forbidden(&e) => {
+                    tracing::info!(
+                        kind = %K::kind(&()),
+                        error = %error_message(&e),
+                        "patching status is forbidden; writing status with update from now on"
+                    );
+                    self.update_only.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        api.replace_status(
+            name,
+            &PostParams::default(),
+            &rs.with_replica_status(status),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -276,6 +343,7 @@ pub fn run<K: ReplicaOwner>(
         expectations,
         recorder: ctx.recorder(K::CONTROLLER_NAME, tasks),
         burst_replicas: BURST_REPLICAS,
+        status_writer: StatusWriter::default(),
     };
     let mut workers = Workers::new(K::QUEUE_NAME, concurrency);
     // Upstream retries a failing ReplicaSet forever (with backoff): a quota raised an hour
@@ -424,6 +492,7 @@ struct Sync<K> {
     expectations: ControllerExpectations,
     recorder: Recorder,
     burst_replicas: usize,
+    status_writer: StatusWriter,
 }
 
 // Not derived: the derive would demand `K: Clone` for no reason (stores are shared handles).
@@ -436,6 +505,7 @@ impl<K> Clone for Sync<K> {
             expectations: self.expectations.clone(),
             recorder: self.recorder.clone(),
             burst_replicas: self.burst_replicas,
+            status_writer: self.status_writer.clone(),
         }
     }
 }
@@ -725,18 +795,14 @@ impl<K: ReplicaOwner> Sync<K> {
             self.client.clone(),
             rs.meta().namespace.as_deref().unwrap_or_default(),
         );
-        let patch = serde_json::json!({ "status": status_json(&status, K::TERMINATING_REPLICAS) });
-        api.patch_status(
-            rs.meta().name.as_deref().unwrap_or_default(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(|source| SyncError::Status {
-            kind: K::kind(&()).into_owned(),
-            key,
-            source,
-        })?;
+        self.status_writer
+            .write(&api, rs, &status)
+            .await
+            .map_err(|source| SyncError::Status {
+                kind: K::kind(&()).into_owned(),
+                key,
+                source,
+            })?;
         Ok(status)
     }
 }

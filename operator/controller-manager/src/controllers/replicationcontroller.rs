@@ -14,6 +14,7 @@
 use k8s_openapi::api::apps::v1::ReplicaSetCondition;
 use k8s_openapi::api::core::v1::{
     PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
+    ReplicationControllerStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::Selector;
@@ -89,6 +90,34 @@ impl ReplicaOwner for ReplicationController {
                 .conditions
                 .map(|cs| cs.into_iter().map(condition).collect()),
         }
+    }
+
+    fn with_replica_status(&self, s: &ReplicaStatus) -> Self {
+        let mut rc = self.clone();
+        rc.status = Some(ReplicationControllerStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            observed_generation: s.observed_generation,
+            conditions: s
+                .conditions
+                .clone()
+                .filter(|c| !c.is_empty())
+                .map(|cs| cs.into_iter().map(rc_condition).collect()),
+        });
+        rc
+    }
+}
+
+/// The inverse of [`condition`].
+fn rc_condition(c: ReplicaSetCondition) -> ReplicationControllerCondition {
+    ReplicationControllerCondition {
+        type_: c.type_,
+        status: c.status,
+        reason: c.reason,
+        message: c.message,
+        last_transition_time: c.last_transition_time,
     }
 }
 
