@@ -3,6 +3,7 @@
 # one line per figure with the ratio ferrokube/upstream.
 #
 #   hack/bench.sh controller-manager [--replicas N] [--limits 20/30 --limits 500/500]
+#   hack/bench.sh ingress [--duration-seconds 10] [--routes 1000 --routes 5000]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

@@ -4,6 +4,7 @@
 
 pub mod controller_manager;
 pub mod scheduler;
+pub mod ingress;
 
 use std::fmt;
 

@@ -56,6 +56,31 @@ enum Command {
         #[arg(long, default_value_t = 1800)]
         timeout_seconds: u64,
     },
+    /// The Ingress controller against nginx: wrk throughput and latency (HTTP and TLS),
+    /// route propagation at growing Ingress counts, resident memory.
+    Ingress {
+        /// Seconds each wrk run measures.
+        #[arg(long, default_value_t = 10)]
+        duration_seconds: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        /// wrk threads.
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// Ingress counts to measure route propagation at (repeatable; RSS at the last).
+        #[arg(long = "routes", default_values_t = [1000usize, 5000])]
+        routes: Vec<usize>,
+        /// Propagation samples per count.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+        /// Our controller binary (default: beside this program).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The nginx binary.
+        #[arg(long, default_value = "/usr/sbin/nginx")]
+        nginx: PathBuf,
+    },
 }
 
 fn beside_this_program(name: &str) -> anyhow::Result<PathBuf> {
@@ -116,6 +141,35 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_seconds),
             };
             bench::scheduler::run(&cfg).await?;
+        }
+        Command::Ingress {
+            duration_seconds,
+            connections,
+            threads,
+            mut routes,
+            samples,
+            binary,
+            nginx,
+        } => {
+            routes.sort_unstable();
+            routes.dedup();
+            anyhow::ensure!(
+                routes.first().is_some_and(|r| *r > 0) && samples > 0,
+                "--routes must be positive and --samples at least 1"
+            );
+            let cfg = bench::ingress::Config {
+                ferrokube_bin: match binary {
+                    Some(b) => b,
+                    None => beside_this_program("ferrokube-ingress-controller")?,
+                },
+                nginx_bin: nginx,
+                duration: Duration::from_secs(duration_seconds),
+                connections,
+                threads,
+                routes,
+                samples,
+            };
+            bench::ingress::run(&cfg).await?;
         }
     }
     Ok(())
