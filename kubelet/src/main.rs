@@ -2,9 +2,9 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    // Re-executed as a container shim: no runtime, no flags, just hold runc.
+fn main() -> std::process::ExitCode {
+    // Re-executed as a container shim: no async runtime, no flags, just hold the container.
+    // This runs before any runtime exists so that each container's shim stays small.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args
         .get(1)
@@ -17,7 +17,17 @@ async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = ferrokube_kubelet::options::Flags::parse();
     ferrokube_runtime::logging::init(flags.verbosity, flags.logging_format);
-    match ferrokube_kubelet::run(flags).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ferrokube_kubelet::run(flags)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "kubelet failed");

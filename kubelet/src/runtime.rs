@@ -272,6 +272,11 @@ pub fn now_rfc3339() -> String {
 }
 
 /// The shim's entry point: `SHIM_ARG runc root id bundle log`. Returns the exit code.
+///
+/// The shim makes itself a child subreaper, then runs `runc create` (the container's stdio
+/// are the shim's pipes) and `runc start`. When runc exits, the container's init process is
+/// re-parented to the shim, which waits for it to get its exit status. So per container only
+/// this small process stays resident, not a runc.
 pub fn shim_main(args: &[std::ffi::OsString]) -> i32 {
     let [runc, root, id, bundle, log] = args else {
         eprintln!("usage: {SHIM_ARG} <runc> <root> <id> <bundle> <log>");
@@ -289,20 +294,52 @@ pub fn shim_main(args: &[std::ffi::OsString]) -> i32 {
             return 1;
         }
     };
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        write_exit(
+            &bundle,
+            128,
+            Some("StartError"),
+            Some(format!("becoming a subreaper: {e}")),
+        );
+        return 1;
+    }
     let runc_log = bundle.join("runc.log");
-    let spawned = Command::new(runc)
-        .arg("--root")
-        .arg(root)
-        .arg("--log")
-        .arg(&runc_log)
-        .args(["--log-format", "json", "run", "--bundle"])
-        .arg(&bundle)
-        .arg(id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
+    let pid_file = bundle.join("init.pid");
+    let runc_cmd = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new(runc);
+        c.arg("--root")
+            .arg(root)
+            .arg("--log")
+            .arg(&runc_log)
+            .args(["--log-format", "json"])
+            .args(args);
+        c
+    };
+    let runc_error = |fallback: String| {
+        std::fs::read_to_string(&runc_log)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|v| v["level"] == "error")
+                    .filter_map(|v| v["msg"].as_str().map(str::to_string))
+                    .next_back()
+            })
+            .unwrap_or(fallback)
+    };
+    let created = runc_cmd(&[
+        "create".as_ref(),
+        "--bundle".as_ref(),
+        bundle.as_os_str(),
+        "--pid-file".as_ref(),
+        pid_file.as_os_str(),
+        id.as_os_str(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn();
+    let mut child = match created {
         Ok(c) => c,
         Err(e) => {
             write_exit(
@@ -314,7 +351,9 @@ pub fn shim_main(args: &[std::ffi::OsString]) -> i32 {
             return 1;
         }
     };
-    let mut copiers = Vec::new();
+    // The pipes stay open in the container after runc exits: copy them until EOF.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mut copiers = 0;
     for (stream, name) in [
         (
             child
@@ -332,32 +371,67 @@ pub fn shim_main(args: &[std::ffi::OsString]) -> i32 {
         ),
     ] {
         if let Some(s) = stream {
-            let log = log_file.clone();
-            copiers.push(std::thread::spawn(move || copy_cri(s, name, &log)));
+            let (log, done) = (log_file.clone(), done_tx.clone());
+            copiers += 1;
+            std::thread::spawn(move || {
+                copy_cri(s, name, &log);
+                let _ = done.send(());
+            });
         }
     }
-    let status = child.wait();
-    for c in copiers {
-        let _ = c.join();
-    }
-    use std::os::unix::process::ExitStatusExt;
-    let code = match status {
-        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-        Err(_) => 255,
+    let create_ok = child.wait().is_ok_and(|s| s.success());
+    let init_pid = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    let (true, Some(init_pid)) = (create_ok, init_pid) else {
+        write_exit(
+            &bundle,
+            128,
+            Some("StartError"),
+            Some(runc_error("runc create failed".into())),
+        );
+        let _ = runc_cmd(&["delete".as_ref(), "--force".as_ref(), id.as_os_str()]).output();
+        return 1;
     };
-    // runc logs its own failures (bad command, missing binary) at level error; a process
-    // that ran and failed is not a runc error.
-    let runc_error = std::fs::read_to_string(&runc_log).ok().and_then(|t| {
-        t.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["level"] == "error")
-            .filter_map(|v| v["msg"].as_str().map(str::to_string))
-            .next_back()
-    });
-    match runc_error {
-        Some(msg) if code != 0 => write_exit(&bundle, 128, Some("StartError"), Some(msg)),
-        _ => write_exit(&bundle, code, None, None),
+    let started = runc_cmd(&["start".as_ref(), id.as_os_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !started {
+        let message = runc_error("runc start failed".into());
+        let _ = runc_cmd(&["delete".as_ref(), "--force".as_ref(), id.as_os_str()]).output();
+        write_exit(&bundle, 128, Some("StartError"), Some(message));
+        return 1;
     }
+    // Reap until the container's init is the one that exited.
+    let code = loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some((pid, status))) if pid == init_pid => {
+                break status
+                    .exit_status()
+                    .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                    .unwrap_or(255);
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break 255,
+        }
+    };
+    // Output written just before the exit is still in the pipes; processes the container
+    // left behind may hold them open, so the wait is bounded.
+    for _ in 0..copiers {
+        if done_rx
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = runc_cmd(&["delete".as_ref(), "--force".as_ref(), id.as_os_str()]).output();
+    write_exit(&bundle, code, None, None);
     0
 }
 
