@@ -57,6 +57,16 @@ pub struct Flags {
     /// How often node status is computed and, when changed, posted.
     #[arg(long, value_parser = parse_duration)]
     pub node_status_update_frequency: Option<Duration>,
+    /// How often running pods are fully re-synced: ConfigMap, Secret and token volumes are
+    /// refreshed in place at this period.
+    #[arg(long, value_parser = parse_duration)]
+    pub sync_frequency: Option<Duration>,
+    /// DNS server IPs written into pods' resolv.conf for dnsPolicy ClusterFirst.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain (search paths for ClusterFirst pods).
+    #[arg(long)]
+    pub cluster_domain: Option<String>,
     /// Where container logs go (`<dir>/<ns>_<pod>_<uid>/<container>/<restart>.log`).
     #[arg(long)]
     pub pod_logs_dir: Option<PathBuf>,
@@ -114,6 +124,13 @@ pub struct KubeletConfiguration {
     pub node_lease_duration_seconds: Option<i32>,
     /// See `--pod-logs-dir`.
     pub pod_logs_dir: Option<PathBuf>,
+    /// See `--sync-frequency` (Go duration).
+    pub sync_frequency: Option<String>,
+    /// See `--cluster-dns`.
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Option<Vec<IpAddr>>,
+    /// See `--cluster-domain`.
+    pub cluster_domain: Option<String>,
     /// See `--cgroup-root`.
     pub cgroup_root: Option<String>,
     /// See `--kube-api-qps`.
@@ -189,6 +206,12 @@ pub struct Config {
     pub node_lease_duration_seconds: i32,
     /// `--pod-logs-dir`.
     pub pod_logs_dir: PathBuf,
+    /// `--sync-frequency`.
+    pub sync_frequency: Duration,
+    /// `--cluster-dns`.
+    pub cluster_dns: Vec<IpAddr>,
+    /// `--cluster-domain`.
+    pub cluster_domain: Option<String>,
     /// `--cni-bin-dir`.
     pub cni_bin_dir: PathBuf,
     /// `--cni-conf-dir`.
@@ -287,6 +310,20 @@ impl Config {
                 Duration::from_secs(300),
             )?,
             node_lease_duration_seconds: file.node_lease_duration_seconds.unwrap_or(40).max(1),
+            sync_frequency: match flags.sync_frequency {
+                Some(d) => d,
+                None => duration(
+                    "syncFrequency",
+                    &file.sync_frequency,
+                    Duration::from_secs(60),
+                )?,
+            },
+            cluster_dns: if flags.cluster_dns.is_empty() {
+                file.cluster_dns.clone().unwrap_or_default()
+            } else {
+                flags.cluster_dns.clone()
+            },
+            cluster_domain: flags.cluster_domain.clone().or(file.cluster_domain.clone()),
             pod_logs_dir: flags
                 .pod_logs_dir
                 .clone()

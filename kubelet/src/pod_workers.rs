@@ -768,19 +768,23 @@ impl Worker {
         }
         std::fs::write(etc.join("hosts"), hosts)?;
         std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
-        // No cluster DNS is configured, so every dnsPolicy falls back to the host's resolver
-        // configuration, as upstream does without --cluster-dns.
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let resolv = resolv_conf(
+            pod,
+            &self.k.config,
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        );
         std::fs::write(etc.join("resolv.conf"), resolv)?;
         Ok(())
     }
 
     async fn ensure_volumes(&mut self, pod: &Pod) -> Result<(), String> {
-        // ConfigMaps, Secrets and tokens are re-read every minute, updating files in place.
+        // ConfigMaps, Secrets and tokens are re-read every --sync-frequency, updating files in
+        // place.
+        let period = self.k.config.sync_frequency;
         if self
             .volumes
             .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(60))
+            .is_some_and(|(_, at)| at.elapsed() < period)
         {
             return Ok(());
         }
@@ -1591,6 +1595,70 @@ fn hostname(pod: &Pod) -> String {
         .to_string()
 }
 
+/// The pod's resolv.conf for its dnsPolicy (upstream's rules): ClusterFirst uses
+/// `--cluster-dns` with the cluster search path (the host's file when no cluster DNS is
+/// configured, as upstream falls back); Default uses the host's; None only dnsConfig.
+pub fn resolv_conf(pod: &Pod, config: &Config, host: &str) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let host_network = spec.host_network.unwrap_or(false);
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let cluster =
+        (policy == "ClusterFirst" && !host_network) || policy == "ClusterFirstWithHostNet";
+    let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let from_host =
+        |servers: &mut Vec<String>, searches: &mut Vec<String>, options: &mut Vec<String>| {
+            for line in host.lines() {
+                let mut f = line.split_whitespace();
+                match f.next() {
+                    Some("nameserver") => servers.extend(f.map(str::to_string)),
+                    Some("search") => searches.extend(f.map(str::to_string)),
+                    Some("options") => options.extend(f.map(str::to_string)),
+                    _ => {}
+                }
+            }
+        };
+    if policy != "None" {
+        if cluster && !config.cluster_dns.is_empty() {
+            servers = config.cluster_dns.iter().map(ToString::to_string).collect();
+            let domain = config
+                .cluster_domain
+                .clone()
+                .unwrap_or_else(|| "cluster.local".into());
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            searches = vec![
+                format!("{ns}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain,
+            ];
+            options = vec!["ndots:5".into()];
+        } else {
+            from_host(&mut servers, &mut searches, &mut options);
+        }
+    }
+    if let Some(d) = &spec.dns_config {
+        servers.extend(d.nameservers.iter().flatten().cloned());
+        searches.extend(d.searches.iter().flatten().cloned());
+        for o in d.options.iter().flatten() {
+            options.push(match &o.value {
+                Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
+                None => o.name.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let mut out = String::new();
+    for s in servers.iter().take(3) {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
 /// Stops whatever still runs of pod `uid`, releases its network and removes its state.
 pub async fn teardown_pod(k: &Arc<Kubelet>, uid: &str, pod: Option<&Pod>) {
     let dir = k.pod_dir(uid);
@@ -1976,6 +2044,37 @@ mod tests {
         assert_eq!(
             pod_requests(&pod),
             (2000, 100 * 1024 * 1024 + 2 * 1024 * 1024 * 1024)
+        );
+    }
+
+    #[test]
+    fn dns_policies() {
+        let flags = <crate::options::Flags as clap::Parser>::parse_from([
+            "kubelet",
+            "--cluster-dns=198.19.0.10",
+            "--hostname-override=n",
+        ]);
+        let config = Config::resolve(&flags).unwrap();
+        let host = "nameserver 10.0.0.2\nsearch example.org\n";
+        let pod = |policy: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "web"},
+                "spec": {"containers": [], "dnsPolicy": policy,
+                         "dnsConfig": {"options": [{"name": "ndots", "value": "2"}]}}
+            }))
+            .unwrap()
+        };
+        let cf = resolv_conf(&pod("ClusterFirst"), &config, host);
+        assert!(cf.starts_with("nameserver 198.19.0.10\nsearch web.svc.cluster.local svc.cluster.local cluster.local\n"), "{cf}");
+        assert!(cf.contains("ndots:5 ndots:2"));
+        let d = resolv_conf(&pod("Default"), &config, host);
+        assert!(
+            d.starts_with("nameserver 10.0.0.2\nsearch example.org\n"),
+            "{d}"
+        );
+        assert_eq!(
+            resolv_conf(&pod("None"), &config, host),
+            "options ndots:2\n"
         );
     }
 

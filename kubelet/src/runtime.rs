@@ -430,9 +430,38 @@ pub fn shim_main(args: &[std::ffi::OsString]) -> i32 {
             break;
         }
     }
+    // The OOM killer's count must be read before runc deletes the cgroup.
+    let oom = oom_killed(&bundle);
     let _ = runc_cmd(&["delete".as_ref(), "--force".as_ref(), id.as_os_str()]).output();
-    write_exit(&bundle, code, None, None);
+    write_exit(&bundle, code, oom.then_some("OOMKilled"), None);
     0
+}
+
+/// Whether the OOM killer killed a process in the container's memory cgroup (cgroup v1
+/// `memory.oom_control`, or v2 `memory.events`).
+fn oom_killed(bundle: &Path) -> bool {
+    let Some(path) = std::fs::read_to_string(bundle.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_string))
+    else {
+        return false;
+    };
+    let rel = path.trim_start_matches('/');
+    let count = |file: PathBuf| {
+        std::fs::read_to_string(file).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    count(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.oom_control"),
+    )
+    .or_else(|| count(Path::new("/sys/fs/cgroup").join(rel).join("memory.events")))
+    .is_some_and(|n| n > 0)
 }
 
 fn write_exit(bundle: &Path, code: i32, reason: Option<&str>, message: Option<String>) {

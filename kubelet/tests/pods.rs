@@ -185,6 +185,36 @@ async fn run_scenarios(
         assert!(std::fs::read_to_string(v.join("ca.crt"))?.contains("BEGIN CERTIFICATE"));
     }
 
+    // A ConfigMap change reaches the volume in place (the kubelet runs with
+    // --sync-frequency=2s), through the atomic ..data swap.
+    kubectl
+        .ok([
+            "patch",
+            "configmap",
+            "web-config",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"greeting":"changed"}}"#,
+        ])
+        .await?;
+    ferrokube_tests::wait::until(
+        "configMap volume updated",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let path = cfg_vol.join("greeting");
+            async move {
+                match std::fs::read_to_string(&path) {
+                    Ok(t) if t == "changed" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await?;
+
     // A crashing container goes into CrashLoopBackOff with its exit code as lastState.
     kubectl
         .apply(&pod_manifest(
@@ -307,6 +337,33 @@ async fn run_scenarios(
         log.lines().any(|l| l.ends_with(" stdout F hello-log")),
         "{log}"
     );
+
+    // A container over its memory limit is OOM-killed and says so.
+    kubectl
+        .apply(&pod_manifest(
+            "oom",
+            serde_json::json!({"restartPolicy": "Never", "containers": [{
+                "name": "c", "image": format!("{reg}/web:1"),
+                "command": ["sh", "-c", "head -c 200000000 /dev/zero | tail"],
+                "resources": {"limits": {"memory": "20Mi"}},
+            }]}),
+        ))
+        .await?;
+    common::pod_until(cp, NS, "oom", "oom OOMKilled", t, |p| {
+        let t = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.clone())
+            .ok_or("not terminated")?;
+        match (t.reason.as_deref(), t.exit_code) {
+            (Some("OOMKilled"), 137) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
 
     // Admission: a pod that cannot fit into allocatable is failed with OutOfcpu.
     kubectl

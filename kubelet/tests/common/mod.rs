@@ -66,6 +66,7 @@ pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<
         format!("--pod-cidr={cidr}"),
         format!("--healthz-port={healthz_port}"),
         "--v=3".to_string(),
+        "--sync-frequency=2s".to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let process = cp.spawn_component(&format!("kubelet-{name}"), binary(), &args)?;
@@ -108,6 +109,7 @@ impl Kubelet {
             format!("--pod-cidr={}", self.cidr),
             format!("--healthz-port={}", self.healthz_port),
             "--v=3".to_string(),
+            "--sync-frequency=2s".to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.process = Some(cp.spawn_component(
