@@ -55,8 +55,17 @@ impl ImageBuilder {
             .dir("tmp")
             .dir("etc")
             .dir("root")
-            .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n".to_vec(), 0o644)
-            .file("etc/group", b"root:x:0:\nnogroup:x:65534:\n".to_vec(), 0o644)
+            .file(
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+                    .to_vec(),
+                0o644,
+            )
+            .file(
+                "etc/group",
+                b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
+                0o644,
+            )
             .cmd(&["sh"]);
         for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
             if applet != "busybox" {

@@ -13,7 +13,10 @@ use clap::Parser;
 use ferrokube_tests::images::ImageBuilder;
 
 #[derive(Parser)]
-#[command(name = "ferrokube-image", about = "Build an OCI image from local files and push it.")]
+#[command(
+    name = "ferrokube-image",
+    about = "Build an OCI image from local files and push it."
+)]
 struct Args {
     /// Where to push: `<registry host:port>/<repository>:<tag>`.
     #[arg(long)]
@@ -69,7 +72,10 @@ async fn main() -> Result<()> {
         let c: Vec<&str> = args.cmd.iter().map(String::as_str).collect();
         b = b.cmd(&c);
     }
-    let (registry, rest) = args.push.split_once('/').context("--push needs registry/repository:tag")?;
+    let (registry, rest) = args
+        .push
+        .split_once('/')
+        .context("--push needs registry/repository:tag")?;
     let (repo, tag) = rest.rsplit_once(':').unwrap_or((rest, "latest"));
     let url = b.push(registry, repo, tag).await?;
     println!("{url}");
