@@ -444,8 +444,13 @@ impl Proxy {
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(upstream = %ep, error = %e, "upstream request failed");
-                    let too_large = std::error::Error::source(&e)
-                        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                    // The limit error sits a few levels down (client error -> hyper error
+                    // -> body error), so the whole chain is searched.
+                    let too_large = std::iter::successors(
+                        Some(&e as &(dyn std::error::Error + 'static)),
+                        |e| e.source(),
+                    )
+                    .any(|s| s.is::<http_body_util::LengthLimitError>());
                     return if too_large {
                         (
                             full(

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,13 +31,45 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferrokube-ingress-controller"))
 }
 
-/// A backend answering `<name> <path> <selected request headers>`; `Upgrade: echo`
-/// requests get 101 and an echo of every byte.
+/// Requests under `/slow` that backends have started answering (they take [`SLOW`]).
+static SLOW_STARTED: AtomicUsize = AtomicUsize::new(0);
+const SLOW: Duration = Duration::from_millis(1500);
+
+/// A backend answering `<name> <path> <selected request headers> len=<body bytes>`;
+/// `Upgrade: echo` requests get 101 and an echo of every byte; paths under `/slow` are
+/// answered after [`SLOW`].
 async fn backend(name: &'static str) -> anyhow::Result<SocketAddr> {
+    Ok(stoppable_backend(name).await?.0)
+}
+
+/// Resolves once `rx` holds `true`; never when the sender is dropped unsent (plain
+/// backends drop theirs at once and serve for the whole test).
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    // The borrow guard is dropped at once: it must not live across an await.
+    let closed = rx.wait_for(|s| *s).await.is_err();
+    if closed {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A backend that stops as a terminating pod's server does when its sender is sent `true`: no new connections, and each open keep-alive connection closes gracefully
+/// (after the response in flight, if any).
+async fn stoppable_backend(
+    name: &'static str,
+) -> anyhow::Result<(SocketAddr, tokio::sync::watch::Sender<bool>)> {
     let listener = TcpListener::bind((local_ip()?, 0)).await?;
     let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            let mut stop = stop_rx.clone();
+            let stream = tokio::select! {
+                () = stopped(&mut stop) => break,
+                a = listener.accept() => match a {
+                    Ok((s, _)) => s,
+                    Err(_) => break,
+                },
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |mut req: hyper::Request<Incoming>| async move {
@@ -68,7 +101,7 @@ async fn backend(name: &'static str) -> anyhow::Result<SocketAddr> {
                                 .unwrap_or("-")
                                 .to_string()
                         };
-                        let body = format!(
+                        let head = format!(
                             "{name} {} host={} xff={} proto={} fhost={} rid={}",
                             req.uri(),
                             h("host"),
@@ -77,17 +110,33 @@ async fn backend(name: &'static str) -> anyhow::Result<SocketAddr> {
                             h("x-forwarded-host"),
                             h("x-request-id"),
                         );
+                        if req.uri().path().starts_with("/slow") {
+                            SLOW_STARTED.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(SLOW).await;
+                        }
+                        let len = match req.into_body().collect().await {
+                            Ok(b) => b.to_bytes().len().to_string(),
+                            Err(_) => "error".into(),
+                        };
+                        let body = format!("{head} len={len}");
                         Ok(hyper::Response::new(Full::new(Bytes::from(body))))
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
+                let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = stopped(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
             });
         }
     });
-    Ok(addr)
+    Ok((addr, stop_tx))
 }
 
 /// This machine's address on its default route. Connecting a UDP socket sends nothing;
@@ -173,25 +222,29 @@ async fn get_until(
 }
 
 struct Controller {
-    _process: Process,
+    process: Process,
     http: u16,
     https: u16,
 }
 
 async fn start_controller(cp: &ControlPlane) -> anyhow::Result<Controller> {
+    start_controller_with(cp, &["--publish-status-address=10.1.2.3,lb.example.com"]).await
+}
+
+async fn start_controller_with(cp: &ControlPlane, extra: &[&str]) -> anyhow::Result<Controller> {
     let free = ferrokube_tests::controlplane::free_port;
     let (http, https, health) = (free()?, free()?, free()?);
-    let args = [
+    let mut args = vec![
         "--bind-address=127.0.0.1".to_string(),
         format!("--http-port={http}"),
         format!("--https-port={https}"),
         format!("--https-redirect-port={https}"),
         "--healthz-host=127.0.0.1".to_string(),
         format!("--healthz-port={health}"),
-        "--publish-status-address=10.1.2.3,lb.example.com".to_string(),
         "--election-namespace=kube-system".to_string(),
         "--v=2".to_string(),
     ];
+    args.extend(extra.iter().map(ToString::to_string));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let process = cp.spawn_component("ingress-controller", binary(), &args)?;
     let addr = format!("127.0.0.1:{health}");
@@ -211,7 +264,7 @@ async fn start_controller(cp: &ControlPlane) -> anyhow::Result<Controller> {
     )
     .await?;
     Ok(Controller {
-        _process: process,
+        process,
         http,
         https,
     })
@@ -771,5 +824,734 @@ async fn tls_redirect_upgrades_invalid_ingress_and_endpoint_removal() -> anyhow:
     let mut buf = [0u8; 10];
     ws.read_exact(&mut buf).await?;
     assert_eq!(&buf, b"still here");
+    Ok(())
+}
+
+/// A request body: a sized one (sent with Content-Length) or a streamed one (chunked).
+enum Payload {
+    None,
+    Sized(Vec<u8>),
+    Streamed(Vec<u8>),
+}
+
+/// `method path` to `host` over HTTP/1.1 on a fresh connection.
+async fn call(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    payload: Payload,
+) -> Result<Resp, String> {
+    use http_body_util::combinators::BoxBody;
+    type B = BoxBody<Bytes, Infallible>;
+    let body: B = match payload {
+        Payload::None => Empty::new().boxed(),
+        Payload::Sized(v) => Full::new(Bytes::from(v)).boxed(),
+        Payload::Streamed(v) => {
+            http_body_util::StreamBody::new(futures::stream::iter([Ok::<_, Infallible>(
+                hyper::body::Frame::data(Bytes::from(v)),
+            )]))
+            .boxed()
+        }
+    };
+    let io = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(body).map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn location(r: &Resp) -> &str {
+    r.headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+}
+
+/// An Ingress of our class for `host` with `paths` and nginx annotations (short names).
+fn ingress(name: &str, host: &str, paths: serde_json::Value, ann: &[(&str, &str)]) -> String {
+    let annotations: serde_json::Map<String, serde_json::Value> = ann
+        .iter()
+        .map(|(k, v)| (format!("nginx.ingress.kubernetes.io/{k}"), json!(v)))
+        .collect();
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": NS, "annotations": annotations},
+        "spec": {"ingressClassName": "ferrokube",
+            "rules": [{"host": host, "http": {"paths": paths}}]},
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_canary_rewrite_redirects_body_size_and_allowlist() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    base(&cp).await?;
+    let (a, b) = (backend("a").await?, backend("b").await?);
+    service(&cp, "a", &[a]).await?;
+    service(&cp, "b", &[b]).await?;
+    let ic = start_controller(&cp).await?;
+    let kubectl = cp.kubectl()?;
+    let root = json!([path("/", "Prefix", "a")]);
+    let to_b = json!([path("/", "Prefix", "b")]);
+    for manifest in [
+        ingress("main", "canary.example", root.clone(), &[]),
+        ingress(
+            "canary-header",
+            "canary.example",
+            to_b.clone(),
+            &[("canary", "true"), ("canary-by-header", "X-Canary")],
+        ),
+        ingress("weighted", "weight.example", root.clone(), &[]),
+        ingress(
+            "canary-weight",
+            "weight.example",
+            to_b.clone(),
+            &[("canary", "true"), ("canary-weight", "100")],
+        ),
+        ingress(
+            "rewrite",
+            "rewrite.example",
+            json!([path("/api", "Prefix", "a")]),
+            &[("rewrite-target", "/v2/")],
+        ),
+        ingress(
+            "approot",
+            "root.example",
+            root.clone(),
+            &[("app-root", "/app")],
+        ),
+        ingress(
+            "moved",
+            "moved.example",
+            root.clone(),
+            &[("permanent-redirect", "https://new.example/landing")],
+        ),
+        ingress(
+            "small",
+            "small.example",
+            root.clone(),
+            &[("proxy-body-size", "1k")],
+        ),
+        ingress(
+            "deny",
+            "deny.example",
+            root.clone(),
+            &[("allowlist-source-range", "10.0.0.0/8, 192.168.0.0/16")],
+        ),
+        ingress(
+            "allow",
+            "allow.example",
+            root.clone(),
+            &[("allowlist-source-range", "10.0.0.0/8,127.0.0.1/32")],
+        ),
+    ] {
+        kubectl.apply(&manifest).await?;
+    }
+    let p = ic.http;
+    // The last one applied being served means the table holds all of them.
+    get_until(p, "allow.example", "/", "allowlist admits loopback", |r| {
+        r.status == 200 && r.body.starts_with("a ")
+    })
+    .await?;
+
+    // Canary by header: `always` takes the canary, `never` and no header the primary.
+    let r = call(
+        p,
+        "GET",
+        "canary.example",
+        "/",
+        &[("x-canary", "always")],
+        Payload::None,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert!(r.body.starts_with("b "), "{}", r.body);
+    for h in [&[("x-canary", "never")][..], &[]] {
+        let r = call(p, "GET", "canary.example", "/", h, Payload::None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert!(r.body.starts_with("a "), "{h:?}: {}", r.body);
+    }
+    // Canary by weight: 100 takes everything; after a change to 0, nothing.
+    for _ in 0..10 {
+        let r = get(p, "weight.example", "/")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert!(r.body.starts_with("b "), "{}", r.body);
+    }
+    kubectl
+        .apply(&ingress(
+            "canary-weight",
+            "weight.example",
+            to_b.clone(),
+            &[("canary", "true"), ("canary-weight", "0")],
+        ))
+        .await?;
+    get_until(p, "weight.example", "/", "canary weight 0", |r| {
+        r.body.starts_with("a ")
+    })
+    .await?;
+    for _ in 0..10 {
+        let r = get(p, "weight.example", "/")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert!(r.body.starts_with("a "), "{}", r.body);
+    }
+    // And a split weight splits (50 of 100: both sides seen in 60 tries, overwhelmingly).
+    kubectl
+        .apply(&ingress(
+            "canary-weight",
+            "weight.example",
+            to_b.clone(),
+            &[("canary", "true"), ("canary-weight", "50")],
+        ))
+        .await?;
+    get_until(p, "weight.example", "/", "canary weight 50", |r| {
+        r.body.starts_with("b ")
+    })
+    .await?;
+    let mut sides = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let r = get(p, "weight.example", "/")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        sides.insert(r.body.chars().next().unwrap_or('-'));
+    }
+    assert_eq!(sides.into_iter().collect::<String>(), "ab");
+
+    // rewrite-target replaces the path, keeps the query.
+    let r = get(p, "rewrite.example", "/api/users?id=7")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(r.body.starts_with("a /v2/?id=7 "), "{}", r.body);
+
+    // app-root: `/` redirects (302), anything else is proxied.
+    let r = get(p, "root.example", "/")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!((r.status, location(&r)), (302, "/app"));
+    let r = get(p, "root.example", "/app/x")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(r.body.starts_with("a /app/x "), "{}", r.body);
+
+    // permanent-redirect: 301 to the URL, for every path.
+    let r = get(p, "moved.example", "/any?x=1")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        (r.status, location(&r)),
+        (301, "https://new.example/landing")
+    );
+
+    // proxy-body-size: a declared length over the limit is refused before the backend is
+    // asked; a streamed body over it is cut off; one under it passes.
+    let r = call(
+        p,
+        "POST",
+        "small.example",
+        "/upload",
+        &[],
+        Payload::Sized(vec![b'x'; 2048]),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = call(
+        p,
+        "POST",
+        "small.example",
+        "/upload",
+        &[],
+        Payload::Streamed(vec![b'x'; 4096]),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = call(
+        p,
+        "POST",
+        "small.example",
+        "/upload",
+        &[],
+        Payload::Sized(vec![b'x'; 512]),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert!(
+        r.body.starts_with("a /upload ") && r.body.ends_with("len=512"),
+        "{}",
+        r.body
+    );
+
+    // allowlist-source-range: loopback is outside the first list, inside the second.
+    let r = get(p, "deny.example", "/")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(r.status, 403);
+    Ok(())
+}
+
+/// An address on this machine where nothing listens (bound, then closed).
+fn dead_address() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind((local_ip()?, 0))?;
+    Ok(l.local_addr()?)
+}
+
+fn tls_client(alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// GET over HTTP/2 on `io`; the response and the version it came back in.
+async fn get_h2<S>(io: S, authority: &str, path: &str) -> anyhow::Result<(Resp, http::Version)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(io),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(format!("https://{authority}{path}"))
+        .body(Empty::<Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    let (status, version, headers) = (
+        resp.status().as_u16(),
+        resp.version(),
+        resp.headers().clone(),
+    );
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        },
+        version,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_h2_publish_service_and_graceful_drain() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    base(&cp).await?;
+    let live = backend("live").await?;
+    let dead = dead_address()?;
+    service(&cp, "r", &[live, dead]).await?;
+    service(&cp, "only-dead", &[dead]).await?;
+    let kubectl = cp.kubectl()?;
+    // The Service whose address goes into Ingress status.
+    kubectl
+        .apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "pub", "namespace": NS},
+                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]},
+            })
+            .to_string(),
+        )
+        .await?;
+    kubectl
+        .ok([
+            "patch",
+            "service",
+            "pub",
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.7"},{"hostname":"lb.pub.example"}]}}}"#,
+        ])
+        .await?;
+    let ic = start_controller_with(&cp, &[&format!("--publish-service={NS}/pub")]).await?;
+    kubectl
+        .apply(&ingress(
+            "retry",
+            "retry.example",
+            json!([path("/", "Prefix", "r")]),
+            &[],
+        ))
+        .await?;
+    kubectl
+        .apply(&ingress(
+            "dead",
+            "dead.example",
+            json!([path("/", "Prefix", "only-dead")]),
+            &[],
+        ))
+        .await?;
+    let p = ic.http;
+    get_until(p, "retry.example", "/", "route", |r| r.status == 200).await?;
+
+    // Half the picks land on the dead endpoint; an idempotent request is retried on the
+    // live one, so every request succeeds.
+    for i in 0..12 {
+        let r = get(p, "retry.example", &format!("/{i}"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert!(
+            r.status == 200 && r.body.starts_with("live "),
+            "{i}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    // A body-carrying POST is not replayed, and nothing answers: 502.
+    let r = call(
+        p,
+        "POST",
+        "dead.example",
+        "/",
+        &[],
+        Payload::Sized(b"x".to_vec()),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(r.status, 502);
+
+    // HTTP/2 downstream: h2c with prior knowledge on the plain port, ALPN h2 on TLS.
+    let tcp = TcpStream::connect(("127.0.0.1", p)).await?;
+    let (r, v) = get_h2(tcp, "retry.example", "/h2c").await?;
+    assert_eq!((r.status, v), (200, http::Version::HTTP_2));
+    assert!(r.body.starts_with("live /h2c "), "{}", r.body);
+    let tcp = TcpStream::connect(("127.0.0.1", ic.https)).await?;
+    let tls = tls_client(&[b"h2"])?
+        .connect(
+            rustls::pki_types::ServerName::try_from("retry.example")?,
+            tcp,
+        )
+        .await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (r, v) = get_h2(tls, "retry.example", "/h2?x=1").await?;
+    assert_eq!((r.status, v), (200, http::Version::HTTP_2));
+    assert!(
+        r.body.starts_with("live /h2?x=1 ") && r.body.contains("proto=https"),
+        "{}",
+        r.body
+    );
+
+    // --publish-service: the Service's load-balancer addresses become the Ingress status.
+    wait::until("status from the publish service", T, Duration::from_millis(200), || async {
+        let out = cp
+            .kubectl()
+            .map_err(|e| e.to_string())?
+            .ok(["get", "ingress", "retry", "-n", NS, "-o", "jsonpath={.status.loadBalancer.ingress[*].ip},{.status.loadBalancer.ingress[*].hostname}"])
+            .await
+            .map_err(|e| e.to_string())?;
+        if out == "203.0.113.7,lb.pub.example" { Ok(()) } else { Err(out) }
+    })
+    .await?;
+
+    // Graceful drain: a request in flight when SIGTERM arrives still completes; new
+    // connections are refused meanwhile; the process exits 0.
+    let before = SLOW_STARTED.load(Ordering::SeqCst);
+    let slow = tokio::spawn(async move { get(p, "retry.example", "/slow").await });
+    wait::until(
+        "slow request in flight",
+        T,
+        Duration::from_millis(10),
+        || async {
+            if SLOW_STARTED.load(Ordering::SeqCst) > before {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await?;
+    let mut process = ic.process;
+    let stopped =
+        tokio::task::spawn_blocking(move || process.stop_with_status(Duration::from_secs(20)));
+    wait::until("listener closed", T, Duration::from_millis(10), || async {
+        match TcpStream::connect(("127.0.0.1", p)).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still accepting".to_string()),
+        }
+    })
+    .await?;
+    let r = slow.await?.map_err(anyhow::Error::msg)?;
+    assert!(
+        r.status == 200 && r.body.starts_with("live /slow "),
+        "{} {}",
+        r.status,
+        r.body
+    );
+    let status = stopped.await?;
+    assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
+    Ok(())
+}
+
+/// Steady load: `workers` keep-alive connections sending GETs until `stop`; every answer
+/// that is not a backend's 200 counts as a failure.
+#[derive(Default)]
+struct Load {
+    ok: AtomicUsize,
+    failed: std::sync::Mutex<Vec<String>>,
+    /// Requests answered, by backend name.
+    by_backend: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl Load {
+    fn start(
+        port: u16,
+        host: &'static str,
+        workers: usize,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> (Arc<Self>, tokio::task::JoinSet<()>) {
+        let load = Arc::new(Self::default());
+        let mut set = tokio::task::JoinSet::new();
+        for w in 0..workers {
+            let (load, stop) = (load.clone(), stop.clone());
+            set.spawn(async move {
+                let mut i = 0u64;
+                'conn: while !*stop.borrow() {
+                    let Ok(io) = TcpStream::connect(("127.0.0.1", port)).await else {
+                        load.fail(format!("worker {w}: connect failed"));
+                        continue;
+                    };
+                    let Ok((mut send, conn)) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(io)).await
+                    else {
+                        load.fail(format!("worker {w}: handshake failed"));
+                        continue;
+                    };
+                    tokio::spawn(conn);
+                    while !*stop.borrow() {
+                        i += 1;
+                        let req = hyper::Request::builder()
+                            .uri(format!("/load/{w}/{i}"))
+                            .header("host", host)
+                            .body(Empty::<Bytes>::new());
+                        let Ok(req) = req else { continue 'conn };
+                        let resp = match send.send_request(req).await {
+                            Ok(r) => r,
+                            Err(e) => {
+                                load.fail(format!("worker {w} request {i}: {e}"));
+                                continue 'conn;
+                            }
+                        };
+                        let status = resp.status();
+                        let body = match resp.into_body().collect().await {
+                            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                            Err(e) => {
+                                load.fail(format!("worker {w} request {i}: body: {e}"));
+                                continue 'conn;
+                            }
+                        };
+                        if status != 200 {
+                            load.fail(format!("worker {w} request {i}: {status} {body}"));
+                            continue;
+                        }
+                        load.ok.fetch_add(1, Ordering::SeqCst);
+                        let name = body.split(' ').next().unwrap_or_default().to_string();
+                        *load
+                            .by_backend
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .entry(name)
+                            .or_default() += 1;
+                    }
+                }
+            });
+        }
+        (load, set)
+    }
+
+    fn fail(&self, what: String) {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(what);
+    }
+
+    fn served_by(&self, name: &str) -> usize {
+        self.by_backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Waits until the load reaches `name`, then until it has not for `quiet` requests on end.
+async fn until_served_by(load: &Load, name: &str) -> anyhow::Result<()> {
+    wait::until(
+        &format!("load reaches {name}"),
+        T,
+        Duration::from_millis(20),
+        || async {
+            if load.served_by(name) > 0 {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn until_not_served_by(load: &Load, name: &str) -> anyhow::Result<()> {
+    let mut last = (load.served_by(name), load.ok.load(Ordering::SeqCst));
+    wait::until(
+        &format!("load leaves {name}"),
+        T,
+        Duration::from_millis(100),
+        || {
+            let now = (load.served_by(name), load.ok.load(Ordering::SeqCst));
+            // 200 requests in a row that did not go to `name`.
+            let done = now.0 == last.0 && now.1 >= last.1 + 200;
+            if now.0 != last.0 {
+                last = now;
+            }
+            async move {
+                if done {
+                    Ok(())
+                } else {
+                    Err(format!("{now:?}"))
+                }
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_failed_requests_while_endpoints_and_routes_change() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    base(&cp).await?;
+    let (b1, stop1) = stoppable_backend("z1").await?;
+    let (b2, stop2) = stoppable_backend("z2").await?;
+    let (b3, _stop3) = stoppable_backend("z3").await?;
+    service(&cp, "z", &[b1]).await?;
+    let ic = start_controller(&cp).await?;
+    let kubectl = cp.kubectl()?;
+    let route = |i: usize| {
+        // Each change adds a path and moves a timeout: a new table every time.
+        let mut paths = vec![path("/", "Prefix", "z")];
+        if i > 0 {
+            paths.push(path(&format!("/v{i}"), "Prefix", "z"));
+        }
+        ingress(
+            "z",
+            "z.example",
+            json!(paths),
+            &[("proxy-read-timeout", &(30 + i % 7).to_string())],
+        )
+    };
+    kubectl.apply(&route(0)).await?;
+    get_until(ic.http, "z.example", "/", "route", |r| r.status == 200).await?;
+
+    // An upgraded connection, open through everything below.
+    let mut ws = TcpStream::connect(("127.0.0.1", ic.http)).await?;
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: z.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        ws.read_exact(&mut byte).await.context("reading 101")?;
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut echo = async |msg: &str| -> anyhow::Result<()> {
+        ws.write_all(msg.as_bytes()).await?;
+        let mut buf = vec![0u8; msg.len()];
+        ws.read_exact(&mut buf).await?;
+        anyhow::ensure!(buf == msg.as_bytes(), "echo mismatch");
+        Ok(())
+    };
+    echo("hello").await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (load, workers) = Load::start(ic.http, "z.example", 4, stop_rx);
+    until_served_by(&load, "z1").await?;
+
+    // A rolling update: a new endpoint joins, then the old one leaves the slice (readiness
+    // off, preStop) and only afterwards stops serving.
+    slice(&cp, "z", &[b1, b2]).await?;
+    until_served_by(&load, "z2").await?;
+    slice(&cp, "z", &[b2]).await?;
+    until_not_served_by(&load, "z1").await?;
+    stop1.send_replace(true);
+    slice(&cp, "z", &[b2, b3]).await?;
+    until_served_by(&load, "z3").await?;
+    slice(&cp, "z", &[b3]).await?;
+    until_not_served_by(&load, "z2").await?;
+    stop2.send_replace(true);
+
+    // 100 route changes under load; the upgraded connection stays open through them.
+    for i in 1..=100 {
+        kubectl.apply(&route(i)).await?;
+        if i % 10 == 0 {
+            let p = format!("/v{i}");
+            get_until(ic.http, "z.example", &p, "route change", |r| {
+                r.status == 200 && r.body.contains(&format!(" /v{i} "))
+            })
+            .await?;
+            echo(&format!("after change {i}")).await?;
+        }
+    }
+    stop_tx.send_replace(true);
+    workers.join_all().await;
+    let failed = load
+        .failed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let ok = load.ok.load(Ordering::SeqCst);
+    eprintln!("steady load: {ok} requests, {} failed", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    assert!(ok > 500, "only {ok} requests");
+    echo("the end").await?;
     Ok(())
 }
