@@ -208,10 +208,24 @@ async fn takeover_in_both_directions_changes_nothing() -> anyhow::Result<()> {
 
 /// The objects a scenario leaves, reduced to what both implementations must agree on.
 async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
-    let out = cp
-        .kubectl()?
-        .ok(["get", "deployments,replicasets", "-o", "json"])
-        .await?;
+    // `rollout status` returns when the Deployment is done; the old ReplicaSets' own status
+    // (observedGeneration after their scale-down) may still be on its way. Compare only
+    // once every object has observed its latest generation.
+    let out = common::kubectl_until(
+        cp,
+        "every Deployment and ReplicaSet to observe its generation",
+        T,
+        &["get", "deployments,replicasets", "-o", "json"],
+        |o| {
+            let v: serde_json::Value = serde_json::from_str(o).unwrap_or_default();
+            v["items"].as_array().is_some_and(|items| {
+                items.iter().all(|i| {
+                    i["metadata"]["generation"] == i["status"]["observedGeneration"]
+                })
+            })
+        },
+    )
+    .await?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let mut objects = BTreeMap::new();
     for o in v["items"].as_array().into_iter().flatten() {
@@ -239,6 +253,10 @@ async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
         let mut status = o["status"].clone();
         if let Some(s) = status.as_object_mut() {
             s.remove("conditions");
+            // How many scaling steps a rollout takes depends on when pods turn ready, so
+            // generations differ from run to run even with one implementation; that each
+            // object observed its latest generation is checked above.
+            s.remove("observedGeneration");
         }
         objects.insert(
             format!("{kind}/{name}"),
