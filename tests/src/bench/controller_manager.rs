@@ -56,7 +56,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                 up.delete,
                 ours.delete,
             ),
-            ("controller-manager CPU", "cpu-s", up.cpu, ours.cpu),
+            ("CPU", "cpu-s", up.cpu, ours.cpu),
             (
                 "controller-manager peak RSS",
                 "MiB",
