@@ -113,6 +113,9 @@ pub struct Config {
     pub permanent_redirect: Option<(http::Uri, http::StatusCode)>,
     /// `app-root`: requests for `/` are redirected (302) here.
     pub app_root: Option<String>,
+    /// `load-balance`: how endpoints are chosen (the controller's `--load-balance` when
+    /// unset).
+    pub load_balance: Option<crate::balancer::Policy>,
     /// `allowlist-source-range` (or the older `whitelist-source-range`): clients outside
     /// get 403. Empty allows everyone.
     pub allow_source: Vec<Cidr>,
@@ -132,6 +135,7 @@ impl Default for Config {
             canary: None,
             permanent_redirect: None,
             app_root: None,
+            load_balance: None,
             allow_source: Vec::new(),
         }
     }
@@ -220,6 +224,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
                 .map(|c| redirect_code = c)
                 .ok_or_else(|| "want a redirect status code (300-308)".to_string()),
             "app-root" => path_value(value).map(|p| config.app_root = Some(p)),
+            "load-balance" => crate::balancer::Policy::parse(value)
+                .map(|p| config.load_balance = Some(p))
+                .ok_or_else(|| "want round_robin, ewma or least_request".to_string()),
             "allowlist-source-range" | "whitelist-source-range" => value
                 .split(',')
                 .filter(|s| !s.trim().is_empty())

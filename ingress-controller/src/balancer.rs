@@ -1,5 +1,7 @@
-//! Load balancing across a backend's ready endpoints: round robin, skipping endpoints a
-//! retry already tried and endpoints passively ejected after connect failures.
+//! Load balancing across a backend's ready endpoints: round robin, or power-of-two-choices
+//! least-loaded (two random candidates, the one with fewer requests in flight wins), both
+//! skipping endpoints a retry already tried and endpoints passively ejected after connect
+//! failures.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,12 +13,38 @@ use std::time::{Duration, Instant};
 /// an endpoint that recovers gets traffic again soon even before its EndpointSlice moves.
 pub const EJECTION: Duration = Duration::from_secs(5);
 
+/// How an endpoint is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two choices on requests in flight: nearly as good as scanning for the least
+    /// loaded endpoint, without the herd that a strict "least" causes when every proxy
+    /// replica sees the same idle endpoint.
+    LeastRequest,
+}
+
+impl Policy {
+    /// Parses ingress-nginx's `load-balance` values (`ewma` is P2C on latency there; ours
+    /// is P2C on requests in flight, which tracks the same slowness) and our own name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "round_robin" => Some(Self::RoundRobin),
+            "least_request" | "ewma" => Some(Self::LeastRequest),
+            _ => None,
+        }
+    }
+}
+
 /// The endpoints of one Service port and the round-robin position among them.
 #[derive(Debug)]
 pub struct Upstream {
     /// `namespace/service:port`, for logs.
     pub name: String,
     endpoints: Vec<SocketAddr>,
+    /// Requests in flight per endpoint (same order as `endpoints`).
+    in_flight: Vec<AtomicUsize>,
     next: AtomicUsize,
     /// Endpoint -> when its ejection ends.
     ejected: Mutex<HashMap<SocketAddr, Instant>>,
@@ -29,6 +57,7 @@ impl Upstream {
         endpoints.dedup();
         Self {
             name,
+            in_flight: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
             endpoints,
             next: AtomicUsize::new(0),
             ejected: Mutex::new(HashMap::new()),
@@ -66,6 +95,49 @@ impl Upstream {
         fallback
     }
 
+    /// Picks by `policy`; see [`Upstream::pick`] for what is skipped.
+    pub fn pick_with(&self, tried: &[SocketAddr], policy: Policy) -> Option<SocketAddr> {
+        if policy == Policy::RoundRobin || self.endpoints.len() < 2 {
+            return self.pick(tried);
+        }
+        let now = Instant::now();
+        let eligible: Vec<usize> = {
+            let ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
+            (0..self.endpoints.len())
+                .filter(|&i| {
+                    let ep = &self.endpoints[i];
+                    !tried.contains(ep) && ejected.get(ep).is_none_or(|until| *until <= now)
+                })
+                .collect()
+        };
+        match eligible.len() {
+            // Nothing healthy and untried: round robin knows the last resort.
+            0 => self.pick(tried),
+            1 => Some(self.endpoints[eligible[0]]),
+            k => {
+                let a = rand::random_range(0..k);
+                // A second candidate distinct from the first.
+                let b = (a + rand::random_range(1..k)) % k;
+                let (a, b) = (eligible[a], eligible[b]);
+                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
+                Some(self.endpoints[if load(b) < load(a) { b } else { a }])
+            }
+        }
+    }
+
+    /// Counts a request to `ep` as in flight until the guard drops.
+    pub fn start(&self, ep: SocketAddr) -> InFlight<'_> {
+        let counter = self
+            .endpoints
+            .binary_search(&ep)
+            .ok()
+            .and_then(|i| self.in_flight.get(i));
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight(counter)
+    }
+
     /// Records a connect failure: `ep` leaves the rotation for [`EJECTION`].
     pub fn eject(&self, ep: SocketAddr) {
         let mut ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
@@ -81,6 +153,18 @@ impl Upstream {
         sorted.sort();
         sorted.dedup();
         sorted == self.endpoints
+    }
+}
+
+/// A request in flight to one endpoint (see [`Upstream::start`]).
+#[derive(Debug)]
+pub struct InFlight<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -115,5 +199,34 @@ mod tests {
         assert!(u.same_endpoints(&[addr(2), addr(3), addr(1)]));
         assert!(!u.same_endpoints(&[addr(2)]));
         assert_eq!(Upstream::new("e".into(), vec![]).pick(&[]), None);
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let u = Upstream::new("u".into(), vec![addr(1), addr(2), addr(3)]);
+        // addr(1) and addr(2) are busy; of any two candidates the idler one wins, so
+        // addr(1) (the busiest) is never chosen.
+        let _busy: Vec<_> = (0..5).map(|_| u.start(addr(1))).collect();
+        let _less: Vec<_> = (0..2).map(|_| u.start(addr(2))).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let ep = u.pick_with(&[], Policy::LeastRequest).expect("pick");
+            assert_ne!(ep, addr(1));
+            seen.insert(ep);
+        }
+        assert!(seen.contains(&addr(3)));
+        // Guards give the count back.
+        drop(_busy);
+        assert_eq!(u.in_flight[0].load(Ordering::Relaxed), 0);
+        // Tried and ejected endpoints are skipped as in round robin.
+        u.eject(addr(3));
+        assert_eq!(u.pick_with(&[addr(2)], Policy::LeastRequest), Some(addr(1)));
+        assert_eq!(
+            u.pick_with(&[addr(1), addr(2)], Policy::LeastRequest),
+            Some(addr(3))
+        );
+        assert_eq!(Policy::parse("ewma"), Some(Policy::LeastRequest));
+        assert_eq!(Policy::parse("round_robin"), Some(Policy::RoundRobin));
+        assert_eq!(Policy::parse("random"), None);
     }
 }

@@ -239,6 +239,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
             connect_timeout: options.proxy_connect_timeout,
             read_timeout: options.proxy_read_timeout,
             body_size,
+            load_balance: options.load_balance,
         },
         requests,
     ));

@@ -112,6 +112,12 @@ pub struct Options {
     #[arg(long, default_value = "1m")]
     pub proxy_body_size: String,
 
+    /// How endpoints are chosen: round_robin, or least_request (power of two choices on
+    /// requests in flight; `ewma` is accepted as its ingress-nginx name). The annotation
+    /// `load-balance` overrides per Ingress.
+    #[arg(long, default_value = "round_robin", value_parser = load_balance)]
+    pub load_balance: crate::balancer::Policy,
+
     /// klog-style verbosity (0-10).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     pub verbosity: u8,
@@ -119,6 +125,11 @@ pub struct Options {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     pub logging_format: logging::Format,
+}
+
+fn load_balance(s: &str) -> Result<crate::balancer::Policy, String> {
+    crate::balancer::Policy::parse(s)
+        .ok_or_else(|| format!("{s:?}: want round_robin, least_request or ewma"))
 }
 
 /// ingress-nginx takes whole seconds; Go durations are accepted too.

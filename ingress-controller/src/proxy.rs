@@ -50,6 +50,8 @@ pub struct Settings {
     pub read_timeout: Duration,
     /// Largest request body (0: unlimited).
     pub body_size: u64,
+    /// How endpoints are chosen unless an Ingress says otherwise.
+    pub load_balance: crate::balancer::Policy,
 }
 
 /// Request counters, labelled like ingress-nginx's `nginx_ingress_controller_requests`.
@@ -394,9 +396,10 @@ impl Proxy {
         let wait = config.read_timeout.unwrap_or(self.settings.read_timeout)
             + config.send_timeout.unwrap_or_default();
 
+        let policy = config.load_balance.unwrap_or(self.settings.load_balance);
         let mut tried = Vec::new();
         let resp = loop {
-            let Some(ep) = target.upstream.pick(&tried) else {
+            let Some(ep) = target.upstream.pick_with(&tried, policy) else {
                 return if tried.is_empty() {
                     (
                         full(StatusCode::SERVICE_UNAVAILABLE, "503 service unavailable\n"),
@@ -426,6 +429,9 @@ impl Proxy {
                 Version::HTTP_11
             };
             *out.headers_mut() = headers.clone();
+            // In flight until the response headers arrive: the backend's think time is
+            // what least-request balancing compares.
+            let _in_flight = target.upstream.start(ep);
             match tokio::time::timeout(wait, client.request(out)).await {
                 Err(_) => {
                     return (

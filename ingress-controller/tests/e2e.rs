@@ -938,7 +938,10 @@ async fn annotations_canary_rewrite_redirects_body_size_and_allowlist() -> anyho
             "rewrite",
             "rewrite.example",
             json!([path("/api", "Prefix", "a")]),
-            &[("rewrite-target", "/v2/")],
+            &[
+                ("rewrite-target", "/v2/"),
+                ("load-balance", "least_request"),
+            ],
         ),
         ingress(
             "approot",

@@ -3,8 +3,8 @@
 //! ferrokube / upstream.
 
 pub mod controller_manager;
-pub mod scheduler;
 pub mod ingress;
+pub mod scheduler;
 
 use std::fmt;
 
