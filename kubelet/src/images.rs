@@ -168,7 +168,7 @@ impl ImageStore {
         }
     }
 
-    fn client_for(&self, registry: &str) -> &Client {
+    fn plain_http(&self, registry: &str) -> bool {
         let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
             if p.bytes().all(|b| b.is_ascii_digit()) {
                 h
@@ -181,11 +181,24 @@ impl ImageStore {
                 .trim_matches(['[', ']'])
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        if loopback || self.insecure.iter().any(|r| r == registry) {
-            &self.http
-        } else {
-            &self.https
+        loopback || self.insecure.iter().any(|r| r == registry)
+    }
+
+    /// The client for a pull. oci-client keeps the first credentials it saw per registry,
+    /// so a pull with credentials gets a client of its own; anonymous pulls share one.
+    fn client_for(&self, registry: &str, auth: &RegistryAuth) -> std::borrow::Cow<'_, Client> {
+        let http = self.plain_http(registry);
+        if matches!(auth, RegistryAuth::Anonymous) {
+            return std::borrow::Cow::Borrowed(if http { &self.http } else { &self.https });
         }
+        std::borrow::Cow::Owned(Client::new(oci_client::client::ClientConfig {
+            protocol: if http {
+                oci_client::client::ClientProtocol::Http
+            } else {
+                oci_client::client::ClientProtocol::Https
+            },
+            ..Default::default()
+        }))
     }
 
     fn record_path(&self, reference: &str) -> PathBuf {
@@ -224,7 +237,7 @@ impl ImageStore {
         let parsed: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
             Error::Reference(reference.to_string(), e.to_string())
         })?;
-        let client = self.client_for(parsed.resolve_registry());
+        let client = self.client_for(parsed.resolve_registry(), auth);
         let registry_err = |e: oci_client::errors::OciDistributionError| Error::Registry {
             reference: reference.to_string(),
             message: e.to_string(),

@@ -67,11 +67,25 @@ async fn pods_run_crash_fail_to_pull_and_delete() -> anyhow::Result<()> {
         .push(&reg, "evil", "1")
         .await?;
 
+    // A registry that wants credentials, for imagePullSecrets.
+    let private = Registry::start_with_basic_auth("puller", "s3cret").await?;
+    ImageBuilder::busybox()?
+        .push_with_auth(
+            &private.addr,
+            "private",
+            "1",
+            &oci_client::secrets::RegistryAuth::Basic("puller".into(), "s3cret".into()),
+        )
+        .await?;
+
     let cp = ControlPlane::start().await?;
     common::prepare_namespace(&cp, NS).await?;
     let mut kubelet = common::start(&cp, NODE, "198.18.42.0/24").await?;
     let kubectl = cp.kubectl()?;
-    let result = run_scenarios(&cp, &kubectl, &reg, &kubelet).await;
+    let mut result = run_scenarios(&cp, &kubectl, &reg, &kubelet).await;
+    if result.is_ok() {
+        result = pull_secrets(&cp, &kubectl, &private.addr).await;
+    }
     if let Err(e) = &result {
         eprintln!("{e:#}\n{}", cp.logs(80));
     }
@@ -408,5 +422,67 @@ async fn run_scenarios(
         "netns left behind"
     );
     assert!(!pod_dir.join(&uid).exists(), "pod dir left behind");
+    Ok(())
+}
+
+/// Pulling from a registry with basic auth: refused without a secret, pulled with one.
+async fn pull_secrets(
+    cp: &ControlPlane,
+    kubectl: &ferrokube_tests::Kubectl,
+    private: &str,
+) -> anyhow::Result<()> {
+    let t = Duration::from_secs(60);
+    let image = format!("{private}/private:1");
+    let spec = |secret: bool| {
+        let mut s = serde_json::json!({"containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]});
+        if secret {
+            s["imagePullSecrets"] = serde_json::json!([{"name": "regcred"}]);
+        }
+        s
+    };
+    kubectl
+        .apply(&pod_manifest("nosecret", spec(false)))
+        .await?;
+    common::pod_until(
+        cp,
+        NS,
+        "nosecret",
+        "pull refused without credentials",
+        t,
+        |p| match common::waiting_reason(p).as_deref() {
+            Some("ErrImagePull" | "ImagePullBackOff") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await?;
+    let server = format!("--docker-server={private}");
+    kubectl
+        .ok([
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "-n",
+            NS,
+            server.as_str(),
+            "--docker-username=puller",
+            "--docker-password=s3cret",
+        ])
+        .await?;
+    kubectl
+        .apply(&pod_manifest("withsecret", spec(true)))
+        .await?;
+    common::pod_until(
+        cp,
+        NS,
+        "withsecret",
+        "pulled with the secret",
+        t,
+        |p| match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Running") => Ok(()),
+            other => Err(format!("{other:?} {:?}", common::waiting_reason(p))),
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -194,6 +194,18 @@ impl ImageBuilder {
 
     /// Pushes the image as `<registry>/<repository>:<tag>`; returns the manifest URL.
     pub async fn push(&self, registry: &str, repository: &str, tag: &str) -> Result<String> {
+        self.push_with_auth(registry, repository, tag, &RegistryAuth::Anonymous)
+            .await
+    }
+
+    /// [`push`](Self::push) with credentials.
+    pub async fn push_with_auth(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        auth: &RegistryAuth,
+    ) -> Result<String> {
         let mut tars = vec![self.layer_tar()?];
         tars.extend(self.raw_layers.iter().cloned());
         let mut layers = Vec::new();
@@ -227,7 +239,7 @@ impl ImageBuilder {
             ..Default::default()
         });
         let pushed = client
-            .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+            .push(&reference, &layers, config, auth, None)
             .await
             .with_context(|| format!("pushing {reference}"))?;
         Ok(pushed.manifest_url)

@@ -21,6 +21,16 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry and waits until `/v2/` answers.
     pub async fn start() -> Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// Starts a registry that requires HTTP basic auth as `user`/`password` (htpasswd with
+    /// a bcrypt hash, as Distribution wants).
+    pub async fn start_with_basic_auth(user: &str, password: &str) -> Result<Self> {
+        Self::start_inner(Some((user, password))).await
+    }
+
+    async fn start_inner(auth: Option<(&str, &str)>) -> Result<Self> {
         let bin = which("docker-registry")
             .context("docker-registry is not installed (hack/provision.sh installs it)")?;
         let dir = tempfile::tempdir()?;
@@ -35,6 +45,14 @@ impl Registry {
             },
             "http": {"addr": addr},
         });
+        let mut config = config;
+        if let Some((user, password)) = auth {
+            let hash = bcrypt::hash(password, 5)?;
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n"))?;
+            config["auth"] =
+                serde_json::json!({"htpasswd": {"realm": "ferrokube", "path": htpasswd}});
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, serde_yaml::to_string(&config)?)?;
         let mut process = Process::spawn(
@@ -56,7 +74,8 @@ impl Registry {
                         return Err("the registry exited".to_string());
                     }
                     match http_status(&addr, "/v2/").await? {
-                        200 => Ok(()),
+                        // 401: up, and asking for the credentials it was given.
+                        200 | 401 => Ok(()),
                         s => Err(format!("HTTP {s}")),
                     }
                 }
