@@ -379,6 +379,44 @@ async fn run_scenarios(
     })
     .await?;
 
+    // A missing ConfigMap behind an env var: CreateContainerConfigError.
+    kubectl
+        .apply(&pod_manifest(
+            "badref",
+            serde_json::json!({"containers": [{
+                "name": "c", "image": format!("{reg}/web:1"), "command": ["sleep", "3600"],
+                "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}],
+            }]}),
+        ))
+        .await?;
+    common::pod_until(cp, NS, "badref", "CreateContainerConfigError", t, |p| {
+        match common::waiting_reason(p).as_deref() {
+            Some("CreateContainerConfigError") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
+    // The kubelet's events on the pod, with upstream reasons.
+    let events = kubectl
+        .ok([
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.name=web",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+        .await?;
+    for reason in ["Pulling", "Pulled", "Created", "Started"] {
+        assert!(
+            events.split_whitespace().any(|r| r == reason),
+            "{reason} missing from {events}"
+        );
+    }
+
     // Admission: a pod that cannot fit into allocatable is failed with OutOfcpu.
     kubectl
         .apply(&pod_manifest(
