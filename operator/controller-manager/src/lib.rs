@@ -22,6 +22,7 @@ pub mod expectations;
 pub mod node_util;
 pub mod options;
 pub mod selection;
+pub mod status_writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

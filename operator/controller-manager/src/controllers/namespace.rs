@@ -7,6 +7,7 @@
 //!     phase Terminating ─▶ discover namespaced resources (per group-version; broken
 //!     groups are reported, not fatal) ─▶ pods first, then every other resource:
 //!     deletecollection (or list + delete each) ─▶ list what remains ─▶ status conditions
+//!     (status by merge patch, or PUT where RBAC allows only update: `crate::status_writer`)
 //!       ├─ content remains  ─▶ requeue after estimate/2 + 1 s
 //!       ├─ errors           ─▶ requeue with backoff (5 ms .. 60 s, never dropped)
 //!       └─ empty            ─▶ remove the `kubernetes` finalizer via namespaces/finalize
@@ -26,13 +27,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition, NamespaceStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::task::JoinSet;
 
 use super::StartError;
 use super::resource_discovery::{self, DiscoveredResource, error_text, is_method_not_supported};
 use crate::context::Context;
+use crate::status_writer::StatusWriter;
 
 /// The finalizer this controller owns (`v1.FinalizerKubernetes`).
 pub const FINALIZER_TOKEN: &str = "kubernetes";
@@ -91,6 +93,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     let deleter = Deleter {
         client: ctx.client.clone(),
         namespaces: namespaces.store(),
+        status_writer: StatusWriter::default(),
     };
     let mut workers = Workers::new("namespace", ctx.options.concurrent_namespace_syncs);
     // Upstream never drops a namespace: deletion must eventually finish.
@@ -138,6 +141,9 @@ fn aggregate(errs: &[String]) -> String {
 struct Deleter {
     client: kube::Client,
     namespaces: Store<Namespace>,
+    /// `system:controller:namespace-controller` grants only `update` on
+    /// `namespaces/status`: status goes by merge patch, else by PUT of the live object.
+    status_writer: StatusWriter,
 }
 
 impl Deleter {
@@ -159,10 +165,14 @@ impl Deleter {
         if phase != Some("Terminating") {
             // The apiserver sets this itself on delete; upstream repairs it if not.
             let patch = serde_json::json!({"status": {"phase": "Terminating"}});
-            match api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            let write = self.status_writer.write(&api, name, &patch, || {
+                let mut put = namespace.clone();
+                put.status
+                    .get_or_insert_with(NamespaceStatus::default)
+                    .phase = Some("Terminating".into());
+                put
+            });
+            match write.await {
                 Ok(ns) => namespace = ns,
                 Err(e) if apierrors::is_not_found(&e) => return Ok(Action::Done),
                 Err(e) => return Err(e.into()),
@@ -293,10 +303,12 @@ impl Deleter {
             "status": {"conditions": status.conditions},
         });
         let api: Api<Namespace> = Api::all(self.client.clone());
-        if let Err(e) = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        let write = self.status_writer.write(&api, name, &patch, || {
+            let mut put = namespace.clone();
+            put.status = Some(status.clone());
+            put
+        });
+        if let Err(e) = write.await {
             tracing::warn!(namespace = name, error = %e, "couldn't update status conditions for namespace");
         }
     }

@@ -12,7 +12,8 @@
 //!        ├─ too many: delete the lowest-ranked (unscheduled, pending, not ready, ...)
 //!        ▼
 //!   status (replicas, fullyLabeled, ready, available, terminating, ReplicaFailure)
-//!   written with a merge patch on the status subresource
+//!   written with a merge patch on the status subresource (a PUT where RBAC allows
+//!   only update: `crate::status_writer`)
 //! ```
 //!
 //! The core is generic over [`ReplicaOwner`], so that `replicationcontroller-controller`
@@ -25,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferrokube_runtime::apierrors;
@@ -38,7 +38,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use tokio::task::JoinSet;
 
@@ -50,6 +50,7 @@ use crate::controller_utils::{
     SLOW_START_INITIAL_BATCH_SIZE, SUCCESSFUL_CREATE_POD_REASON, SUCCESSFUL_DELETE_POD_REASON,
 };
 use crate::expectations::ControllerExpectations;
+use crate::status_writer::StatusWriter;
 
 /// Upstream's `BurstReplicas`: at most this many pods are created or deleted per sync.
 pub const BURST_REPLICAS: usize = 500;
@@ -175,56 +176,6 @@ impl ReplicaOwner for ReplicaSet {
             conditions: s.conditions.clone().filter(|c| !c.is_empty()),
         });
         rs
-    }
-}
-
-/// How status reaches the apiserver. A merge patch is preferred (it writes only the fields
-/// we own), but the bootstrap roles `system:controller:replicaset-controller` and
-/// `system:controller:replication-controller` grant only `update` on `.../status`, so
-/// under `--use-service-account-credentials` (kubeadm's default) a patch is Forbidden.
-/// After the first such refusal the controller writes status with a PUT of `/status`
-/// carrying the cached resourceVersion, as upstream's `UpdateStatus` does: the apiserver
-/// keeps spec and metadata from its own copy, a stale cache gets a Conflict (retried with
-/// backoff once the cache catches up), and the status is entirely this controller's.
-#[derive(Clone, Default)]
-struct StatusWriter {
-    update_only: Arc<AtomicBool>,
-}
-
-impl StatusWriter {
-    async fn write<K: ReplicaOwner>(
-        &self,
-        api: &Api<K>,
-        rs: &K,
-        status: &ReplicaStatus,
-    ) -> Result<(), kube::Error> {
-        let name = rs.meta().name.as_deref().unwrap_or_default();
-        if !self.update_only.load(Ordering::Relaxed) {
-            let patch =
-                serde_json::json!({ "status": status_json(status, K::TERMINATING_REPLICAS) });
-            match api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if apierrors::is_forbidden(&e) => {
-                    tracing::info!(
-                        kind = %K::kind(&()),
-                        error = %error_message(&e),
-                        "patching status is forbidden; writing status with update from now on"
-                    );
-                    self.update_only.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        api.replace_status(
-            name,
-            &PostParams::default(),
-            &rs.with_replica_status(status),
-        )
-        .await
-        .map(|_| ())
     }
 }
 
@@ -795,8 +746,13 @@ impl<K: ReplicaOwner> Sync<K> {
             self.client.clone(),
             rs.meta().namespace.as_deref().unwrap_or_default(),
         );
+        // The bootstrap roles `system:controller:replicaset-controller` and
+        // `system:controller:replication-controller` grant only `update` on `.../status`:
+        // the writer falls back to a PUT of the cached object with the new status.
+        let name = rs.meta().name.clone().unwrap_or_default();
+        let patch = serde_json::json!({ "status": status_json(&status, K::TERMINATING_REPLICAS) });
         self.status_writer
-            .write(&api, rs, &status)
+            .write(&api, &name, &patch, || rs.with_replica_status(&status))
             .await
             .map_err(|source| SyncError::Status {
                 kind: K::kind(&()).into_owned(),

@@ -10,11 +10,12 @@ use ferrokube_runtime::controller::{Action, Workers, enqueue_from};
 use ferrokube_runtime::informer::{Notification, Selectors, Store};
 use ferrokube_runtime::workqueue::WorkQueue;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::task::JoinSet;
 
 use super::StartError;
 use crate::context::Context;
+use crate::status_writer::{StatusWriter, Target};
 
 /// The ConfigMap's name.
 pub const CONFIG_MAP: &str = "kube-root-ca.crt";
@@ -75,6 +76,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         client: ctx.client.clone(),
         config_maps: config_maps.store(),
         root_ca,
+        writer: StatusWriter::new(Target::Object),
     };
     let shutdown = ctx.shutdown.clone();
     let cm_store = config_maps.store();
@@ -103,6 +105,8 @@ struct Sync {
     client: kube::Client,
     config_maps: Store<ConfigMap>,
     root_ca: Arc<String>,
+    /// Repairs of an existing ConfigMap: merge patch, else PUT.
+    writer: StatusWriter,
 }
 
 impl Sync {
@@ -162,10 +166,20 @@ impl Sync {
             "data": data,
             "binaryData": null,
         });
-        match api
-            .patch(CONFIG_MAP, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        // `system:controller:root-ca-cert-publisher` grants `create` and `update` on
+        // configmaps, not `patch`: where the patch is refused, PUT the cached ConfigMap with
+        // the same changes (upstream's `Update`), guarded by its resourceVersion.
+        let write = self.writer.write(&api, CONFIG_MAP, &patch, || {
+            let mut put = (*cm).clone();
+            put.data = Some(self.data());
+            put.binary_data = None;
+            put.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(DESCRIPTION_ANNOTATION.into(), DESCRIPTION.into());
+            put
+        });
+        match write.await {
             Ok(_) => Ok(Action::Done),
             Err(e) if apierrors::is_not_found(&e) => Ok(Action::Done),
             Err(e) => Err(e),

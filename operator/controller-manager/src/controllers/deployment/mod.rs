@@ -19,7 +19,8 @@
 //!
 //! ReplicaSets are written with merge patches carrying the cached resourceVersion (a stale
 //! cache fails and retries instead of overwriting), the Deployment's status and revision
-//! annotation with merge patches on the status subresource.
+//! annotation with merge patches on the status subresource — or PUTs, where RBAC allows
+//! only update (`crate::status_writer`).
 
 mod hash;
 mod progress;
@@ -49,6 +50,7 @@ use super::StartError;
 use crate::context::Context;
 use crate::controller_ref::{ClaimError, ControllerRefManager, Owner, recheck_by_get};
 use crate::controller_utils::controller_of;
+use crate::status_writer::{StatusWriter, Target};
 use util::{d_replicas, max_surge, rs_replicas};
 
 const CONTROLLER_NAME: &str = "deployment-controller";
@@ -132,6 +134,8 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         rs_store: rs_store.clone(),
         pod_store: pod_store.clone(),
         recorder: ctx.recorder(CONTROLLER_NAME, tasks),
+        status_writer: StatusWriter::new(Target::Status),
+        object_writer: StatusWriter::new(Target::Object),
     };
     let workers = Workers::new("deployment", ctx.options.concurrent_deployment_syncs);
     let shutdown = ctx.shutdown.clone();
@@ -258,6 +262,11 @@ pub(crate) struct DeploymentController {
     rs_store: Store<ReplicaSet>,
     pod_store: Store<Pod>,
     recorder: Recorder,
+    /// Status writes: a merge patch, or a PUT where RBAC allows only update.
+    status_writer: StatusWriter,
+    /// Writes of the Deployment itself (rollback): the role allows `update`, not `patch`,
+    /// on `deployments` either.
+    object_writer: StatusWriter,
 }
 
 impl DeploymentController {
@@ -286,7 +295,7 @@ impl DeploymentController {
             if status.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0) {
                 status.observed_generation = d.metadata.generation;
                 d.status = Some(status);
-                self.update_status(&d).await?;
+                self.update_status(&mut d).await?;
             }
             return Ok(Action::Done);
         }
@@ -383,7 +392,14 @@ impl DeploymentController {
     /// Writes the Deployment's status (and its revision annotation, which the status
     /// subresource also accepts) with a merge patch. Counts are written even when zero:
     /// a merge patch leaves absent fields as they were.
-    async fn update_status(&self, d: &Deployment) -> Result<(), SyncError> {
+    ///
+    /// The bootstrap role `system:controller:deployment-controller` grants only `update`
+    /// on `deployments/status`, so under `--use-service-account-credentials` the writer
+    /// falls back to a PUT of `d` (the cached object with the new status and annotation,
+    /// as upstream's `UpdateStatus`). `d` then takes the stored resourceVersion, so that a
+    /// second write in the same sync (upstream reassigns `d` after each write) is not
+    /// refused as a conflict with our own first one.
+    async fn update_status(&self, d: &mut Deployment) -> Result<(), SyncError> {
         let s = util::normalize(d.status.clone().unwrap_or_default());
         let revision = d
             .metadata
@@ -396,10 +412,16 @@ impl DeploymentController {
                 serde_json::json!({ "annotations": { util::REVISION_ANNOTATION: rev } });
         }
         let name = d.metadata.name.clone().unwrap_or_default();
-        self.deployments(d)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        let written = self
+            .status_writer
+            .write(&self.deployments(d), &name, &patch, || {
+                let mut put = d.clone();
+                put.status = Some(s.clone());
+                put
+            })
             .await
             .map_err(api_err(format!("updating status of deployment {name}")))?;
+        d.metadata.resource_version = written.metadata.resource_version;
         Ok(())
     }
 

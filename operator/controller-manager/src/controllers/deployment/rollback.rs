@@ -6,7 +6,6 @@
 use ferrokube_runtime::controller::Action;
 use ferrokube_runtime::events::EventType;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use kube::api::{Patch, PatchParams};
 
 use super::util;
 use super::{DeploymentController, SyncError, api_err};
@@ -138,8 +137,20 @@ impl DeploymentController {
         });
         let mut patch = merge_diff(&before, &after);
         patch["metadata"]["resourceVersion"] = serde_json::json!(cached.metadata.resource_version);
-        self.deployments(d)
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        // `system:controller:deployment-controller` allows `update`, not `patch`, on
+        // deployments: where the patch is refused, PUT the cached object with the same
+        // changes (upstream's `Update`), guarded by the same resourceVersion.
+        self.object_writer
+            .write(&self.deployments(d), &name, &patch, || {
+                let mut put = (*cached).clone();
+                put.metadata.annotations = d.metadata.annotations.clone();
+                if template_changed
+                    && let (Some(to), Some(from)) = (put.spec.as_mut(), d.spec.as_ref())
+                {
+                    to.template = from.template.clone();
+                }
+                put
+            })
             .await
             .map_err(api_err(format!("rolling back deployment {name}")))?;
         Ok(())
