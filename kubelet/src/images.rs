@@ -13,7 +13,7 @@
 //! whose path leaves the layer (`..`, a parent that is a symlink, a hard link out of it) or
 //! that is a device node is refused, and the whole layer with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -153,6 +153,9 @@ pub struct ImageStore {
 impl ImageStore {
     /// A store under `<root_dir>/images`. Loopback registries and `insecure` ones use HTTP.
     pub fn new(root_dir: &Path, insecure: Vec<String>) -> Self {
+        // reqwest (under oci-client) needs a process-wide rustls provider; ring is the
+        // workspace's. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let make = |protocol| {
             Client::new(oci_client::client::ClientConfig {
                 protocol,
@@ -295,6 +298,66 @@ impl ImageStore {
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(io(format!("writing {}", path.display())))?;
         Ok(image)
+    }
+
+    /// Image garbage collection (upstream's `--image-gc-high-threshold` /
+    /// `--image-gc-low-threshold`): when the file system holding the store is more than
+    /// `high` percent used, forgets every image no pod on the node uses and removes the
+    /// layers no remaining image needs. Returns how many layers were removed.
+    pub fn gc(&self, in_use: &HashSet<String>, high: u8, low: u8) -> usize {
+        let used_percent = |root: &Path| {
+            rustix::fs::statvfs(root).ok().map_or(0, |s| {
+                let total = s.f_blocks.max(1);
+                ((total - s.f_bavail.min(total)) * 100 / total) as u8
+            })
+        };
+        if used_percent(&self.root) <= high {
+            return 0;
+        }
+        // A pull in progress may be writing a layer no record names yet.
+        let busy = self
+            .pulling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|m| m.try_lock().is_err());
+        if busy {
+            return 0;
+        }
+        let mut keep: HashSet<String> = HashSet::new();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("refs")) {
+            for e in rd.filter_map(Result::ok) {
+                let Some(image) = std::fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Image>(&t).ok())
+                else {
+                    continue;
+                };
+                if in_use.contains(&image.reference) {
+                    keep.extend(
+                        image
+                            .layers
+                            .iter()
+                            .filter_map(|l| digest_hex(l).map(str::to_string)),
+                    );
+                } else {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let mut removed = 0;
+        if let Ok(rd) = std::fs::read_dir(self.root.join("layers")) {
+            for e in rd.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
+                    removed += 1;
+                    if used_percent(&self.root) < low {
+                        break;
+                    }
+                }
+            }
+        }
+        removed
     }
 
     /// Mounts `image`'s layers read-only under a fresh upper dir at `target`.
@@ -637,6 +700,41 @@ mod tests {
             clean_path(Path::new("/abs/./x")).unwrap(),
             Path::new("abs/x")
         );
+    }
+
+    #[test]
+    fn gc_keeps_what_pods_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path(), Vec::new());
+        let layer = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        for (reference, layers) in [
+            ("used:1", vec![layer('a'), layer('b')]),
+            ("unused:1", vec![layer('b'), layer('c')]),
+        ] {
+            for l in &layers {
+                std::fs::create_dir_all(store.layer_dir(l).unwrap()).unwrap();
+            }
+            let image = Image {
+                reference: reference.into(),
+                image_ref: String::new(),
+                id: String::new(),
+                layers,
+                config: RunConfig::default(),
+            };
+            let path = store.record_path(reference);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, serde_json::to_vec(&image).unwrap()).unwrap();
+        }
+        let in_use = HashSet::from(["used:1".to_string()]);
+        // Thresholds of 0 %/0 %: always over, never under, so everything unused goes.
+        assert_eq!(store.gc(&in_use, 0, 0), 1);
+        assert!(store.lookup("used:1").is_some());
+        assert!(store.lookup("unused:1").is_none());
+        assert!(!store.layer_dir(&layer('c')).unwrap().exists());
+        assert!(store.layer_dir(&layer('b')).unwrap().exists());
+        // Below the high threshold nothing happens.
+        assert_eq!(store.gc(&HashSet::new(), 100, 0), 0);
+        assert!(store.lookup("used:1").is_some());
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub struct Flags {
     /// The cluster's DNS domain (search paths for ClusterFirst pods).
     #[arg(long)]
     pub cluster_domain: Option<String>,
+    /// Disk usage percent above which unused images are removed.
+    #[arg(long)]
+    pub image_gc_high_threshold: Option<u8>,
+    /// Disk usage percent image garbage collection frees down to.
+    #[arg(long)]
+    pub image_gc_low_threshold: Option<u8>,
     /// Where container logs go (`<dir>/<ns>_<pod>_<uid>/<container>/<restart>.log`).
     #[arg(long)]
     pub pod_logs_dir: Option<PathBuf>,
@@ -124,6 +130,10 @@ pub struct KubeletConfiguration {
     pub node_lease_duration_seconds: Option<i32>,
     /// See `--pod-logs-dir`.
     pub pod_logs_dir: Option<PathBuf>,
+    /// See `--image-gc-high-threshold`.
+    pub image_gc_high_threshold_percent: Option<u8>,
+    /// See `--image-gc-low-threshold`.
+    pub image_gc_low_threshold_percent: Option<u8>,
     /// See `--sync-frequency` (Go duration).
     pub sync_frequency: Option<String>,
     /// See `--cluster-dns`.
@@ -208,6 +218,10 @@ pub struct Config {
     pub pod_logs_dir: PathBuf,
     /// `--sync-frequency`.
     pub sync_frequency: Duration,
+    /// `--image-gc-high-threshold`.
+    pub image_gc_high_threshold: u8,
+    /// `--image-gc-low-threshold`.
+    pub image_gc_low_threshold: u8,
     /// `--cluster-dns`.
     pub cluster_dns: Vec<IpAddr>,
     /// `--cluster-domain`.
@@ -318,6 +332,16 @@ impl Config {
                     Duration::from_secs(60),
                 )?,
             },
+            image_gc_high_threshold: flags
+                .image_gc_high_threshold
+                .or(file.image_gc_high_threshold_percent)
+                .unwrap_or(85)
+                .min(100),
+            image_gc_low_threshold: flags
+                .image_gc_low_threshold
+                .or(file.image_gc_low_threshold_percent)
+                .unwrap_or(80)
+                .min(100),
             cluster_dns: if flags.cluster_dns.is_empty() {
                 file.cluster_dns.clone().unwrap_or_default()
             } else {

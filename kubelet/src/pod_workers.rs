@@ -97,9 +97,25 @@ pub async fn run(k: Arc<Kubelet>, informer: Informer<Pod>, shutdown: Cancellatio
     cleanup_orphans(&k, &store.list()).await;
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    // upstream checks image disk usage every 5 minutes.
+    let mut gc_tick = tokio::time::interval(Duration::from_secs(300));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = gc_tick.tick() => {
+                let in_use: std::collections::HashSet<String> = store
+                    .list()
+                    .iter()
+                    .filter_map(|p| p.spec.as_ref())
+                    .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                    .filter_map(|c| c.image.clone())
+                    .collect();
+                let (high, low) = (k.config.image_gc_high_threshold, k.config.image_gc_low_threshold);
+                let removed = k.images.gc(&in_use, high, low);
+                if removed > 0 {
+                    tracing::info!(removed, "image garbage collection removed unused layers");
+                }
+            }
             Some(uid) = done_rx.recv() => {
                 if workers.get(&uid).is_some_and(|tx| tx.borrow().is_none()) {
                     workers.remove(&uid);
