@@ -89,6 +89,9 @@ pub struct Snapshot {
     pub image_nodes: Arc<HashMap<String, usize>>,
     /// The other objects plugins read (live informer caches, as upstream's listers).
     pub listers: Arc<Listers>,
+    /// Pods nominated to each node by preemption, not yet bound (upstream's nominator):
+    /// filters count those of at least the pod's priority as already there.
+    pub nominated: Arc<HashMap<String, Vec<Arc<PodInfo>>>>,
 }
 
 impl Snapshot {
@@ -104,6 +107,7 @@ impl Snapshot {
             nodes: Arc::new(nodes.into_iter().map(Arc::new).collect()),
             image_nodes: Arc::new(image_nodes),
             listers: Arc::default(),
+            nominated: Arc::default(),
         }
     }
 
@@ -134,6 +138,8 @@ struct Inner {
     image_nodes: Arc<HashMap<String, usize>>,
     images_dirty: bool,
     listers: Arc<Listers>,
+    /// Nominated pods by uid: (node, pod).
+    nominated: HashMap<String, (String, Arc<PodInfo>)>,
 }
 
 impl Inner {
@@ -195,6 +201,25 @@ impl Cache {
         let mut inner = self.lock();
         inner.listers = Arc::new(listers);
         inner.generation += 1;
+    }
+
+    /// Records (`Some`) or clears (`None`) the node a pod is nominated to.
+    pub fn set_nominated(&self, uid: &str, nomination: Option<(String, Arc<PodInfo>)>) {
+        let mut inner = self.lock();
+        let changed = match nomination {
+            Some((node, pod)) => {
+                let same = inner
+                    .nominated
+                    .get(uid)
+                    .is_some_and(|(n, p)| *n == node && Arc::ptr_eq(p, &pod));
+                inner.nominated.insert(uid.to_string(), (node, pod));
+                !same
+            }
+            None => inner.nominated.remove(uid).is_some(),
+        };
+        if changed {
+            inner.generation += 1;
+        }
     }
 
     /// Adds or updates a node.
@@ -359,10 +384,15 @@ impl Cache {
             .iter()
             .filter_map(|n| inner.entries.get(n).cloned())
             .collect();
+        let mut nominated: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
+        for (node, pod) in inner.nominated.values() {
+            nominated.entry(node.clone()).or_default().push(pod.clone());
+        }
         let snap = Snapshot {
             nodes: Arc::new(nodes),
             image_nodes: inner.image_nodes.clone(),
             listers: inner.listers.clone(),
+            nominated: Arc::new(nominated),
         };
         inner.snapshot = Some((inner.generation, snap.clone()));
         snap

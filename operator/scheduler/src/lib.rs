@@ -10,6 +10,9 @@
 //!                 │ elected
 //!                 ▼
 //!   informers (pods, nodes) ─▶ cache + queue ─▶ scheduling loop ─▶ pods/binding
+//!   informers (namespaces, services, RCs, RSs, StatefulSets, PDBs) ─▶ cache::Listers
+//!                                           no fit ─▶ PostFilter (DefaultPreemption):
+//!                                              evict victims, set nominatedNodeName
 //! ```
 //!
 //! Modules follow upstream's layout: [`queue`], [`cache`], [`framework`],

@@ -141,6 +141,42 @@ pub fn run_post_filter_plugins(
     (result, Status::with_reasons(Code::Unschedulable, reasons))
 }
 
+/// upstream `RunFilterPluginsWithNominatedPods`: with pods nominated to the node of at
+/// least this pod's priority counted as placed there first (so a preemptor's room is
+/// not taken), then without them (so what they would free is not relied on).
+pub fn run_filters_with_nominated_pods(
+    fwk: &Framework,
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+    snapshot: &Snapshot,
+) -> Status {
+    let nominated: Vec<&Arc<PodInfo>> = snapshot
+        .nominated
+        .get(&node.name)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.uid != pod.uid && p.priority >= pod.priority)
+        .collect();
+    if nominated.is_empty() {
+        return run_filters(fwk, state, pod, node);
+    }
+    let mut with = node.clone();
+    let mut st = state.clone();
+    for p in nominated {
+        with.add_pod(p.clone());
+        let s = run_pre_filter_extension_add_pod(fwk, &mut st, pod, p, &with);
+        if !s.is_success() {
+            return s;
+        }
+    }
+    let s = run_filters(fwk, &st, pod, &with);
+    if !s.is_success() {
+        return s;
+    }
+    run_filters(fwk, state, pod, node)
+}
+
 /// Runs the filter plugins on one node, stopping at the first rejection.
 pub fn run_filters(fwk: &Framework, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
     for pl in &fwk.filter {
@@ -196,7 +232,7 @@ pub fn schedule_pod(
     let stop = AtomicBool::new(false);
     let results = parallelize::for_each(n, fwk.parallelism, &stop, |i| {
         let node = &nodes[(start + i) % n];
-        let s = run_filters(fwk, &state, pod, node);
+        let s = run_filters_with_nominated_pods(fwk, &state, pod, node, snapshot);
         if s.is_success() && found.fetch_add(1, Ordering::Relaxed) + 1 >= to_find {
             stop.store(true, Ordering::Relaxed);
         }
@@ -299,7 +335,7 @@ pub fn evaluate(
     }
     let mut feasible = Vec::new();
     for node in snapshot.nodes.iter() {
-        let s = run_filters(fwk, &state, pod, node);
+        let s = run_filters_with_nominated_pods(fwk, &state, pod, node, snapshot);
         if s.is_success() {
             feasible.push(node.clone());
         } else {
@@ -501,6 +537,31 @@ mod tests {
         assert_eq!(start.load(Ordering::Relaxed), 420);
         schedule_pod(&f, &snap, &pod("1", "1Gi"), &start).expect("fits");
         assert_eq!(start.load(Ordering::Relaxed), 840);
+    }
+
+    fn with_priority(p: &PodInfo, uid: &str, priority: i32) -> Arc<PodInfo> {
+        let mut pod = (*p.pod).clone();
+        pod.metadata.uid = Some(uid.into());
+        pod.spec.get_or_insert_default().priority = Some(priority);
+        Arc::new(PodInfo::new(Arc::new(pod)))
+    }
+
+    #[test]
+    fn nominated_pods_keep_their_room_from_lower_priority_pods() {
+        let f = framework(0);
+        let mut snap = Snapshot::from_nodes(vec![named(node("2", "8Gi", "110"), "n")]);
+        let nominee = with_priority(&pod("2", "1Gi"), "nominee", 100);
+        snap.nominated = Arc::new([("n".to_string(), vec![nominee.clone()])].into());
+        let start = AtomicUsize::new(0);
+        let low = with_priority(&pod("1", "1Gi"), "low", 0);
+        assert!(matches!(
+            schedule_pod(&f, &snap, &low, &start),
+            Err(ScheduleError::Fit(_))
+        ));
+        let high = with_priority(&pod("1", "1Gi"), "high", 1000);
+        assert!(schedule_pod(&f, &snap, &high, &start).is_ok());
+        // The nominee itself is not in its own way.
+        assert!(schedule_pod(&f, &snap, &nominee, &start).is_ok());
     }
 
     #[test]

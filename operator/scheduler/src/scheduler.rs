@@ -154,18 +154,33 @@ impl Scheduler {
                 if assigned(&pod) {
                     let uid = uid_of(&pod);
                     self.queue.delete(&uid);
+                    self.cache.set_nominated(&uid, None);
                     self.cache.add_or_update_pod(pod);
                     self.queue.on_event(ClusterEvent::AssignedPodAddOrUpdate);
                 } else if self.responsible_for(&pod) {
                     if pod.metadata.deletion_timestamp.is_some() {
-                        self.queue.delete(&uid_of(&pod));
+                        let uid = uid_of(&pod);
+                        self.cache.set_nominated(&uid, None);
+                        self.queue.delete(&uid);
                     } else {
-                        self.queue.update(Arc::new(PodInfo::new(pod)));
+                        let info = Arc::new(PodInfo::new(pod));
+                        // A pod nominated by preemption keeps its place on the node for
+                        // pods of lower priority (upstream's nominator).
+                        let nominated = info
+                            .pod
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.nominated_node_name.clone())
+                            .filter(|n| !n.is_empty());
+                        self.cache
+                            .set_nominated(&info.uid, nominated.map(|n| (n, info.clone())));
+                        self.queue.update(info);
                     }
                 }
             }
             Notification::Deleted(pod) => {
                 let uid = uid_of(&pod);
+                self.cache.set_nominated(&uid, None);
                 if assigned(&pod) || self.cache.contains_pod(&uid) {
                     self.cache.remove_pod(&uid);
                     self.queue.on_event(ClusterEvent::AssignedPodDelete);
@@ -243,6 +258,8 @@ impl Scheduler {
                     );
                     return;
                 }
+                // Assumed now: its nomination would count it twice.
+                self.cache.set_nominated(&pod.uid, None);
                 self.queue.done(&pod.uid);
                 tracing::debug!(pod = %pod.key, node = %r.node, evaluated = r.evaluated_nodes, feasible = r.feasible_nodes, "pod assumed");
                 let this = self.clone();

@@ -238,3 +238,53 @@ async fn high_priority_pod_preempts_lower_ones_and_binds() -> anyhow::Result<()>
     }
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_default_constraints_spread_pods_selected_by_a_service() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    zoned_nodes(&cp).await?;
+    let ns = "defaults";
+    common::namespace(&cp, ns).await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("scheduler.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nleaderElection:\n  leaderElect: false\nprofiles:\n- schedulerName: default-scheduler\n  pluginConfig:\n  - name: PodTopologySpread\n    args:\n      defaultingType: List\n      defaultConstraints:\n      - maxSkew: 1\n        topologyKey: topology.kubernetes.io/zone\n        whenUnsatisfiable: DoNotSchedule\n",
+    )?;
+    let config_flag = format!("--config={}", config.display());
+    let _s = common::start(&cp, "ferrokube-scheduler", &[&config_flag]).await?;
+    let result = async {
+        // The default constraint applies to pods a Service selects, with its selector.
+        cp.kubectl()?
+            .apply(
+                &json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "svc", "namespace": ns},
+                "spec": {"selector": {"app": "svc"}, "ports": [{"port": 80}]}})
+                .to_string(),
+            )
+            .await?;
+        // (kubectl round trips take far longer than the Service reaching the informer.)
+        for i in 0..9 {
+            let name = format!("svc-{i}");
+            common::pod(&cp, &labelled(ns, &name, "svc", json!({}))).await?;
+            common::bound_node(&cp, ns, &name).await?;
+        }
+        // Zone a has two nodes, b and c one each: only the constraint keeps zones even.
+        let mut per_zone = std::collections::BTreeMap::new();
+        for i in 0..9 {
+            let node = common::pod_field(&cp, ns, &format!("svc-{i}"), "{.spec.nodeName}").await?;
+            *per_zone.entry(zone_of(&cp, &node).await?).or_insert(0) += 1;
+        }
+        assert_eq!(
+            per_zone.values().copied().collect::<Vec<_>>(),
+            [3, 3, 3],
+            "{per_zone:?}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", cp.logs(80));
+    }
+    result
+}

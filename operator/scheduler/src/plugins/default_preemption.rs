@@ -33,7 +33,8 @@ use crate::framework::types::{NodeInfo, PodInfo};
 use crate::framework::{Diagnosis, FitError};
 use crate::plugins::helper::label_selector_as_selector;
 use crate::schedule_one::{
-    run_filters, run_pre_filter_extension_add_pod, run_pre_filter_extension_remove_pod,
+    run_filters_with_nominated_pods, run_pre_filter_extension_add_pod,
+    run_pre_filter_extension_remove_pod,
 };
 
 /// The plugin's name.
@@ -221,6 +222,7 @@ pub fn select_victims_on_node(
     pod: &PodInfo,
     node: &mut NodeInfo,
     pdbs: &[Arc<PodDisruptionBudget>],
+    snapshot: &Snapshot,
 ) -> Result<(Vec<Arc<PodInfo>>, usize), Status> {
     let now = k8s_openapi::jiff::Timestamp::now().as_nanosecond();
     let mut potential: Vec<Arc<PodInfo>> = node
@@ -239,7 +241,7 @@ pub fn select_victims_on_node(
     if potential.is_empty() {
         return Err(Status::new(Code::UnschedulableAndUnresolvable, NO_VICTIMS));
     }
-    let s = run_filters(fwk, state, pod, node);
+    let s = run_filters_with_nominated_pods(fwk, state, pod, node, snapshot);
     if !s.is_success() {
         return Err(s);
     }
@@ -257,7 +259,7 @@ pub fn select_victims_on_node(
         if !s.is_success() {
             return Err(s);
         }
-        let fits = run_filters(fwk, state, pod, node).is_success();
+        let fits = run_filters_with_nominated_pods(fwk, state, pod, node, snapshot).is_success();
         if !fits {
             node.remove_pod(&p.uid);
             let s = run_pre_filter_extension_remove_pod(fwk, state, pod, p, node);
@@ -407,7 +409,7 @@ impl Plugin for DefaultPreemption {
             let info = potential[(offset + i) % potential.len()];
             let mut node = (**info).clone();
             let mut st = state.clone();
-            match select_victims_on_node(fwk, &mut st, pod, &mut node, &pdbs) {
+            match select_victims_on_node(fwk, &mut st, pod, &mut node, &pdbs, snapshot) {
                 Ok((victims, n)) if !victims.is_empty() => {
                     let c = Candidate {
                         node: info.name.clone(),

@@ -72,8 +72,12 @@ impl NodeAffinity {
 pub fn pod_matches_node(pod: &PodInfo, node: &Node) -> bool {
     let spec = pod.pod.spec.as_ref();
     if let Some(selector) = spec.and_then(|s| s.node_selector.as_ref()) {
-        let labels: BTreeMap<String, String> = node.metadata.labels.clone().unwrap_or_default();
-        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        // Borrowed, not cloned: PodTopologySpread calls this for every node of every cycle.
+        let labels: Option<&BTreeMap<String, String>> = node.metadata.labels.as_ref();
+        if !selector
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        {
             return false;
         }
     }
