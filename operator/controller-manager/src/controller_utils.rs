@@ -250,19 +250,27 @@ pub fn deletion_less(a: &RankedPod<'_>, b: &RankedPod<'_>, now: Option<Timestamp
     if a.rank != b.rank {
         return a.rank > b.rank;
     }
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-    // 6. Ready for a shorter time < longer (logarithmic buckets).
-    if ri && rj {
-        let (ti, tj) = (ready_time(pi), ready_time(pj));
-        if ti != tj {
-            return match (now, ti, tj) {
-                (Some(now), Some(ti), Some(tj)) => match logarithmic_rank_diff(ti, tj, now) {
-                    0 => uid(pi) < uid(pj),
-                    d => d < 0,
-                },
-                _ => after_or_zero(ti, tj),
-            };
+    // Steps 6 and 8 compare times by logarithmic bucket. Upstream breaks a bucket tie by
+    // uid at once but lets exactly equal times fall through, which is not a consistent
+    // order (Go's sort tolerates that; Rust's sort panics on it). Here a bucket tie always
+    // falls through and the uid is the last criterion: the same decisions wherever
+    // upstream's are consistent, and a total order.
+    let by_time = |ti: Option<Timestamp>, tj: Option<Timestamp>| -> Option<bool> {
+        match (now, ti, tj) {
+            (Some(now), Some(ti), Some(tj)) => match logarithmic_rank_diff(ti, tj, now) {
+                0 => None,
+                d => Some(d < 0),
+            },
+            _ if ti != tj => Some(after_or_zero(ti, tj)),
+            _ => None,
         }
+    };
+    // 6. Ready for a shorter time < longer (logarithmic buckets).
+    if ri
+        && rj
+        && let Some(less) = by_time(ready_time(pi), ready_time(pj))
+    {
+        return less;
     }
     // 7. More container restarts < fewer.
     let (mi, mj) = (max_container_restarts(pi), max_container_restarts(pj));
@@ -273,17 +281,11 @@ pub fn deletion_less(a: &RankedPod<'_>, b: &RankedPod<'_>, now: Option<Timestamp
         return mi.1 > mj.1;
     }
     // 8. Newer < older (logarithmic buckets); missing creation time first.
-    let (ti, tj) = (creation(pi), creation(pj));
-    if ti != tj {
-        return match (now, ti, tj) {
-            (Some(now), Some(ti), Some(tj)) => match logarithmic_rank_diff(ti, tj, now) {
-                0 => uid(pi) < uid(pj),
-                d => d < 0,
-            },
-            _ => after_or_zero(ti, tj),
-        };
+    if let Some(less) = by_time(creation(pi), creation(pj)) {
+        return less;
     }
-    false
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    uid(pi) < uid(pj)
 }
 
 /// Sorts `pods` so that those to delete first come first.
@@ -384,6 +386,48 @@ mod tests {
             .iter()
             .map(|r| r.pod.metadata.name.clone().unwrap_or_default())
             .collect()
+    }
+
+    #[test]
+    fn deletion_ranking_is_a_strict_weak_order() {
+        // Many pods with colliding and near-colliding times: the case that made the sort
+        // panic when equal times and equal buckets were treated differently.
+        let mut pods = Vec::new();
+        for i in 0..60i64 {
+            let phase = ["Pending", "Running", "Unknown"][(i % 3) as usize];
+            let ready = (i % 4 != 0).then_some(1000 + (i * 37) % 7);
+            let node = if i % 5 == 0 { "" } else { "n1" };
+            pods.push(pod(
+                &format!("p{i:02}"),
+                node,
+                phase,
+                ready,
+                100 + (i * 13) % 5,
+            ));
+        }
+        let now = Some(ts(5000));
+        let ranked: Vec<RankedPod<'_>> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| RankedPod { pod, rank: i % 2 })
+            .collect();
+        for a in &ranked {
+            assert!(!deletion_less(a, a, now), "irreflexive");
+            for b in &ranked {
+                assert!(
+                    !(deletion_less(a, b, now) && deletion_less(b, a, now)),
+                    "asymmetric"
+                );
+                for c in &ranked {
+                    if deletion_less(a, b, now) && deletion_less(b, c, now) {
+                        assert!(deletion_less(a, c, now), "transitive");
+                    }
+                }
+            }
+        }
+        let mut sorted = ranked.clone();
+        sort_for_deletion(&mut sorted, now);
+        sort_for_deletion(&mut sorted, None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -74,8 +75,22 @@ impl Workers {
             tasks.spawn(async move {
                 while let Some(key) = queue.get().await {
                     let span = tracing::info_span!("sync", controller = %cfg.name, key = %key);
-                    let result = tracing::Instrument::instrument(sync(key.clone()), span).await;
-                    cfg.handle(&queue, &key, result);
+                    let run = tracing::Instrument::instrument(sync(key.clone()), span);
+                    // A bug that panics in one sync must not take the worker (and the key it
+                    // holds) with it: that would stall the queue for good. It is logged and
+                    // the key retried with backoff, like an error.
+                    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                        Ok(result) => cfg.handle(&queue, &key, result),
+                        Err(panic) => {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(ToString::to_string)
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            tracing::error!(controller = %cfg.name, %key, panic = %what, "sync panicked; retrying with backoff");
+                            queue.add_rate_limited(key.clone());
+                        }
+                    }
                     queue.done(&key);
                 }
             });
@@ -132,4 +147,57 @@ pub fn enqueue_from<N, K, F>(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn a_panicking_sync_is_retried_and_the_worker_survives() {
+        let queue: WorkQueue<String> = WorkQueue::with_rate_limiter(
+            "panics",
+            None,
+            Box::new(crate::workqueue::ItemExponentialFailureRateLimiter::new(
+                Duration::from_millis(1),
+                Duration::from_millis(10),
+            )),
+        );
+        let attempts = Arc::new(AtomicU32::new(0));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let a = attempts.clone();
+        Workers::new("panics", 1).spawn(
+            &mut tasks,
+            queue.clone(),
+            shutdown.clone(),
+            move |key: String| {
+                let (a, done_tx) = (a.clone(), done_tx.clone());
+                async move {
+                    if a.fetch_add(1, Ordering::SeqCst) < 2 {
+                        panic!("bug in sync of {key}");
+                    }
+                    let _ = done_tx.send(key);
+                    Ok::<_, String>(Action::Done)
+                }
+            },
+        );
+        queue.add("ns/a".to_string());
+        let synced = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+        assert_eq!(synced.ok().flatten().as_deref(), Some("ns/a"));
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            3,
+            "two panics, then success"
+        );
+        // The same worker still serves other keys.
+        queue.add("ns/b".to_string());
+        let synced = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+        assert_eq!(synced.ok().flatten().as_deref(), Some("ns/b"));
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
 }
