@@ -13,9 +13,9 @@ pub mod kubeconfig;
 pub mod kubectl;
 pub mod kwok;
 pub mod pki;
-pub mod registry;
-pub mod procstat;
 pub mod process;
+pub mod procstat;
+pub mod registry;
 pub mod upstream;
 pub mod wait;
 

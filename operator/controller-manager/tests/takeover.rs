@@ -219,9 +219,9 @@ async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
         |o| {
             let v: serde_json::Value = serde_json::from_str(o).unwrap_or_default();
             v["items"].as_array().is_some_and(|items| {
-                items.iter().all(|i| {
-                    i["metadata"]["generation"] == i["status"]["observedGeneration"]
-                })
+                items
+                    .iter()
+                    .all(|i| i["metadata"]["generation"] == i["status"]["observedGeneration"])
             })
         },
     )

@@ -19,7 +19,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -291,23 +291,21 @@ impl LeaderElector {
         } else {
             (Some(now.clone()), spec.lease_transitions.unwrap_or(0) + 1)
         };
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": current.metadata.resource_version},
-            "spec": {
-                "holderIdentity": self.config.identity,
-                "leaseDurationSeconds": duration_secs(self.config.lease_duration),
-                "acquireTime": acquire_time,
-                "renewTime": now,
-                "leaseTransitions": transitions,
-            }
+        // An update (PUT) guarded by the resourceVersion we read, as client-go does: the
+        // bootstrap RBAC roles of the control-plane components allow `update` on their
+        // Lease, not `patch`.
+        let mut next = current.clone();
+        next.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: Some(duration_secs(self.config.lease_duration)),
+            acquire_time,
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..spec
         });
         match self
             .api
-            .patch(
-                &self.config.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .replace(&self.config.name, &PostParams::default(), &next)
             .await
         {
             Ok(updated) => {
@@ -329,23 +327,18 @@ impl LeaderElector {
             return;
         }
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": lease.metadata.resource_version},
-            "spec": {
-                "holderIdentity": "",
-                "leaseDurationSeconds": 1,
-                "acquireTime": now,
-                "renewTime": now,
-                "leaseTransitions": spec.lease_transitions.unwrap_or(0),
-            }
+        let mut next = lease.clone();
+        next.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some(String::new()),
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: spec.lease_transitions,
+            ..spec
         });
         match self
             .api
-            .patch(
-                &self.config.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .replace(&self.config.name, &PostParams::default(), &next)
             .await
         {
             Ok(_) => tracing::info!(lease = %self.lease_ref(), "released lease"),

@@ -199,3 +199,78 @@ async fn leader_that_cannot_renew_steps_down() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The control-plane components' bootstrap roles allow `get`, `create` and `update` on
+/// their Lease, not `patch` (see `system::leader-locking-kube-controller-manager`): the
+/// elector must acquire, renew and release with exactly those rights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_needs_only_get_create_and_update() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let kubectl = cp.kubectl()?;
+    kubectl
+        .apply(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: lease-no-patch
+  namespace: kube-system
+rules:
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: lease-no-patch
+  namespace: kube-system
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: lease-no-patch
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: elector
+"#,
+        )
+        .await?;
+    let limited = ferrokube_tests::kubeconfig::client(&cp.kubeconfig_for("elector", &[])?).await?;
+    let leaders = Arc::new(AtomicUsize::new(0));
+    let a = candidate(limited.clone(), "a", leaders.clone());
+    wait_leading(&a, Duration::from_secs(10)).await?;
+    // Renewals go through: the lease stays ours across several retry periods.
+    let first = lease(&cp.client().await?).await;
+    let renewed = wait::until(
+        "a renewal",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let client = limited.clone();
+            let before = first.spec.clone().and_then(|s| s.renew_time);
+            async move {
+                let l = Api::<Lease>::namespaced(client, "kube-system")
+                    .get("ferrokube-test")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let spec = l.spec.unwrap_or_default();
+                if spec.renew_time != before && spec.holder_identity.as_deref() == Some("a") {
+                    Ok(())
+                } else {
+                    Err("not renewed yet".into())
+                }
+            }
+        },
+    )
+    .await;
+    assert!(renewed.is_ok(), "{renewed:?}\n{}", cp.logs(20));
+    // And the release on shutdown too.
+    a.shutdown.cancel();
+    a.task.await??;
+    let released = lease(&cp.client().await?).await;
+    assert_eq!(
+        released.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("")
+    );
+    Ok(())
+}

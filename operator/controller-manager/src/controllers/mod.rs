@@ -2,6 +2,7 @@
 //! knows every upstream name so that command lines written for kube-controller-manager
 //! (kubeadm passes `--controllers=*,bootstrapsigner,tokencleaner`) are accepted as they are.
 
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
@@ -9,7 +10,6 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod podgc;
-pub mod deployment;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod resource_discovery;
