@@ -58,7 +58,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
             ),
             ("CPU", "cpu-s", up.cpu, ours.cpu),
             (
-                "controller-manager peak RSS",
+                "peak RSS",
                 "MiB",
                 up.rss_mib,
                 ours.rss_mib,
