@@ -261,7 +261,15 @@ async fn deployment_rolls_out_on(cp: &ControlPlane) -> anyhow::Result<()> {
     .await?;
 
     let log = std::fs::read_to_string(cm.process.log_path())?;
-    assert!(log.contains(SWITCHED_STATUS), "no switch to update:\n{log}");
+    // The switch is logged with the refusal, which names the controller's own account.
+    for account in ["deployment-controller", "replicaset-controller"] {
+        let user = format!("system:serviceaccount:kube-system:{account}");
+        assert!(
+            log.lines()
+                .any(|l| l.contains(SWITCHED_STATUS) && l.contains(&user)),
+            "{account} never switched to writing status with update:\n{log}"
+        );
+    }
     assert!(
         log.contains(SWITCHED_OBJECT),
         "root-ca-cert-publisher never switched to update:\n{log}"
