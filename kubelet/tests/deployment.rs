@@ -1,0 +1,212 @@
+//! The whole path on our components: `kubectl create deployment` -> our controller-manager
+//! (deployment, replicaset) -> our scheduler -> our kubelet -> pods that answer HTTP on
+//! their pod IPs; then `kubectl set image` rolls them.
+//!
+//! node-lifecycle-controller runs too: the apiserver's TaintNodesByCondition admission gives a new
+//! Node the `node.kubernetes.io/not-ready` taint, which that controller lifts once the
+//! kubelet reports Ready (as in a real cluster).
+//!
+//! The scheduler and controller-manager binaries are the workspace's own, found beside this
+//! test's binary (`cargo test --workspace` builds them); without them the test says so and
+//! does nothing.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferrokube_tests::ControlPlane;
+use ferrokube_tests::images::ImageBuilder;
+use ferrokube_tests::registry::Registry;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+
+const NS: &str = "default";
+
+fn sibling(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let debug = exe.parent()?.parent()?;
+    Some(debug.join(name)).filter(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
+    if let Err(why) = common::can_run_pods() {
+        eprintln!("skipping: {why}");
+        return Ok(());
+    }
+    let (Some(scheduler), Some(kcm)) = (
+        sibling("ferrokube-scheduler"),
+        sibling("ferrokube-controller-manager"),
+    ) else {
+        eprintln!(
+            "skipping: build the workspace's scheduler and controller-manager first (cargo test --workspace does)"
+        );
+        return Ok(());
+    };
+    let registry = Registry::start().await?;
+    for v in ["1", "2"] {
+        ImageBuilder::busybox()?
+            .file("www/index.html", format!("v{v}\n").into_bytes(), 0o644)
+            .push(&registry.addr, "web", v)
+            .await?;
+    }
+    let cp = ControlPlane::start().await?;
+    common::prepare_namespace(&cp, NS).await?;
+    let mut kubelet = common::start(&cp, "node-deploy", "198.18.46.0/24").await?;
+    let kcm_port = ferrokube_tests::controlplane::free_port()?.to_string();
+    let sched_port = ferrokube_tests::controlplane::free_port()?.to_string();
+    let _kcm = cp.spawn_component(
+        "controller-manager",
+        &kcm,
+        &[
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={kcm_port}"),
+            "--controllers=deployment,replicaset,serviceaccount,root-ca-cert-publisher,node-lifecycle-controller",
+        ],
+    )?;
+    let _sched = cp.spawn_component(
+        "scheduler",
+        &scheduler,
+        &[
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={sched_port}"),
+        ],
+    )?;
+    let kubectl = cp.kubectl()?.with_timeout(Duration::from_secs(120));
+    let result = scenario(&cp, &kubectl, &registry.addr).await;
+    if let Err(e) = &result {
+        let pods = kubectl
+            .run(["get", "pods", "-n", NS, "-o", "wide"], None)
+            .await
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let events = kubectl
+            .run(["get", "events", "-n", NS], None)
+            .await
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        eprintln!("{e:#}\n{pods}\n{events}\n{}", cp.logs(60));
+    }
+    let _ = kubectl.ok(["delete", "deployment", "web", "-n", NS]).await;
+    let _ = kubectl
+        .ok([
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            NS,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .await;
+    kubelet.teardown();
+    result
+}
+
+/// The IPs of `n` Running, Ready pods of app=web whose web server answers `body`.
+async fn pods_answer(cp: &ControlPlane, n: usize, body: &str) -> anyhow::Result<Vec<String>> {
+    let api: Api<Pod> = Api::namespaced(cp.client().await?, NS);
+    let ips = ferrokube_tests::wait::until(
+        &format!("{n} web pods answering {body:?}"),
+        Duration::from_secs(120),
+        Duration::from_millis(300),
+        || {
+            let api = api.clone();
+            async move {
+                let pods = api
+                    .list(&ListParams::default().labels("app=web"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut ips = Vec::new();
+                for p in &pods.items {
+                    if p.metadata.deletion_timestamp.is_some() {
+                        continue;
+                    }
+                    let st = p.status.clone().unwrap_or_default();
+                    let ready = st
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    if let (Some("Running"), true, Some(ip)) =
+                        (st.phase.as_deref(), ready, st.pod_ip)
+                    {
+                        ips.push(ip);
+                    }
+                }
+                if ips.len() != n || pods.items.len() != n {
+                    return Err(format!("{} ready of {} pods", ips.len(), pods.items.len()));
+                }
+                for ip in &ips {
+                    let (status, got) =
+                        ferrokube_tests::cluster::http_get(&format!("{ip}:8080"), "/index.html")
+                            .await?;
+                    if status != 200 || got != body {
+                        return Err(format!("{ip} answered {status} {got:?}"));
+                    }
+                }
+                Ok(ips)
+            }
+        },
+    )
+    .await?;
+    Ok(ips)
+}
+
+async fn scenario(
+    cp: &ControlPlane,
+    kubectl: &ferrokube_tests::Kubectl,
+    reg: &str,
+) -> anyhow::Result<()> {
+    let image = format!("--image={reg}/web:1");
+    kubectl
+        .ok([
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            NS,
+            image.as_str(),
+            "--replicas=3",
+            "--port=8080",
+            "--",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ])
+        .await?;
+    let mut ips = pods_answer(cp, 3, "v1\n").await?;
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "distinct pod IPs");
+    let new_image = format!("web={reg}/web:2");
+    kubectl
+        .ok([
+            "set",
+            "image",
+            "deployment/web",
+            "-n",
+            NS,
+            new_image.as_str(),
+        ])
+        .await?;
+    kubectl
+        .ok([
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            NS,
+            "--timeout=120s",
+        ])
+        .await?;
+    pods_answer(cp, 3, "v2\n").await?;
+    Ok(())
+}
