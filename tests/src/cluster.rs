@@ -214,7 +214,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
 }
 
 /// ferrokube's component binaries, in start order.
-pub const COMPONENTS: &[&str] = &["ferrokube-controller-manager"];
+pub const COMPONENTS: &[&str] = &["ferrokube-controller-manager", "ferrokube-scheduler"];
 
 /// The component binaries installed next to the running program (cargo puts every binary of
 /// the workspace in one directory), or in `$FERROKUBE_COMPONENT_DIR`.

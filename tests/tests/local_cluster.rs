@@ -35,13 +35,15 @@ impl Drop for Down<'_> {
 async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
     // The cluster starts the ferrokube components installed beside it; a workspace build
     // (`cargo test --workspace`, the README's test command) puts them there.
-    let cm_bin = std::path::Path::new(env!("CARGO_BIN_EXE_ferrokube-cluster"))
-        .with_file_name("ferrokube-controller-manager");
-    assert!(
-        cm_bin.is_file(),
-        "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
-        cm_bin.display()
-    );
+    for component in ferrokube_tests::cluster::COMPONENTS {
+        let bin =
+            std::path::Path::new(env!("CARGO_BIN_EXE_ferrokube-cluster")).with_file_name(component);
+        assert!(
+            bin.is_file(),
+            "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
+            bin.display()
+        );
+    }
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cluster");
     let api_port = free_port()?.to_string();
@@ -111,6 +113,36 @@ async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
     )
     .await?;
 
+    // Our scheduler runs: with no node in the cluster, a pod is reported unschedulable.
+    kubectl
+        .apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: waits\n  namespace: hello\nspec:\n  containers:\n  - name: c\n    image: registry.invalid/pause:1\n")
+        .await?;
+    ferrokube_tests::wait::until(
+        "the scheduler to report the pod unschedulable",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
+        || async {
+            let reason = kubectl
+                .ok([
+                    "get",
+                    "pod",
+                    "waits",
+                    "-n",
+                    "hello",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+                ])
+                .await
+                .map_err(|e| e.to_string())?;
+            if reason == "Unschedulable" {
+                Ok(())
+            } else {
+                Err(format!("reason {reason:?}"))
+            }
+        },
+    )
+    .await?;
+
     // A second `up` leaves the running cluster alone.
     let again = cluster_cmd(
         &dir,
@@ -127,7 +159,13 @@ async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
 
     let status = cluster_cmd(&dir, &["status"]);
     let status = String::from_utf8_lossy(&status.stdout).to_string();
-    for c in ["etcd", "kube-apiserver", "registry", "controller-manager"] {
+    for c in [
+        "etcd",
+        "kube-apiserver",
+        "registry",
+        "controller-manager",
+        "scheduler",
+    ] {
         assert!(
             status
                 .lines()
