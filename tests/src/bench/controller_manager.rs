@@ -57,12 +57,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                 ours.delete,
             ),
             ("CPU", "cpu-s", up.cpu, ours.cpu),
-            (
-                "peak RSS",
-                "MiB",
-                up.rss_mib,
-                ours.rss_mib,
-            ),
+            ("peak RSS", "MiB", up.rss_mib, ours.rss_mib),
         ] {
             let fig = Figure {
                 what: format!("controller-manager {what} ({setting})"),
