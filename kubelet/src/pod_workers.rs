@@ -294,7 +294,13 @@ struct ContainerTrack {
     probe: probes::ProbeState,
     /// TERM sent at this time (deletion or liveness restart).
     term_sent: Option<Instant>,
+    /// When a start last failed for a configuration reason (retried after a pause, not on
+    /// every pass, so a missing ConfigMap does not cost two API reads a second).
+    config_failed_at: Option<Instant>,
 }
+
+/// How long a start that failed for its configuration waits before it is tried again.
+const CONFIG_RETRY: Duration = Duration::from_secs(2);
 
 /// An image whose pulls are failing.
 #[derive(Debug)]
@@ -310,6 +316,8 @@ struct Worker {
     dir: PathBuf,
     sandbox: Option<Attachment>,
     volumes: Option<(HashMap<String, PathBuf>, Instant)>,
+    /// The last volume set-up failure and when it happened (retried after CONFIG_RETRY).
+    volumes_failed: Option<(String, Instant)>,
     tracks: HashMap<String, ContainerTrack>,
     pulls: HashMap<String, PullBackoff>,
     last_status: Option<serde_json::Value>,
@@ -339,6 +347,7 @@ async fn worker(
         dir,
         sandbox,
         volumes: None,
+        volumes_failed: None,
         tracks: HashMap::new(),
         pulls: HashMap::new(),
         last_status: None,
@@ -804,8 +813,14 @@ impl Worker {
         {
             return Ok(());
         }
+        if let Some((e, at)) = &self.volumes_failed
+            && at.elapsed() < CONFIG_RETRY
+        {
+            return Err(e.clone());
+        }
         match crate::volumes::prepare(&self.k.client, pod, &self.dir).await {
             Ok(v) => {
+                self.volumes_failed = None;
                 self.volumes = Some((v, Instant::now()));
                 Ok(())
             }
@@ -816,6 +831,7 @@ impl Worker {
                     "FailedMount",
                     format!("MountVolume.SetUp failed: {e}"),
                 );
+                self.volumes_failed = Some((e.to_string(), Instant::now()));
                 Err(e.to_string())
             }
         }
@@ -823,6 +839,14 @@ impl Worker {
 
     /// Starts attempt `attempt` of container `c`.
     async fn start(&mut self, pod: &Pod, c: &Container, attempt: u32) {
+        if self
+            .tracks
+            .get(&c.name)
+            .and_then(|t| t.config_failed_at)
+            .is_some_and(|at| at.elapsed() < CONFIG_RETRY)
+        {
+            return;
+        }
         let Some(image) = self.ensure_image(pod, c).await else {
             return;
         };
@@ -846,8 +870,9 @@ impl Worker {
             Err(e) => {
                 self.k
                     .event(pod, EventType::Warning, "Failed", format!("Error: {e}"));
-                self.tracks.entry(c.name.clone()).or_default().waiting =
-                    Some(("CreateContainerConfigError".into(), e));
+                let track = self.tracks.entry(c.name.clone()).or_default();
+                track.waiting = Some(("CreateContainerConfigError".into(), e));
+                track.config_failed_at = Some(Instant::now());
                 return;
             }
         };
@@ -858,6 +883,7 @@ impl Worker {
         match result {
             Ok(()) => {
                 track.waiting = None;
+                track.config_failed_at = None;
                 track.ready = false;
                 track.probe = probes::ProbeState::default();
                 track.term_sent = None;
@@ -909,6 +935,7 @@ impl Worker {
                 self.k
                     .event(pod, EventType::Warning, "Failed", format!("Error: {e}"));
                 track.waiting = Some(("CreateContainerError".into(), e));
+                track.config_failed_at = Some(Instant::now());
             }
         }
     }

@@ -115,9 +115,7 @@ async fn scenarios(
         }
     })
     .await?;
-    let (status, body) = ferrokube_tests::cluster::http_get(&format!("{ip}:8080"), "/order")
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (status, body) = common::http_get_until(&format!("{ip}:8080"), "/order").await?;
     assert_eq!((status, body.as_str()), (200, "one\ntwo\n"));
 
     // A sidecar (restartPolicy Always init container) starts, keeps running beside the app,
@@ -158,9 +156,7 @@ async fn scenarios(
         }
     })
     .await?;
-    let (status, body) = ferrokube_tests::cluster::http_get(&format!("{side_ip}:8080"), "/got")
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (status, body) = common::http_get_until(&format!("{side_ip}:8080"), "/got").await?;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
     // A failing liveness probe restarts the container (and only it).
@@ -272,9 +268,7 @@ async fn scenarios(
         before, after,
         "the container was restarted by the kubelet restart"
     );
-    let (status, _) = ferrokube_tests::cluster::http_get(&format!("{ip}:8080"), "/order")
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (status, _) = common::http_get_until(&format!("{ip}:8080"), "/order").await?;
     assert_eq!(status, 200);
     // The adopted pod is still deleted properly.
     kubectl

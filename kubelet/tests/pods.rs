@@ -154,9 +154,7 @@ async fn run_scenarios(
     let ip = common::pod_until(cp, NS, "web", "web Running and Ready", t, running_ready_ip).await?;
     eprintln!("web Ready with IP {ip} after {:?}", began.elapsed());
     assert!(ip.starts_with("198.18.42."), "{ip}");
-    let (status, body) = ferrokube_tests::cluster::http_get(&format!("{ip}:8080"), "/index.html")
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (status, body) = common::http_get_until(&format!("{ip}:8080"), "/index.html").await?;
     assert_eq!((status, body.as_str()), (200, "hello from ferrokube\n"));
 
     // env with fieldRef, configMapKeyRef and $(VAR) expansion; the configMap volume; the

@@ -264,3 +264,16 @@ pub fn waiting_reason(pod: &Pod) -> Option<String> {
         .reason
         .clone()
 }
+
+/// `GET path` on `addr`, retried while the server is not listening yet (a container counts
+/// as running before its process has bound its port, as upstream).
+pub async fn http_get_until(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let out = wait::until(
+        &format!("GET {addr}{path}"),
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async move { ferrokube_tests::cluster::http_get(addr, path).await },
+    )
+    .await?;
+    Ok(out)
+}
