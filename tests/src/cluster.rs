@@ -39,9 +39,6 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A required program is missing.
-    #[error("{0} not found: run hack/local-cluster.sh (it installs what the cluster needs)")]
-    Missing(String),
     /// A ferrokube component did not become ready.
     #[error("{0} did not become ready: {1}\n--- {0} log (tail) ---\n{2}")]
     Component(String, String, String),
@@ -327,68 +324,14 @@ pub fn down(dir: &Path) -> Result<Vec<Component>> {
 
 /// Starts the Distribution registry (Debian's `docker-registry`) on `addr`.
 async fn start_registry(dir: &Path, addr: &str) -> Result<Component> {
-    let bin = which("docker-registry").ok_or_else(|| Error::Missing("docker-registry".into()))?;
-    let root = dir.join("registry");
-    std::fs::create_dir_all(&root).map_err(|source| Error::Io {
-        what: format!("creating {}", root.display()),
-        source,
-    })?;
-    // The config is data we generate, never user text pasted into YAML: build it as a value.
-    let config = serde_json::json!({
-        "version": 0.1,
-        "log": {"level": "info"},
-        "storage": {
-            "filesystem": {"rootdirectory": root.join("data")},
-            "delete": {"enabled": true},
-        },
-        "http": {"addr": addr},
-    });
-    let config_path = root.join("config.yml");
-    let yaml = serde_yaml::to_string(&config).map_err(|e| Error::State {
-        path: config_path.clone(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(&config_path, yaml).map_err(|source| Error::Io {
-        what: format!("writing {}", config_path.display()),
-        source,
-    })?;
     let log = dir.join("logs/registry.log");
-    let mut p = Process::spawn(
-        "registry",
-        &bin,
-        &["serve".to_string(), config_path.display().to_string()],
-        &log,
-        Lifetime::Detached,
-    )?;
-    let ready = wait::until(
-        "registry /v2/",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || {
-            let exited = p.has_exited();
-            async move {
-                if exited {
-                    return Err("the registry exited".to_string());
-                }
-                http_status(addr, "/v2/").await.and_then(|s| {
-                    if s == 200 {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {s}"))
-                    }
-                })
-            }
-        },
-    )
-    .await;
-    if let Err(e) = ready {
-        let tail = p.log_tail(20);
-        p.stop(Duration::from_secs(2));
-        return Err(Error::Registry(e.to_string(), tail));
-    }
+    let process =
+        crate::registry::launch(&dir.join("registry"), addr, &log, Lifetime::Detached, None)
+            .await
+            .map_err(|e| Error::Registry(e.to_string(), process::tail(&log, 20)))?;
     Ok(Component {
         name: "registry".into(),
-        pid: p.detach(),
+        pid: process.detach(),
         log,
         health: None,
     })
