@@ -87,7 +87,20 @@ async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
             .await
             .map(|o| o.stdout)
             .unwrap_or_default();
-        eprintln!("{e:#}\n{pods}\n{events}\n{}", cp.logs(60));
+        let nodes = kubectl
+            .run(
+                [
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name} taints={.spec.taints} ready={.status.conditions[?(@.type==\"Ready\")]}{\"\\n\"}{end}",
+                ],
+                None,
+            )
+            .await
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        eprintln!("{e:#}\n{pods}\n{events}\n{nodes}\n{}", cp.logs(60));
     }
     let _ = kubectl.ok(["delete", "deployment", "web", "-n", NS]).await;
     let _ = kubectl
