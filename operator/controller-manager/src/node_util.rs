@@ -117,27 +117,7 @@ pub async fn swap_taints(
     Ok(true)
 }
 
-/// Whether `toleration` tolerates `taint` (upstream's `Toleration.ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref()
-        && !effect.is_empty()
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
+pub use ferrokube_runtime::taints::tolerates;
 
 /// The pod's tolerations.
 pub fn tolerations(pod: &Pod) -> &[Toleration] {
@@ -185,44 +165,6 @@ pub async fn patch_pod_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tol(key: &str, op: &str, value: &str, effect: &str) -> Toleration {
-        Toleration {
-            key: (!key.is_empty()).then(|| key.to_string()),
-            operator: Some(op.to_string()),
-            value: (!value.is_empty()).then(|| value.to_string()),
-            effect: (!effect.is_empty()).then(|| effect.to_string()),
-            toleration_seconds: None,
-        }
-    }
-
-    #[test]
-    fn toleration_matching_follows_upstream() {
-        let t = Taint {
-            key: "dedicated".into(),
-            value: Some("gpu".into()),
-            effect: "NoExecute".into(),
-            time_added: None,
-        };
-        assert!(tolerates(
-            &tol("dedicated", "Equal", "gpu", "NoExecute"),
-            &t
-        ));
-        assert!(tolerates(&tol("dedicated", "Exists", "", ""), &t));
-        assert!(
-            tolerates(&tol("", "Exists", "", ""), &t),
-            "empty key + Exists tolerates all"
-        );
-        assert!(!tolerates(
-            &tol("dedicated", "Equal", "cpu", "NoExecute"),
-            &t
-        ));
-        assert!(!tolerates(
-            &tol("dedicated", "Equal", "gpu", "NoSchedule"),
-            &t
-        ));
-        assert!(!tolerates(&tol("other", "Exists", "", ""), &t));
-    }
 
     #[test]
     fn condition_taints() {

@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod shutdown;
+pub mod taints;
 pub mod workqueue;

@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// A selector operator (apimachinery `selection.Operator`, the ones label selectors use).
@@ -253,46 +251,13 @@ pub fn node_selector_matches(selector: &NodeSelector, node: &Node) -> bool {
         .any(|t| term_matches(t, node))
 }
 
-/// Whether `toleration` tolerates `taint` (upstream `ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref()
-        && !effect.is_empty()
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or_default();
-    let operator = toleration.operator.as_deref().unwrap_or("Equal");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match operator {
-        // An empty key with Exists tolerates everything.
-        "Exists" => true,
-        "" | "Equal" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
-/// The first taint passing `filter` that no toleration tolerates
-/// (upstream `FindMatchingUntoleratedTaint`).
-pub fn find_untolerated_taint<'a>(
-    taints: &'a [Taint],
-    tolerations: &[Toleration],
-    filter: impl Fn(&Taint) -> bool,
-) -> Option<&'a Taint> {
-    taints
-        .iter()
-        .filter(|t| filter(t))
-        .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
-}
+// Shared with the controller-manager's taint eviction.
+pub use ferrokube_runtime::taints::{find_untolerated_taint, tolerates};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Taint, Toleration};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(labels: &[(&str, &str)]) -> Node {
