@@ -208,9 +208,20 @@ async fn deployment_rolls_out_on(cp: &ControlPlane) -> anyhow::Result<()> {
             "-l",
             "kubernetes.io/service-name=web",
             "-o",
-            "jsonpath={.items[*].endpoints[*].addresses[0]}",
+            "json",
         ],
-        |o| o.split_whitespace().count() == 3,
+        // The whole list, so that a timeout shows what the slices held.
+        |o| {
+            let v: serde_json::Value = serde_json::from_str(o).unwrap_or_default();
+            let endpoints: usize = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["endpoints"].as_array())
+                .map(Vec::len)
+                .sum();
+            endpoints == 3
+        },
     )
     .await?;
 

@@ -54,15 +54,14 @@ pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const MAX_RETRIES: u32 = 15;
 /// `endpointSliceChangeMinSyncDelay`: slice events are batched at least this long.
 const ENDPOINT_SLICE_CHANGE_MIN_SYNC_DELAY: Duration = Duration::from_secs(1);
+/// How soon a sync that found the slice cache behind this controller's writes looks again.
+const STALE_CACHE_RETRY: Duration = Duration::from_millis(200);
 /// The name the controller reports events as.
 const NAME: &str = "endpointslice-controller";
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The cache lags behind this controller's own writes; retry later.
-    #[error("EndpointSlice informer cache is out of date")]
-    StaleInformerCache,
     /// A write failed.
     #[error("failed to {0} EndpointSlice {1:?}: {2}")]
     Write(&'static str, String, #[source] kube::Error),
@@ -280,7 +279,13 @@ impl Sync {
             .filter(|s| s.metadata.deletion_timestamp.is_none())
             .collect();
         if self.tracker.stale_slices(key, &slice_refs) {
-            return Err(Error::StaleInformerCache);
+            // Our own last write has not come back through the informer yet. Upstream
+            // fails the sync (exponential backoff per failure); a burst of pod churn then
+            // leaves the key waiting a minute or more after the cache caught up, with the
+            // slices stuck at an old state. The cache is seconds behind at worst, so look
+            // again shortly, without growing the key's backoff.
+            tracing::debug!(service = %key, "EndpointSlice informer cache is out of date; retrying shortly");
+            return Ok(Action::RequeueAfter(STALE_CACHE_RETRY));
         }
         let pod_refs: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
         let trigger = self.triggers.compute(&svc, &pod_refs);
