@@ -128,6 +128,17 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let config = client::load_config(&client_options).await?;
     let root_ca = root_ca(&options, &config)?;
     let client = client::from_config(config.clone(), &client_options)?;
+    // The informers list and watch through a client (and QPS budget) of their own, as
+    // upstream's "shared-informers" client: at start-up the garbage collector's monitors
+    // alone list and watch dozens of resources, and sharing one budget with leader
+    // election or a controller delays both.
+    let informer_client = {
+        let mut options = client_options.clone();
+        options.user_agent = options
+            .user_agent
+            .map(|ua| format!("{ua}/shared-informers"));
+        client::from_config(config.clone(), &options)?
+    };
     let token_dir = std::env::temp_dir().join(format!(
         "ferrokube-controller-manager-{}",
         std::process::id()
@@ -184,7 +195,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let ctx = Context {
         client: client.clone(),
         informers: Arc::new(
-            InformerFactory::new(client.clone())
+            InformerFactory::new(informer_client)
                 .with_resync(resync_period(options.min_resync_period)),
         ),
         metrics,

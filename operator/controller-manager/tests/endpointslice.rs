@@ -726,3 +726,114 @@ async fn endpoints_truncate_at_1000_and_slices_honour_the_max_flag() -> anyhow::
     .await?;
     Ok(())
 }
+
+/// Pods bound to a Node the controller's cache does not know are left out, with a Warning
+/// Event naming the Node; a burst of their updates (enough failed syncs to use up the
+/// Service's retries) does not strand them: once the Node exists they are published at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_late_node_join_as_soon_as_it_exists() -> anyhow::Result<()> {
+    const PODS: usize = 20;
+    let cp = ControlPlane::start().await?;
+    let cm = start(&cp, &[]).await?;
+    let kubectl = cp.kubectl()?;
+    let ns = "late";
+    namespace_and_node(&cp, ns).await?;
+    kubectl
+        .apply(
+            &json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "late", "namespace": ns},
+                "spec": {"selector": {"app": "late"}, "ports": [{"port": 80}]},
+            })
+            .to_string(),
+        )
+        .await?;
+    for i in 0..PODS {
+        let mut pod = pod_manifest(ns, &format!("late-{i}"), "late", None, None);
+        pod["spec"]["nodeName"] = json!("n-late");
+        kubectl.apply(&pod.to_string()).await?;
+        set_status(
+            &kubectl,
+            ns,
+            &format!("late-{i}"),
+            &format!("10.9.0.{}", i + 1),
+            true,
+        )
+        .await?;
+    }
+    common::kubectl_until(
+        &cp,
+        "a Warning Event naming the missing Node",
+        T,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector=reason=FailedToUpdateEndpointSlices",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        |o| o.contains(r#"Node "n-late" Not Found"#),
+    )
+    .await?;
+    let slices = slices_until(&cp, ns, "late", "the placeholder slice", T, |s| {
+        s.len() == 1
+    })
+    .await?;
+    assert_eq!(total(&slices), 0, "pods of an unknown node are left out");
+    // Readiness flaps until the Service's key has failed more often than its 15 retries
+    // (upstream then drops it; its backoff is hours long well before that).
+    let mut ready = false;
+    for round in 0.. {
+        let metrics = cm.metrics().await?;
+        let retries = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"workqueue_retries_total{name="endpoint_slice"} "#))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if retries >= 16.0 {
+            break;
+        }
+        anyhow::ensure!(round < 200, "only {retries} retries after {round} rounds");
+        for i in 0..PODS {
+            set_status(
+                &kubectl,
+                ns,
+                &format!("late-{i}"),
+                &format!("10.9.0.{}", i + 1),
+                ready,
+            )
+            .await?;
+        }
+        ready = !ready;
+    }
+    for i in 0..PODS {
+        set_status(
+            &kubectl,
+            ns,
+            &format!("late-{i}"),
+            &format!("10.9.0.{}", i + 1),
+            true,
+        )
+        .await?;
+    }
+
+    kubectl
+        .apply(
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n-late"}})
+                .to_string(),
+        )
+        .await?;
+    // Well inside the first retry interval a 15-failure backoff would leave (over 4 hours).
+    slices_until(
+        &cp,
+        ns,
+        "late",
+        "all pods published after their Node appeared",
+        Duration::from_secs(10),
+        |s| total(s) == PODS,
+    )
+    .await?;
+    Ok(())
+}

@@ -20,6 +20,7 @@ pub mod reconciler;
 pub mod tracker;
 pub mod util;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +112,20 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
             }
         }
     });
+    // Pods whose Node the cache does not know yet are left out of the slices; the Node's
+    // arrival resyncs their Services at once. (Upstream only retries with backoff, and a
+    // burst of pod events while the node informer lags can exhaust the retries.)
+    let waiting = Arc::new(NodeWaiters::default());
+    forward(tasks, nodes.subscribe(), &ctx.shutdown, {
+        let (queue, waiting) = (queue.clone(), waiting.clone());
+        move |n: Notification<Node>| {
+            if let Notification::Added(node) = n {
+                for key in waiting.arrived(node.metadata.name.as_deref().unwrap_or_default()) {
+                    queue.add(key);
+                }
+            }
+        }
+    });
     forward(tasks, slices.subscribe(), &ctx.shutdown, {
         let (queue, tracker) = (queue.clone(), tracker.clone());
         move |n: Notification<EndpointSlice>| {
@@ -133,6 +148,8 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         triggers: Arc::new(TriggerTimeTracker::default()),
         recorder: ctx.recorder(NAME, tasks),
         max,
+        waiting,
+        queue: queue.clone(),
     };
     let mut workers = Workers::new(NAME, ctx.options.concurrent_service_endpoint_syncs);
     workers.max_retries = MAX_RETRIES;
@@ -250,6 +267,44 @@ struct Sync {
     triggers: Arc<TriggerTimeTracker>,
     recorder: Recorder,
     max: usize,
+    waiting: Arc<NodeWaiters>,
+    queue: WorkQueue<ObjectKey>,
+}
+
+/// The Services waiting for a Node to appear in the cache, by node name.
+#[derive(Default)]
+struct NodeWaiters(std::sync::Mutex<HashMap<String, HashSet<ObjectKey>>>);
+
+impl NodeWaiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<ObjectKey>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `service` left out pods bound to `node`.
+    fn wait(&self, node: &str, service: &ObjectKey) {
+        self.lock()
+            .entry(node.to_string())
+            .or_default()
+            .insert(service.clone());
+    }
+
+    /// `service` no longer waits for `node`.
+    fn stop_waiting(&self, node: &str, service: &ObjectKey) {
+        let mut map = self.lock();
+        if let Some(set) = map.get_mut(node) {
+            set.remove(service);
+            if set.is_empty() {
+                map.remove(node);
+            }
+        }
+    }
+
+    /// The Services that waited for `node`, which has now arrived.
+    fn arrived(&self, node: &str) -> HashSet<ObjectKey> {
+        self.lock().remove(node).unwrap_or_default()
+    }
 }
 
 impl Sync {
@@ -301,6 +356,14 @@ impl Sync {
             "reconciling endpoint slices"
         );
         let skipped = std::mem::take(&mut plan.skipped);
+        for node in std::mem::take(&mut plan.missing_nodes) {
+            self.waiting.wait(&node, key);
+            // Arrived between the plan and now: its notification found no waiter.
+            if self.nodes.get("", &node).is_some() {
+                self.waiting.stop_waiting(&node, key);
+                self.queue.add(key.clone());
+            }
+        }
         let result = match self.reconciler.apply(&svc, plan).await {
             Ok(()) if skipped.is_empty() => Ok(Action::Done),
             Ok(()) => Err(Error::SkippedPods(skipped.join("; "))),

@@ -47,6 +47,8 @@ pub struct Plan {
     pub delete: Vec<EndpointSlice>,
     /// Pods left out because their node is not known (they are retried).
     pub skipped: Vec<String>,
+    /// The unknown nodes those pods are bound to.
+    pub missing_nodes: std::collections::BTreeSet<String>,
 }
 
 /// The identity of an endpoint inside a port set: upstream's `endpointHash` fields.
@@ -584,6 +586,7 @@ pub fn plan(
                 plan.skipped.push(format!(
                     "skipping Pod {pod_name}: Node {node_name:?} Not Found"
                 ));
+                plan.missing_nodes.insert(node_name.to_string());
                 continue;
             }
             let ep = pod_to_endpoint(pod, n.as_deref(), svc, address_type);
@@ -969,6 +972,7 @@ mod tests {
         let no_node = |_: &str| None;
         let out = plan(&s, &pods, &no_node, &[], None, 100);
         assert_eq!(out.skipped.len(), 1);
+        assert_eq!(out.missing_nodes, ["gone".to_string()].into());
         // Only the placeholder.
         assert_eq!(out.create.len(), 1);
         assert_eq!(len_of(&out.create[0]), 0);
