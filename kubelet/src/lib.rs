@@ -19,6 +19,7 @@ pub mod node_status;
 pub mod options;
 pub mod pod_workers;
 pub mod probes;
+pub mod reset;
 pub mod runtime;
 pub mod server;
 pub mod volumes;

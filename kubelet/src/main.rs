@@ -13,6 +13,21 @@ fn main() -> std::process::ExitCode {
         let code = ferrokube_kubelet::runtime::shim_main(&args[2..]);
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    if args
+        .get(1)
+        .is_some_and(|a| a == ferrokube_kubelet::reset::RESET_ARG)
+    {
+        let flags = ferrokube_kubelet::reset::ResetFlags::parse_from(&args[1..]);
+        let failures = ferrokube_kubelet::reset::reset(&flags);
+        for f in &failures {
+            eprintln!("reset: {f} failed");
+        }
+        return if failures.is_empty() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     // reqwest (under oci-client) uses the process-wide rustls provider; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = ferrokube_kubelet::options::Flags::parse();

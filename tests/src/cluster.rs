@@ -1,8 +1,10 @@
-//! The local cluster: a control plane plus an OCI registry (and, as they land, the ferrokube
-//! components) that keeps running after the command that started it.
+//! The local cluster: a control plane plus an OCI registry, ferrokube's controller-manager and
+//! scheduler, and (when this machine can run pods: root, runc, CNI plugins) ferrokube's
+//! kubelet as its one node. It keeps running after the command that started it.
 //!
-//! Its state lives in one directory: `kubeconfig`, `pki/`, `etcd/`, `registry/`, `logs/` and
-//! `state.json`, which records every process's PID so `down` can stop them.
+//! Its state lives in one directory: `kubeconfig`, `pki/`, `etcd/`, `registry/`, `kubelet/`,
+//! `pod-logs/`, `logs/` and `state.json`, which records every process's PID (and how to clean
+//! up after it) so `down` can stop them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +44,9 @@ pub enum Error {
     /// A ferrokube component did not become ready.
     #[error("{0} did not become ready: {1}\n--- {0} log (tail) ---\n{2}")]
     Component(String, String, String),
+    /// Cleaning up after a stopped component failed.
+    #[error("cleaning up after the cluster's processes failed:\n{0}")]
+    Cleanup(String),
     /// The registry did not answer.
     #[error("the OCI registry did not become ready: {0}\n--- registry log (tail) ---\n{1}")]
     Registry(String, String),
@@ -58,7 +63,17 @@ pub struct UpOptions {
     pub apiserver_port: u16,
     /// The registry's port on 127.0.0.1.
     pub registry_port: u16,
+    /// The kubelet's node name (also names its CNI bridge, so two clusters on one machine
+    /// need different ones).
+    pub node_name: String,
+    /// The node's pod range.
+    pub pod_cidr: String,
 }
+
+/// The node name `up` gives its kubelet unless told otherwise.
+pub const DEFAULT_NODE_NAME: &str = "ferrokube-node";
+/// The pod range `up` gives its kubelet unless told otherwise.
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
 
 /// One recorded process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,6 +87,10 @@ pub struct Component {
     /// Where its /healthz, /readyz and /metrics answer (ferrokube components).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// A command `down` runs once the process is stopped (the kubelet's `reset`, which
+    /// removes the containers, mounts and network namespaces it leaves running on purpose).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleanup: Vec<String>,
 }
 
 /// `state.json`: what is running and how to reach it.
@@ -85,6 +104,9 @@ pub struct State {
     pub registry: String,
     /// Every process, in start order.
     pub components: Vec<Component>,
+    /// What `up` left out and why (no kubelet without root, runc and CNI plugins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl State {
@@ -173,6 +195,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             name,
             pid,
             health: None,
+            cleanup: Vec::new(),
         })
         .collect();
     let server = cp.server_url();
@@ -186,13 +209,28 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         kubeconfig,
         registry: registry.clone(),
         components: components.clone(),
+        notes: Vec::new(),
     };
     // Saved before the registry starts, so a failure below can still be cleaned up by `down`.
     state.save(&opts.dir)?;
+    let mut notes = Vec::new();
     let started = async {
         components.push(start_registry(&opts.dir, &registry).await?);
         for (name, bin) in components_beside_this_program() {
             components.push(start_component(&opts.dir, &state.kubeconfig, &name, &bin).await?);
+        }
+        match kubelet_beside_this_program().and_then(|bin| can_run_pods().map(|()| bin)) {
+            Ok(bin) => {
+                let kubelet = start_kubelet(&opts.dir, &state.kubeconfig, opts, &bin).await;
+                // Recorded even when it did not become ready, so `down` cleans up after it.
+                let (component, ready) = match kubelet {
+                    Ok(c) => (c, Ok(())),
+                    Err((c, e)) => (c, Err(e)),
+                };
+                components.push(component);
+                ready?;
+            }
+            Err(why) => notes.push(format!("no node (kubelet not started): {why}")),
         }
         Ok::<_, Error>(())
     };
@@ -200,6 +238,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     // Record whatever started, so `down` stops it even after a failure.
     let state = State {
         components,
+        notes,
         ..state
     };
     state.save(&opts.dir)?;
@@ -216,14 +255,7 @@ pub const COMPONENTS: &[&str] = &["ferrokube-controller-manager", "ferrokube-sch
 /// The component binaries installed next to the running program (cargo puts every binary of
 /// the workspace in one directory), or in `$FERROKUBE_COMPONENT_DIR`.
 pub fn components_beside_this_program() -> Vec<(String, PathBuf)> {
-    let dir = std::env::var_os("FERROKUBE_COMPONENT_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(Path::to_path_buf))
-        });
-    let Some(dir) = dir else {
+    let Some(dir) = component_dir() else {
         return Vec::new();
     };
     COMPONENTS
@@ -236,6 +268,139 @@ pub fn components_beside_this_program() -> Vec<(String, PathBuf)> {
         })
         .filter(|(_, bin)| bin.is_file())
         .collect()
+}
+
+/// The kubelet binary beside this program (or in `$FERROKUBE_COMPONENT_DIR`).
+fn kubelet_beside_this_program() -> std::result::Result<PathBuf, String> {
+    let bin = component_dir()
+        .map(|d| d.join("ferrokube-kubelet"))
+        .ok_or_else(|| "cannot tell where ferrokube-kubelet is installed".to_string())?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("{} is missing", bin.display()))
+    }
+}
+
+/// Whether this machine can run pods: root, runc and the CNI plugins the kubelet's default
+/// network uses (hack/provision.sh installs them).
+pub fn can_run_pods() -> std::result::Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("running pods needs root (runc, network namespaces, mounts)".into());
+    }
+    for p in [
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/lib/cni/loopback",
+    ] {
+        if !Path::new(p).exists() {
+            return Err(format!("{p} is missing (hack/provision.sh installs it)"));
+        }
+    }
+    Ok(())
+}
+
+/// Starts the kubelet as the cluster's node and waits until the Node is Ready. On failure
+/// the component is still returned, so that `down` stops it and cleans up.
+async fn start_kubelet(
+    dir: &Path,
+    kubeconfig: &Path,
+    opts: &UpOptions,
+    bin: &Path,
+) -> std::result::Result<Component, (Component, Error)> {
+    let name = "kubelet";
+    let log = dir.join("logs").join(format!("{name}.log"));
+    let root = dir.join("kubelet");
+    let mut component = Component {
+        name: name.to_string(),
+        pid: 0,
+        log: log.clone(),
+        health: None,
+        cleanup: vec![
+            bin.display().to_string(),
+            "reset".to_string(),
+            format!("--root-dir={}", root.display()),
+            format!("--hostname-override={}", opts.node_name),
+        ],
+    };
+    let failed = |c: &Component, why: String| {
+        (
+            c.clone(),
+            Error::Component(name.to_string(), why, process::tail(&log, 30)),
+        )
+    };
+    let port = controlplane::free_port().map_err(|e| failed(&component, e.to_string()))?;
+    let health = format!("127.0.0.1:{port}");
+    component.health = Some(health.clone());
+    let args = vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--hostname-override={}", opts.node_name),
+        format!("--root-dir={}", root.display()),
+        format!("--pod-logs-dir={}", dir.join("pod-logs").display()),
+        format!("--pod-cidr={}", opts.pod_cidr),
+        format!("--healthz-port={port}"),
+    ];
+    let mut p = Process::spawn(name, bin, &args, &log, Lifetime::Detached)
+        .map_err(|e| failed(&component, e.to_string()))?;
+    component.pid = p.pid();
+    let kubectl = crate::Kubectl::new(
+        crate::upstream::binary("kubectl").map_err(|e| failed(&component, e.to_string()))?,
+        kubeconfig,
+    );
+    let node = format!("node/{}", opts.node_name);
+    let ready = wait::until(
+        &format!("Node {} Ready", opts.node_name),
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || {
+            let exited = p.has_exited();
+            let (kubectl, node) = (&kubectl, node.clone());
+            async move {
+                if exited {
+                    return Err("kubelet exited".to_string());
+                }
+                let out = kubectl
+                    .run(
+                        &[
+                            "get",
+                            &node,
+                            "-o",
+                            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                        ],
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if out.success() && out.stdout.trim() == "True" {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "Ready={:?} {}",
+                        out.stdout.trim(),
+                        out.stderr.trim()
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    p.detach();
+    match ready {
+        Ok(()) => Ok(component),
+        Err(e) => Err(failed(&component, e.to_string())),
+    }
+}
+
+/// `$FERROKUBE_COMPONENT_DIR`, else the directory of the running program.
+fn component_dir() -> Option<PathBuf> {
+    std::env::var_os("FERROKUBE_COMPONENT_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+        })
 }
 
 /// Starts one ferrokube component against the cluster and waits for its /readyz.
@@ -278,6 +443,7 @@ async fn start_component(
         pid: p.pid(),
         log: log.clone(),
         health: Some(health),
+        cleanup: Vec::new(),
     };
     match ready {
         Ok(()) => {
@@ -298,10 +464,28 @@ pub fn down(dir: &Path) -> Result<Vec<Component>> {
     let Some(state) = State::load(dir)? else {
         return Ok(Vec::new());
     };
+    let mut failures = Vec::new();
     for c in state.components.iter().rev() {
-        process::terminate(c.pid, Duration::from_secs(10));
+        if c.pid != 0 {
+            process::terminate(c.pid, Duration::from_secs(10));
+        }
+        if let Some((program, args)) = c.cleanup.split_first() {
+            match std::process::Command::new(program).args(args).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => failures.push(format!(
+                    "{}: {}",
+                    c.cleanup.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => failures.push(format!("{}: {e}", c.cleanup.join(" "))),
+            }
+        }
     }
-    for sub in ["etcd", "registry", "state.json"] {
+    if !failures.is_empty() {
+        // The state file stays, so `down` can be run again once the cause is fixed.
+        return Err(Error::Cleanup(failures.join("\n")));
+    }
+    for sub in ["etcd", "registry", "kubelet", "pod-logs", "state.json"] {
         let p = dir.join(sub);
         let res = if p.is_dir() {
             std::fs::remove_dir_all(&p)
@@ -334,6 +518,7 @@ async fn start_registry(dir: &Path, addr: &str) -> Result<Component> {
         pid: process.detach(),
         log,
         health: None,
+        cleanup: Vec::new(),
     })
 }
 

@@ -143,53 +143,17 @@ impl Kubelet {
         }
     }
 
-    /// Removes every trace of this kubelet from the host.
+    /// Removes every trace of this kubelet from the host (`ferrokube-kubelet reset`).
     pub fn teardown(&mut self) {
         self.stop();
-        let runc_root = self.root.join("runc");
-        let pods: Vec<String> = std::fs::read_dir(self.root.join("pods"))
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Ok(out) = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["list", "-q"])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = std::process::Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force", id])
-                    .output();
-            }
+        let failures = ferrokube_kubelet::reset::reset(&ferrokube_kubelet::reset::ResetFlags {
+            root_dir: self.root.clone(),
+            hostname_override: self.name.clone(),
+            cgroup_root: "/".to_string(),
+        });
+        if !failures.is_empty() {
+            eprintln!("teardown of kubelet {}: {failures:?}", self.name);
         }
-        // Mounts under the root dir (overlay rootfs, tmpfs emptyDirs), deepest first.
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| Path::new(p).starts_with(&self.root))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH);
-        }
-        for uid in &pods {
-            let ns = ferrokube_kubelet::network::netns_name(uid);
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "delete", &ns])
-                .output();
-            ferrokube_kubelet::pod_workers::remove_pod_cgroups("/", uid);
-        }
-        let bridge = ferrokube_kubelet::network::bridge_name(&self.name);
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &bridge])
-            .output();
     }
 }
 

@@ -28,6 +28,12 @@ enum Command {
         /// The OCI registry's port on 127.0.0.1.
         #[arg(long, default_value_t = 5000)]
         registry_port: u16,
+        /// The node's name (its kubelet's `--hostname-override`).
+        #[arg(long, default_value = cluster::DEFAULT_NODE_NAME)]
+        node_name: String,
+        /// The node's pod range.
+        #[arg(long, default_value = cluster::DEFAULT_POD_CIDR)]
+        pod_cidr: String,
     },
     /// Stop every process of the cluster and remove its data (logs are kept).
     Down,
@@ -43,11 +49,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Up {
             apiserver_port,
             registry_port,
+            node_name,
+            pod_cidr,
         } => {
             let state = cluster::up(&UpOptions {
                 dir: dir.clone(),
                 apiserver_port,
                 registry_port,
+                node_name,
+                pod_cidr,
             })
             .await?;
             println!("ferrokube local cluster is up");
@@ -55,6 +65,9 @@ async fn main() -> anyhow::Result<()> {
             println!("  registry:   {}", state.registry);
             println!("  logs:       {}", dir.join("logs").display());
             println!("  kubeconfig: {}", state.kubeconfig.display());
+            for note in &state.notes {
+                println!("  note:       {note}");
+            }
             println!();
             println!("  export KUBECONFIG={}", state.kubeconfig.display());
         }
