@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers};
@@ -46,15 +47,12 @@ pub const CONTROLLER_NAME: &str = "endpoint-controller";
 const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 /// The name events are reported as.
 const NAME: &str = "endpoints-controller";
+/// How soon a sync that found the cache behind this controller's writes looks again.
+const STALE_CACHE_RETRY: Duration = Duration::from_millis(200);
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The cache has not caught up with this controller's last write.
-    #[error(
-        "endpoints informer cache is out of date, resource version {0} already processed for endpoints {1}"
-    )]
-    StaleInformerCache(String, ObjectKey),
     /// A write failed.
     #[error("failed to {0} endpoints {1}: {2}")]
     Write(&'static str, ObjectKey, #[source] kube::Error),
@@ -188,10 +186,16 @@ impl Sync {
         if let Some(cur) = &current
             && self.is_stale(key, cur)
         {
-            return Err(Error::StaleInformerCache(
-                cur.metadata.resource_version.clone().unwrap_or_default(),
-                key.clone(),
-            ));
+            // Our own last write has not come back through the informer yet. Upstream
+            // fails the sync and so grows the key's backoff; a burst of pod events then
+            // leaves the Endpoints stale for minutes after the cache caught up. The cache
+            // is behind by moments: look again shortly, without a failure.
+            tracing::debug!(
+                service = %key,
+                resource_version = cur.metadata.resource_version.as_deref().unwrap_or_default(),
+                "Endpoints informer cache is out of date; retrying shortly"
+            );
+            return Ok(Action::RequeueAfter(STALE_CACHE_RETRY));
         }
         let svc_labels = svc.metadata.labels.clone().unwrap_or_default();
         if let Some(cur) = &current {
@@ -263,6 +267,11 @@ impl Sync {
             }
             Err(e) if current.is_none() && apierrors::is_namespace_terminating(&e) => {
                 Ok(Action::Done)
+            }
+            // Created by our previous sync, not in the cache yet: the same lag as above.
+            Err(e) if current.is_none() && apierrors::is_already_exists(&e) => {
+                tracing::debug!(service = %key, "Endpoints exists but is not cached yet; retrying shortly");
+                Ok(Action::RequeueAfter(STALE_CACHE_RETRY))
             }
             Err(e) => {
                 let (reason, verb, note) = if current.is_none() {
