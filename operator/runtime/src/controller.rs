@@ -46,6 +46,33 @@ impl Workers {
         }
     }
 
+    /// Spawns into `tasks` one task that waits for `ready` (the informers' first full
+    /// lists, and anything else that must precede the first sync), then runs the workers
+    /// as [`spawn`](Self::spawn) does until `shutdown`. Nothing syncs on a partial cache.
+    pub fn spawn_when<K, F, Fut, E>(
+        self,
+        tasks: &mut JoinSet<()>,
+        ready: impl Future<Output = ()> + Send + 'static,
+        queue: WorkQueue<K>,
+        shutdown: CancellationToken,
+        sync: F,
+    ) where
+        K: Clone + Eq + Hash + Debug + Display + Send + Sync + 'static,
+        F: Fn(K) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = ready => {}
+            }
+            let mut workers = JoinSet::new();
+            self.spawn(&mut workers, queue, shutdown, sync);
+            while workers.join_next().await.is_some() {}
+        });
+    }
+
     /// Spawns the workers into `tasks`. They stop when `shutdown` is cancelled: the queue
     /// is shut down, in-flight syncs finish, and queued keys are dropped.
     pub fn spawn<K, F, Fut, E>(

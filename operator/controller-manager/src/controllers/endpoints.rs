@@ -97,17 +97,12 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         recorder: ctx.recorder(NAME, tasks),
     };
     let workers = Workers::new(NAME, ctx.options.concurrent_endpoint_syncs);
-    let shutdown = ctx.shutdown.clone();
     let stores = (pods.store(), services.store(), endpoints.store());
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async {
-                stores.0.wait_synced().await;
-                stores.1.wait_synced().await;
-                stores.2.wait_synced().await;
-            } => {}
-        }
+    let leftovers = queue.clone();
+    let ready = async move {
+        stores.0.wait_synced().await;
+        stores.1.wait_synced().await;
+        stores.2.wait_synced().await;
         // `checkLeftoverEndpoints`: Endpoints whose Service was deleted while no controller
         // ran are found by syncing every Endpoints once.
         for ep in stores.2.list() {
@@ -117,16 +112,20 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
                 .as_ref()
                 .is_some_and(|a| a.contains_key(LEADER_ANNOTATION));
             if !lock {
-                queue.add(ObjectKey::of(&*ep));
+                leftovers.add(ObjectKey::of(&*ep));
             }
         }
-        let mut inner = JoinSet::new();
-        workers.spawn(&mut inner, queue, shutdown, move |key: ObjectKey| {
+    };
+    workers.spawn_when(
+        tasks,
+        ready,
+        queue,
+        ctx.shutdown.clone(),
+        move |key: ObjectKey| {
             let sync = sync.clone();
             async move { sync.service(&key).await }
-        });
-        while inner.join_next().await.is_some() {}
-    });
+        },
+    );
     Ok(())
 }
 

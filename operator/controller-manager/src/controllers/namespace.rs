@@ -98,20 +98,18 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     let mut workers = Workers::new("namespace", ctx.options.concurrent_namespace_syncs);
     // Upstream never drops a namespace: deletion must eventually finish.
     workers.max_retries = u32::MAX;
-    let (shutdown, store) = (ctx.shutdown.clone(), namespaces.store());
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = store.wait_synced() => {}
-        }
-        let mut inner = JoinSet::new();
-        let deleter = Arc::new(deleter);
-        workers.spawn(&mut inner, queue, shutdown, move |ns: String| {
+    let store = namespaces.store();
+    let deleter = Arc::new(deleter);
+    workers.spawn_when(
+        tasks,
+        async move { store.wait_synced().await },
+        queue,
+        ctx.shutdown.clone(),
+        move |ns: String| {
             let deleter = deleter.clone();
             async move { deleter.sync(&ns).await }
-        });
-        while inner.join_next().await.is_some() {}
-    });
+        },
+    );
     Ok(())
 }
 

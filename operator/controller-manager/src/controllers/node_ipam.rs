@@ -223,24 +223,25 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
             n => n.object().metadata.name.clone().into_iter().collect(),
         },
     );
-    let shutdown = ctx.shutdown.clone();
     let store = nodes.store();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = store.wait_synced() => {}
-        }
+    let occupier = allocator.clone();
+    let ready = async move {
+        store.wait_synced().await;
         // Everything already handed out is taken before anything new is allocated.
         for node in store.list() {
-            allocator.occupy(&node);
+            occupier.occupy(&node);
         }
-        let mut inner = JoinSet::new();
-        Workers::new(NAME, 1).spawn(&mut inner, queue, shutdown, move |name: String| {
+    };
+    Workers::new(NAME, 1).spawn_when(
+        tasks,
+        ready,
+        queue,
+        ctx.shutdown.clone(),
+        move |name: String| {
             let a = allocator.clone();
             async move { a.sync(&name).await }
-        });
-        while inner.join_next().await.is_some() {}
-    });
+        },
+    );
     Ok(())
 }
 

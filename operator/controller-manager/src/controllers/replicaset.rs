@@ -300,19 +300,19 @@ pub fn run<K: ReplicaOwner>(
     // Upstream retries a failing ReplicaSet forever (with backoff): a quota raised an hour
     // later must still be noticed without another event.
     workers.max_retries = u32::MAX;
-    let shutdown = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async { rs_store.wait_synced().await; pod_store.wait_synced().await } => {}
-        }
-        let mut inner = JoinSet::new();
-        workers.spawn(&mut inner, queue, shutdown, move |key: ObjectKey| {
+    workers.spawn_when(
+        tasks,
+        async move {
+            rs_store.wait_synced().await;
+            pod_store.wait_synced().await;
+        },
+        queue,
+        ctx.shutdown.clone(),
+        move |key: ObjectKey| {
             let sync = sync.clone();
             async move { sync.sync(&key).await }
-        });
-        while inner.join_next().await.is_some() {}
-    });
+        },
+    );
     Ok(())
 }
 

@@ -78,25 +78,17 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         root_ca,
         writer: StatusWriter::new(Target::Object),
     };
-    let shutdown = ctx.shutdown.clone();
     let cm_store = config_maps.store();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = cm_store.wait_synced() => {}
-        }
-        let mut inner = JoinSet::new();
-        Workers::new("root_ca_cert_publisher", 1).spawn(
-            &mut inner,
-            queue,
-            shutdown,
-            move |ns: String| {
-                let sync = sync.clone();
-                async move { sync.namespace(&ns).await }
-            },
-        );
-        while inner.join_next().await.is_some() {}
-    });
+    Workers::new("root_ca_cert_publisher", 1).spawn_when(
+        tasks,
+        async move { cm_store.wait_synced().await },
+        queue,
+        ctx.shutdown.clone(),
+        move |ns: String| {
+            let sync = sync.clone();
+            async move { sync.namespace(&ns).await }
+        },
+    );
     Ok(())
 }
 

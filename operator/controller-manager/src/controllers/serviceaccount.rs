@@ -58,20 +58,20 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         "serviceaccount",
         ctx.options.concurrent_serviceaccount_syncs,
     );
-    let (shutdown, ns_store, sa_store) =
-        (ctx.shutdown.clone(), namespaces.store(), accounts.store());
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async { ns_store.wait_synced().await; sa_store.wait_synced().await } => {}
-        }
-        let mut inner = JoinSet::new();
-        workers.spawn(&mut inner, queue, shutdown, move |ns: String| {
+    let (ns_store, sa_store) = (namespaces.store(), accounts.store());
+    workers.spawn_when(
+        tasks,
+        async move {
+            ns_store.wait_synced().await;
+            sa_store.wait_synced().await;
+        },
+        queue,
+        ctx.shutdown.clone(),
+        move |ns: String| {
             let sync = sync.clone();
             async move { sync.namespace(&ns).await }
-        });
-        while inner.join_next().await.is_some() {}
-    });
+        },
+    );
     Ok(())
 }
 

@@ -120,25 +120,20 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         pods: pods.store(),
         recorder,
     };
-    let shutdown = ctx.shutdown.clone();
     let (n, p) = (nodes.store(), pods.store());
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async { n.wait_synced().await; p.wait_synced().await } => {}
-        }
-        let mut inner = JoinSet::new();
-        Workers::new("taint-eviction-controller", 8).spawn(
-            &mut inner,
-            queue,
-            shutdown,
-            move |key: ObjectKey| {
-                let sync = sync.clone();
-                async move { sync.pod(&key).await }
-            },
-        );
-        while inner.join_next().await.is_some() {}
-    });
+    Workers::new("taint-eviction-controller", 8).spawn_when(
+        tasks,
+        async move {
+            n.wait_synced().await;
+            p.wait_synced().await;
+        },
+        queue,
+        ctx.shutdown.clone(),
+        move |key: ObjectKey| {
+            let sync = sync.clone();
+            async move { sync.pod(&key).await }
+        },
+    );
     Ok(())
 }
 

@@ -138,23 +138,20 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         object_writer: StatusWriter::new(Target::Object),
     };
     let workers = Workers::new("deployment", ctx.options.concurrent_deployment_syncs);
-    let shutdown = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async {
-                d_store.wait_synced().await;
-                rs_store.wait_synced().await;
-                pod_store.wait_synced().await;
-            } => {}
-        }
-        let mut inner = JoinSet::new();
-        workers.spawn(&mut inner, queue, shutdown, move |key: ObjectKey| {
+    workers.spawn_when(
+        tasks,
+        async move {
+            d_store.wait_synced().await;
+            rs_store.wait_synced().await;
+            pod_store.wait_synced().await;
+        },
+        queue,
+        ctx.shutdown.clone(),
+        move |key: ObjectKey| {
             let dc = dc.clone();
             async move { dc.sync_deployment(&key).await }
-        });
-        while inner.join_next().await.is_some() {}
-    });
+        },
+    );
     Ok(())
 }
 

@@ -153,30 +153,27 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     };
     let mut workers = Workers::new(NAME, ctx.options.concurrent_service_endpoint_syncs);
     workers.max_retries = MAX_RETRIES;
-    let shutdown = ctx.shutdown.clone();
     let stores = (
         pods.store(),
         services.store(),
         slices.store(),
         nodes.store(),
     );
-    tasks.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async {
-                stores.0.wait_synced().await;
-                stores.1.wait_synced().await;
-                stores.2.wait_synced().await;
-                stores.3.wait_synced().await;
-            } => {}
-        }
-        let mut inner = JoinSet::new();
-        workers.spawn(&mut inner, queue, shutdown, move |key: ObjectKey| {
+    workers.spawn_when(
+        tasks,
+        async move {
+            stores.0.wait_synced().await;
+            stores.1.wait_synced().await;
+            stores.2.wait_synced().await;
+            stores.3.wait_synced().await;
+        },
+        queue,
+        ctx.shutdown.clone(),
+        move |key: ObjectKey| {
             let sync = sync.clone();
             async move { sync.service(&key).await }
-        });
-        while inner.join_next().await.is_some() {}
-    });
+        },
+    );
     Ok(())
 }
 
