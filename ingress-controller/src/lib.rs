@@ -16,12 +16,16 @@
 //! There is no configuration file and no reload: a route change is one pointer swap, so no
 //! connection is ever dropped by it.
 
+pub mod affinity;
 pub mod annotations;
+pub mod auth;
 pub mod balancer;
 pub mod class;
 pub mod controller;
+pub mod cors;
 pub mod options;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod status;
 pub mod tls;
