@@ -159,8 +159,16 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
                 .as_ref()
                 .unwrap_or(&BTreeMap::new()),
         );
-        if config.use_regex || config.rewrite_target.is_some() {
-            for rule in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
+        for rule in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
+            // ingress-nginx's `enforceRegexModifier`: `use-regex`, or a `rewrite-target`
+            // that differs from the path (one equal to it rewrites nothing).
+            let rewrites = rule.http.iter().flat_map(|h| h.paths.iter()).any(|p| {
+                config
+                    .rewrite_target
+                    .as_deref()
+                    .is_some_and(|t| Some(t) != p.path.as_deref())
+            });
+            if config.use_regex || rewrites {
                 builder.use_regex(rule.host.as_deref());
             }
         }
@@ -1008,5 +1016,73 @@ mod tests {
             .target
             .upstream;
         assert!(Arc::ptr_eq(a, b));
+    }
+
+    #[test]
+    fn regex_hosts_invalid_regex_and_auth_fail_closed() {
+        let p = |path: &str, t: &str| json!({"path": path, "pathType": t, "backend": backend("web", json!({"number": 80}))});
+        let ings = vec![
+            // use-regex on one Ingress makes the other Ingress's path on the host a regex.
+            ingress(
+                "regex",
+                1,
+                json!({"rules": [{"host": "r.com", "http": {"paths": [p("/a[0-9]+", "ImplementationSpecific"), p("/(bad", "ImplementationSpecific")]}}]}),
+                json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
+            ),
+            ingress(
+                "plain",
+                2,
+                json!({"rules": [{"host": "r.com", "http": {"paths": [p("/b", "Prefix")]}}]}),
+                json!({}),
+            ),
+            // A rewrite-target equal to the path rewrites nothing: no regex for the host.
+            ingress(
+                "same",
+                3,
+                json!({"rules": [{"host": "s.com", "http": {"paths": [p("/b", "Prefix")]}}]}),
+                json!({"nginx.ingress.kubernetes.io/rewrite-target": "/b"}),
+            ),
+            ingress(
+                "auth",
+                4,
+                json!({"rules": [{"host": "auth.com", "http": {"paths": [p("/", "Prefix")]}}]}),
+                json!({"nginx.ingress.kubernetes.io/auth-type": "basic",
+                       "nginx.ingress.kubernetes.io/auth-secret": "users"}),
+            ),
+        ];
+        let services = |_: &str, n: &str| (n == "web").then(|| service("web"));
+        let slices = |_: &str, _: &str| Vec::new();
+        let mut secrets = HashMap::new();
+        secrets.insert(ObjectKey::new("ns", "users"), SecretState::Missing);
+        let c = compile(&Inputs {
+            ingresses: &ings,
+            services: &services,
+            slices: &slices,
+            secrets: &secrets,
+            default_cert: tls::self_signed().expect("cert"),
+            previous: &HashMap::new(),
+        });
+        let name = |host: &str, path: &str| {
+            c.table
+                .lookup(host, path)
+                .map(|r| r.target.ingress.name.clone())
+        };
+        assert_eq!(name("r.com", "/A12/x").as_deref(), Some("regex"));
+        assert_eq!(name("r.com", "/bx").as_deref(), Some("plain"));
+        assert_eq!(name("s.com", "/bx"), None);
+        let reasons = |n: &str| {
+            c.diagnostics[&ObjectKey::new("ns", n)]
+                .iter()
+                .map(|d| d.reason)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(reasons("regex"), vec!["InvalidPath"]);
+        assert_eq!(reasons("auth"), vec!["AuthSecretNotFound"]);
+        let gate = c
+            .table
+            .lookup("auth.com", "/")
+            .and_then(|r| r.target.auth.clone());
+        assert!(matches!(gate.as_deref(), Some(auth::Gate::Unavailable)));
+        assert!(c.secrets.contains(&ObjectKey::new("ns", "users")));
     }
 }

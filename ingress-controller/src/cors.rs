@@ -18,7 +18,8 @@ pub const DEFAULT_MAX_AGE: u32 = 1_728_000;
 /// One allowed origin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// `*`: every origin (the response then says `*`).
+    /// `*`: every origin. Alone in the list, the response says `*`; in a list with
+    /// others, the request's origin is echoed (as ingress-nginx does).
     Any,
     /// `scheme://host[:port]`, compared case-insensitively.
     Exact(String),
@@ -194,7 +195,7 @@ impl Cors {
     /// with `*` every request is decorated, with or without an `Origin`.
     pub fn decide(&self, method: &Method, origin: Option<&HeaderValue>) -> Decision {
         let origin = origin.and_then(|o| o.to_str().ok());
-        let any = self.origins.contains(&Origin::Any);
+        let any = self.origins == [Origin::Any];
         let allow_origin = if any {
             HeaderValue::from_static("*")
         } else {
@@ -316,6 +317,15 @@ mod tests {
         let evil = HeaderValue::from_static("https://evil.com");
         assert_eq!(listed.decide(&Method::OPTIONS, Some(&evil)), Decision::Pass);
         assert_eq!(listed.decide(&Method::GET, None), Decision::Pass);
+        // `*` in a longer list admits every origin but echoes it.
+        let mixed = Cors {
+            origins: parse_origins("https://a.com, *").expect("origins"),
+            ..Cors::default()
+        };
+        let Decision::Decorate(h) = mixed.decide(&Method::GET, Some(&evil)) else {
+            panic!("decorate");
+        };
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://evil.com");
     }
 
     #[test]

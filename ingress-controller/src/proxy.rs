@@ -435,9 +435,10 @@ impl Proxy {
         }
         headers.insert("x-request-id", id.clone());
 
-        let upstream_path = match &config.rewrite_target {
+        let upstream_path = match config.rewrite_target.as_ref().filter(|t| **t != route.path) {
             // nginx's `rewrite <path> <target>`: the path is replaced, the query kept;
-            // on a regex route `$1`, `$2` are the groups the request path matched.
+            // on a regex route `$1`, `$2` are the groups the request path matched. A target
+            // equal to the rule's path rewrites nothing (ingress-nginx's `buildProxyPass`).
             Some(t) => {
                 let t = match route
                     .pattern
