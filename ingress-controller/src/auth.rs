@@ -70,7 +70,9 @@ impl Hash {
     fn parse(s: &str) -> Option<Self> {
         let s = s.trim();
         if ["$2y$", "$2b$", "$2a$"].iter().any(|p| s.starts_with(p)) {
-            return Some(Self::Bcrypt(s.to_string()));
+            // `$2y$NN$` + 22 characters of salt + 31 of hash: a malformed one is reported
+            // with the Secret instead of failing every login silently.
+            return (s.len() == 60 && s.as_bytes()[6] == b'$').then(|| Self::Bcrypt(s.to_string()));
         }
         if let Some(b64) = s.strip_prefix("{SHA}") {
             let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
@@ -341,6 +343,10 @@ mod tests {
         );
         assert_eq!(
             Users::from_secret(&file("u:plaintext"), SecretType::AuthFile),
+            Err(Error::BadHash("u".into()))
+        );
+        assert_eq!(
+            Users::from_secret(&file("u:$2y$10$short"), SecretType::AuthFile),
             Err(Error::BadHash("u".into()))
         );
         assert_eq!(

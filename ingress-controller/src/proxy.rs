@@ -343,7 +343,7 @@ impl Proxy {
         };
         // Held until the response body ends: `limit-connections` counts requests in
         // progress, streamed responses included.
-        let in_progress =
+        let mut in_progress =
             match self
                 .limiters
                 .admit(&route.target.ingress, &config.limits, conn.remote.ip())
@@ -554,7 +554,11 @@ impl Proxy {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching && let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
+            // An upgraded connection (WebSocket) counts against `limit-connections` for as
+            // long as it is open, as nginx's `limit_conn` counts it.
+            let held = in_progress.take();
             tokio::spawn(async move {
+                let _held = held;
                 match (down.await, up.await) {
                     (Ok(d), Ok(u)) => {
                         let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ferrokube_tests::ControlPlane;
 use ferrokube_tests::wait;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::*;
@@ -349,6 +349,32 @@ async fn rate_and_connection_limits_per_client() -> anyhow::Result<()> {
     .await?;
     drop(held);
     get_until(p, "conns.example", "/", "slot freed", |r| r.status == 200).await?;
+    // An upgraded connection holds its slot for as long as it is open.
+    let mut ws = TcpStream::connect(("127.0.0.1", p)).await?;
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: conns.example\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(T, ws.read_exact(&mut byte)).await??;
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let r = get(p, "conns.example", "/")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(r.status, 503, "{}", r.body);
+    drop(ws);
+    get_until(p, "conns.example", "/", "upgrade slot freed", |r| {
+        r.status == 200
+    })
+    .await?;
     Ok(())
 }
 
