@@ -184,6 +184,9 @@ pub enum Problem {
     Unsupported,
     /// The value could not be parsed; the reason.
     Invalid(String),
+    /// An authentication setting is unusable (the reason): the Ingress's routes answer
+    /// 503 rather than serve without the authentication asked for.
+    FailClosed(String),
 }
 
 /// An annotation that was not applied.
@@ -207,6 +210,11 @@ impl std::fmt::Display for Warning {
             Problem::Invalid(why) => {
                 write!(f, "{}: invalid value ({why}), ignored", self.annotation)
             }
+            Problem::FailClosed(why) => write!(
+                f,
+                "{}: {why}; the Ingress's routes answer 503 until this is fixed",
+                self.annotation
+            ),
         }
     }
 }
@@ -315,21 +323,33 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
                     }
                 })
                 .map(|p| affinity.path = Some(p)),
+            // Broken auth settings fail closed, so they are reported as such and not as
+            // "ignored".
             "auth-type" => {
-                let r = match value {
+                let r: Result<(), String> = match value {
                     "basic" => Ok(()),
-                    "digest" => {
-                        Err("digest authentication is not supported; routes answer 503".into())
-                    }
+                    "digest" => Err("digest authentication is not supported".into()),
                     _ => Err("want basic".into()),
                 };
-                auth_type = Some(r.clone().map_err(|_: String| ()));
-                r
+                auth_type = Some(r.clone().map_err(|_| ()));
+                if let Err(why) = r {
+                    warnings.push(Warning {
+                        annotation: key.clone(),
+                        problem: Problem::FailClosed(why),
+                    });
+                }
+                continue;
             }
             "auth-secret" => {
                 let r = secret_ref(value);
                 auth_secret = Some(r.clone().map_err(|_| ()));
-                r.map(|_| ())
+                if let Err(why) = r {
+                    warnings.push(Warning {
+                        annotation: key.clone(),
+                        problem: Problem::FailClosed(why),
+                    });
+                }
+                continue;
             }
             "auth-secret-type" => match value {
                 "auth-file" => Ok(crate::auth::SecretType::AuthFile),
@@ -380,21 +400,18 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
         (Some(Ok(())), None) => {
             warnings.push(Warning {
                 annotation: format!("{PREFIX}auth-secret"),
-                problem: Problem::Invalid(
-                    "auth-type basic needs auth-secret; routes answer 503".into(),
-                ),
+                problem: Problem::FailClosed("auth-type basic needs auth-secret".into()),
             });
             Some(AuthConfig::Broken)
         }
-        // ingress-nginx ignores an auth-secret without auth-type; so do we (reported).
+        // ingress-nginx serves without authentication here; an auth-secret says the
+        // author wanted it, so we fail closed instead.
         (None, Some(_)) => {
             warnings.push(Warning {
                 annotation: format!("{PREFIX}auth-type"),
-                problem: Problem::Invalid(
-                    "auth-secret is set but auth-type is not; no authentication".into(),
-                ),
+                problem: Problem::FailClosed("auth-secret is set but auth-type is not".into()),
             });
-            None
+            Some(AuthConfig::Broken)
         }
         // Either one is invalid (reported above): never serve without the auth asked for.
         _ => Some(AuthConfig::Broken),
@@ -733,7 +750,15 @@ mod tests {
             assert!(!w.is_empty(), "{bad:?}");
         }
         let (c, w) = parse(&ann(&[("auth-secret", "s")]));
-        assert_eq!((c.auth, w.len()), (None, 1));
+        assert_eq!(c.auth, Some(AuthConfig::Broken));
+        assert!(matches!(
+            &w[..],
+            [Warning {
+                problem: Problem::FailClosed(_),
+                ..
+            }]
+        ));
+        assert!(w[0].to_string().contains("answer 503"), "{}", w[0]);
         // A bad realm is reported; authentication stays on with the default realm.
         let (c, w) = parse(&ann(&[
             ("auth-type", "basic"),

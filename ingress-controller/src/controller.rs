@@ -1,8 +1,7 @@
 //! The control plane side: shared informers for Ingresses, IngressClasses, Services and
-//! EndpointSlices, one narrow watch per Secret an Ingress references (TLS and basic-auth
-//! users), and on every
-//! change a full compile into a new routing table and certificate set, swapped in
-//! atomically.
+//! EndpointSlices, one narrow watch per Secret an Ingress references (TLS certificates
+//! and basic-auth users), and on every change a full compile into a new routing table and
+//! certificate set, swapped in atomically.
 //!
 //! Compiling everything from the caches on each batch of changes keeps the table a pure
 //! function of the cluster state (level-triggered): there is no incremental bookkeeping to
@@ -150,8 +149,7 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
     let mut canaries = Vec::new();
 
     // A host switches to regex matching for every Ingress on it as soon as one of them
-    // asks for it (ingress-nginx: `use-regex`, or any `rewrite-target`), so the hosts are
-    // known before any route is added.
+    // asks for it, so the hosts are known before any route is added.
     for ing in &ingresses {
         let (config, _) = annotations::parse(
             ing.metadata
@@ -185,7 +183,9 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
         );
         for w in warnings {
             let reason = match w.problem {
-                annotations::Problem::Invalid(_) => "InvalidAnnotation",
+                annotations::Problem::Invalid(_) | annotations::Problem::FailClosed(_) => {
+                    "InvalidAnnotation"
+                }
                 _ => "UnsupportedAnnotation",
             };
             diags.insert(warn(reason, w.to_string()));

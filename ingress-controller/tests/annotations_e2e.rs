@@ -430,6 +430,12 @@ async fn basic_auth_from_secrets_fails_closed_and_follows_secret_changes() -> an
             root.clone(),
             &[("auth-type", "basic"), ("auth-secret", "later")],
         ),
+        ingress(
+            "digest",
+            "digest.example",
+            root.clone(),
+            &[("auth-type", "digest"), ("auth-secret", "users")],
+        ),
         ingress("public", "public.example", root.clone(), &[]),
     ] {
         kubectl.apply(&manifest).await?;
@@ -473,6 +479,11 @@ async fn basic_auth_from_secrets_fails_closed_and_follows_secret_changes() -> an
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!(r.status, 200);
+    // An auth setting we cannot honour fails closed too.
+    let ev = events_containing(&cp, "digest", &["InvalidAnnotation"]).await?;
+    assert!(ev.contains("answer 503"), "{ev}");
+    let r = call_as("digest.example", basic("sha", "letmein")).await?;
+    assert_eq!(r.status, 503, "{}", r.body);
     // The Secret appears: the route opens to its users.
     secret(
         &cp,
