@@ -7,6 +7,15 @@
 //! durations, URIs and address ranges, and the data plane acts on those. Snippet
 //! annotations (raw nginx configuration) and the annotations we do not implement are
 //! reported by name and otherwise ignored.
+//!
+//! Supported: `rewrite-target`, `use-regex`, `ssl-redirect`, `force-ssl-redirect`,
+//! `proxy-body-size`, `proxy-{connect,read,send}-timeout`, `backend-protocol`, `canary*`,
+//! `permanent-redirect(-code)`, `app-root`, `load-balance`, `allowlist-source-range`,
+//! `enable-cors` and `cors-*` ([`crate::cors`]), `limit-rps`, `limit-rpm`,
+//! `limit-connections`, `limit-burst-multiplier`, `limit-whitelist`
+//! ([`crate::ratelimit`]), `auth-type: basic`, `auth-secret(-type)`, `auth-realm`
+//! ([`crate::auth`]; unusable auth settings fail closed instead of being ignored), and
+//! `affinity: cookie` with `session-cookie-{name,max-age,path}` ([`crate::affinity`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -25,8 +25,9 @@ use crate::annotations::Cidr;
 /// ingress-nginx's default `limit-burst-multiplier`.
 pub const DEFAULT_BURST_MULTIPLIER: u32 = 5;
 
-/// Zones start pruning idle clients once they hold this many.
-const PRUNE_AT: usize = 4096;
+/// How often clients whose buckets have refilled (and zones left without clients, such
+/// as those of deleted Ingresses) are forgotten: memory follows the active clients.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// One Ingress's limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,15 +109,41 @@ pub enum Rejected {
     Connections,
 }
 
-#[derive(Debug, Default)]
-struct Zone {
-    clients: HashMap<IpAddr, (TokenBucket, Instant)>,
+/// One request-rate zone: a bucket and its last use per client.
+type Zone = HashMap<IpAddr, (TokenBucket, Instant)>;
+
+#[derive(Debug)]
+struct Zones {
+    by_key: HashMap<(ObjectKey, Rate), Zone>,
+    swept: Instant,
+}
+
+impl Default for Zones {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            swept: Instant::now(),
+        }
+    }
+}
+
+impl Zones {
+    /// Forgets clients idle long enough for their bucket to be full again (forgetting
+    /// one changes nothing) and zones left empty.
+    fn sweep(&mut self, now: Instant) {
+        self.by_key.retain(|(_, rate), clients| {
+            let idle = rate.idle_after();
+            clients.retain(|_, (_, last)| now.saturating_duration_since(*last) < idle);
+            !clients.is_empty()
+        });
+        self.swept = now;
+    }
 }
 
 /// The limiters of every Ingress, shared by all connections.
 #[derive(Debug, Default)]
 pub struct Limiters {
-    zones: Mutex<HashMap<(ObjectKey, Rate), Zone>>,
+    zones: Mutex<Zones>,
     in_progress: Mutex<HashMap<(ObjectKey, IpAddr), u32>>,
 }
 
@@ -182,14 +209,12 @@ impl Limiters {
 
     fn take(&self, ingress: &ObjectKey, rate: Rate, ip: IpAddr) -> bool {
         let mut zones = self.zones.lock().unwrap_or_else(PoisonError::into_inner);
-        let zone = zones.entry((ingress.clone(), rate)).or_default();
         let now = Instant::now();
-        if zone.clients.len() >= PRUNE_AT {
-            let idle = rate.idle_after();
-            zone.clients
-                .retain(|_, (_, last)| now.saturating_duration_since(*last) < idle);
+        if now.saturating_duration_since(zones.swept) >= SWEEP_EVERY {
+            zones.sweep(now);
         }
-        let (bucket, last) = zone.clients.entry(ip).or_insert_with(|| {
+        let zone = zones.by_key.entry((ingress.clone(), rate)).or_default();
+        let (bucket, last) = zone.entry(ip).or_insert_with(|| {
             let size = u32::try_from(rate.burst + 1).unwrap_or(u32::MAX);
             (TokenBucket::new(rate.per_second(), size), now)
         });
@@ -270,6 +295,27 @@ mod tests {
                 Ok(None)
             ));
         }
+    }
+
+    #[test]
+    fn sweeps_forget_refilled_clients_and_empty_zones() {
+        let l = Arc::new(Limiters::default());
+        let limits = Limits {
+            rps: Some(1),
+            ..Limits::default()
+        };
+        for i in 0..3u8 {
+            let ing = ObjectKey::new("ns", &format!("i{i}"));
+            assert!(l.admit(&ing, &limits, IpAddr::from([10, 0, 0, i])).is_ok());
+        }
+        let mut zones = l.zones.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(zones.by_key.len(), 3);
+        let now = Instant::now();
+        // 1 rps, burst 5: a bucket is full again 6 s after its last use.
+        zones.sweep(now + Duration::from_secs(1));
+        assert_eq!(zones.by_key.len(), 3);
+        zones.sweep(now + Duration::from_secs(7));
+        assert!(zones.by_key.is_empty());
     }
 
     #[test]
