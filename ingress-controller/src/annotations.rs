@@ -7,6 +7,15 @@
 //! durations, URIs and address ranges, and the data plane acts on those. Snippet
 //! annotations (raw nginx configuration) and the annotations we do not implement are
 //! reported by name and otherwise ignored.
+//!
+//! Supported: `rewrite-target`, `use-regex`, `ssl-redirect`, `force-ssl-redirect`,
+//! `proxy-body-size`, `proxy-{connect,read,send}-timeout`, `backend-protocol`, `canary*`,
+//! `permanent-redirect(-code)`, `app-root`, `load-balance`, `allowlist-source-range`,
+//! `enable-cors` and `cors-*` ([`crate::cors`]), `limit-rps`, `limit-rpm`,
+//! `limit-connections`, `limit-burst-multiplier`, `limit-whitelist`
+//! ([`crate::ratelimit`]), `auth-type: basic`, `auth-secret(-type)`, `auth-realm`
+//! ([`crate::auth`]; unusable auth settings fail closed instead of being ignored), and
+//! `affinity: cookie` with `session-cookie-{name,max-age,path}` ([`crate::affinity`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -119,6 +128,35 @@ pub struct Config {
     /// `allowlist-source-range` (or the older `whitelist-source-range`): clients outside
     /// get 403. Empty allows everyone.
     pub allow_source: Vec<Cidr>,
+    /// `use-regex`: the paths of this Ingress's hosts are regular expressions (see
+    /// [`crate::routing`] for how a whole host switches to regex matching).
+    pub use_regex: bool,
+    /// `enable-cors` and the `cors-*` settings.
+    pub cors: Option<crate::cors::Cors>,
+    /// `limit-rps`, `limit-rpm`, `limit-connections` and their settings.
+    pub limits: crate::ratelimit::Limits,
+    /// `auth-type` and its settings; `Some` as soon as any of them is set, so a broken
+    /// setting fails closed.
+    pub auth: Option<AuthConfig>,
+    /// `affinity: cookie` and its settings.
+    pub affinity: Option<crate::affinity::CookieAffinity>,
+}
+
+/// Where the users of a basic-auth route come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// `auth-type: basic` with a usable `auth-secret`.
+    Basic {
+        /// The Secret's namespace (`None`: the Ingress's) and name.
+        secret: (Option<String>, String),
+        /// `auth-secret-type`.
+        secret_type: crate::auth::SecretType,
+        /// `auth-realm`.
+        realm: String,
+    },
+    /// Authentication was asked for but its annotations are unusable (reported): the
+    /// routes answer 503 rather than serve without it.
+    Broken,
 }
 
 impl Default for Config {
@@ -137,6 +175,11 @@ impl Default for Config {
             app_root: None,
             load_balance: None,
             allow_source: Vec::new(),
+            use_regex: false,
+            cors: None,
+            limits: crate::ratelimit::Limits::default(),
+            auth: None,
+            affinity: None,
         }
     }
 }
@@ -150,6 +193,9 @@ pub enum Problem {
     Unsupported,
     /// The value could not be parsed; the reason.
     Invalid(String),
+    /// An authentication setting is unusable (the reason): the Ingress's routes answer
+    /// 503 rather than serve without the authentication asked for.
+    FailClosed(String),
 }
 
 /// An annotation that was not applied.
@@ -173,6 +219,11 @@ impl std::fmt::Display for Warning {
             Problem::Invalid(why) => {
                 write!(f, "{}: invalid value ({why}), ignored", self.annotation)
             }
+            Problem::FailClosed(why) => write!(
+                f,
+                "{}: {why}; the Ingress's routes answer 503 until this is fixed",
+                self.annotation
+            ),
         }
     }
 }
@@ -188,6 +239,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
     let mut is_canary = false;
     let mut redirect_code = http::StatusCode::MOVED_PERMANENTLY;
     let mut redirect: Option<http::Uri> = None;
+    let mut cors = crate::cors::Cors::default();
+    // `None` after parsing means unset; `Some(Err)` invalid (already reported).
+    let mut auth_type: Option<Result<(), ()>> = None;
+    let mut auth_secret: Option<Result<(Option<String>, String), ()>> = None;
+    let mut auth_secret_type = crate::auth::SecretType::AuthFile;
+    let mut auth_realm = String::new();
+    let mut affinity = crate::affinity::CookieAffinity::default();
+    let mut cookie_affinity = false;
+    let mut enable_cors = false;
     for (key, value) in annotations {
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
@@ -227,12 +287,87 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
             "load-balance" => crate::balancer::Policy::parse(value)
                 .map(|p| config.load_balance = Some(p))
                 .ok_or_else(|| "want round_robin, ewma or least_request".to_string()),
-            "allowlist-source-range" | "whitelist-source-range" => value
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| Cidr::parse(s).ok_or_else(|| format!("{:?} is not a CIDR", s.trim())))
-                .collect::<Result<Vec<_>, _>>()
-                .map(|v| config.allow_source = v),
+            "allowlist-source-range" | "whitelist-source-range" => {
+                cidrs(value).map(|v| config.allow_source = v)
+            }
+            "use-regex" => boolean(value).map(|b| config.use_regex = b),
+            "enable-cors" => boolean(value).map(|b| enable_cors = b),
+            "cors-allow-origin" => crate::cors::parse_origins(value).map(|o| cors.origins = o),
+            "cors-allow-methods" => crate::cors::parse_methods(value).map(|m| cors.methods = m),
+            "cors-allow-headers" => crate::cors::parse_headers(value).map(|h| cors.headers = h),
+            "cors-expose-headers" => crate::cors::parse_expose(value).map(|h| cors.expose = h),
+            "cors-allow-credentials" => boolean(value).map(|b| cors.credentials = b),
+            // 0 turns a limit off, as in ingress-nginx.
+            "limit-rps" => {
+                number(value, 0, u32::MAX).map(|n| config.limits.rps = (n > 0).then_some(n))
+            }
+            "limit-rpm" => {
+                number(value, 0, u32::MAX).map(|n| config.limits.rpm = (n > 0).then_some(n))
+            }
+            "limit-connections" => {
+                number(value, 0, u32::MAX).map(|n| config.limits.connections = (n > 0).then_some(n))
+            }
+            "limit-burst-multiplier" => {
+                number(value, 1, 1000).map(|n| config.limits.burst_multiplier = n)
+            }
+            "limit-whitelist" => cidrs(value).map(|v| config.limits.whitelist = v),
+            "affinity" => match value {
+                "cookie" => {
+                    cookie_affinity = true;
+                    Ok(())
+                }
+                _ => Err("want cookie".into()),
+            },
+            "session-cookie-name" => cookie_name(value).map(|n| affinity.name = n),
+            "session-cookie-max-age" => value
+                .parse::<u64>()
+                .map(|n| affinity.max_age = Some(n))
+                .map_err(|_| "want whole seconds".into()),
+            "session-cookie-path" => path_value(value)
+                .and_then(|p| {
+                    if p.contains(';') {
+                        Err("must not contain ;".into())
+                    } else {
+                        Ok(p)
+                    }
+                })
+                .map(|p| affinity.path = Some(p)),
+            // Broken auth settings fail closed, so they are reported as such and not as
+            // "ignored".
+            "auth-type" => {
+                let r: Result<(), String> = match value {
+                    "basic" => Ok(()),
+                    "digest" => Err("digest authentication is not supported".into()),
+                    _ => Err("want basic".into()),
+                };
+                auth_type = Some(r.clone().map_err(|_| ()));
+                if let Err(why) = r {
+                    warnings.push(Warning {
+                        annotation: key.clone(),
+                        problem: Problem::FailClosed(why),
+                    });
+                }
+                continue;
+            }
+            "auth-secret" => {
+                let r = secret_ref(value);
+                auth_secret = Some(r.clone().map_err(|_| ()));
+                if let Err(why) = r {
+                    warnings.push(Warning {
+                        annotation: key.clone(),
+                        problem: Problem::FailClosed(why),
+                    });
+                }
+                continue;
+            }
+            "auth-secret-type" => match value {
+                "auth-file" => Ok(crate::auth::SecretType::AuthFile),
+                "auth-map" => Ok(crate::auth::SecretType::AuthMap),
+                _ => Err("want auth-file or auth-map".into()),
+            }
+            .map(|t| auth_secret_type = t),
+            "auth-realm" => realm(value).map(|r| auth_realm = r),
+            "cors-max-age" => number(value, 0, u32::MAX).map(|n| cors.max_age = n),
             n if n.ends_with("-snippet") || n == "configuration-snippet" => {
                 warnings.push(Warning {
                     annotation: key.clone(),
@@ -258,11 +393,44 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
     if is_canary {
         config.canary = Some(canary);
     }
+    if enable_cors {
+        config.cors = Some(cors);
+    }
+    if cookie_affinity {
+        config.affinity = Some(affinity);
+    }
+    config.auth = match (auth_type, auth_secret) {
+        (None, None) => None,
+        (Some(Ok(())), Some(Ok(secret))) => Some(AuthConfig::Basic {
+            secret,
+            secret_type: auth_secret_type,
+            realm: auth_realm,
+        }),
+        (Some(Ok(())), None) => {
+            warnings.push(Warning {
+                annotation: format!("{PREFIX}auth-secret"),
+                problem: Problem::FailClosed("auth-type basic needs auth-secret".into()),
+            });
+            Some(AuthConfig::Broken)
+        }
+        // ingress-nginx serves without authentication here; an auth-secret says the
+        // author wanted it, so we fail closed instead.
+        (None, Some(_)) => {
+            warnings.push(Warning {
+                annotation: format!("{PREFIX}auth-type"),
+                problem: Problem::FailClosed("auth-secret is set but auth-type is not".into()),
+            });
+            Some(AuthConfig::Broken)
+        }
+        // Either one is invalid (reported above): never serve without the auth asked for.
+        _ => Some(AuthConfig::Broken),
+    };
     config.permanent_redirect = redirect.map(|u| (u, redirect_code));
-    // `rewrite-target` with capture references needs `use-regex`, which is not supported:
-    // better to report it than to send `$1` upstream literally.
+    // Capture references only mean something when the paths are regexes: without
+    // `use-regex`, report it rather than send `$1` upstream literally.
     if let Some(t) = &config.rewrite_target
         && t.contains('$')
+        && !config.use_regex
     {
         config.rewrite_target = None;
         warnings.push(Warning {
@@ -272,6 +440,40 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Config, Vec<Warning>) {
     }
     warnings.sort();
     (config, warnings)
+}
+
+/// `namespace/name` or `name` of a Secret.
+fn secret_ref(v: &str) -> Result<(Option<String>, String), String> {
+    let dns = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    match v.split_once('/') {
+        Some((ns, name)) if dns(ns) && dns(name) => Ok((Some(ns.into()), name.into())),
+        None if dns(v) => Ok((None, v.into())),
+        _ => Err("want a Secret name or namespace/name".into()),
+    }
+}
+
+/// A realm goes into a quoted header parameter: printable ASCII without quotes or
+/// backslashes.
+fn realm(v: &str) -> Result<String, String> {
+    if v.bytes()
+        .all(|b| (b.is_ascii_graphic() || b == b' ') && b != b'"' && b != b'\\')
+    {
+        Ok(v.to_string())
+    } else {
+        Err("must be printable ASCII without quotes or backslashes".into())
+    }
+}
+
+fn cidrs(v: &str) -> Result<Vec<Cidr>, String> {
+    v.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Cidr::parse(s).ok_or_else(|| format!("{:?} is not a CIDR", s.trim())))
+        .collect()
 }
 
 fn boolean(v: &str) -> Result<bool, String> {
@@ -314,6 +516,42 @@ fn seconds(v: &str) -> Result<Duration, String> {
         .filter(|s| *s > 0 && *s <= 24 * 3600)
         .map(Duration::from_secs)
         .ok_or_else(|| "want whole seconds from 1 to 86400".into())
+}
+
+/// `rewrite-target` with nginx's capture references (`$1` to `$9`, also `${1}`) replaced by
+/// the groups of `caps`; a group that did not take part in the match is empty, as in
+/// nginx. Any other `$` stays as written.
+pub fn expand_rewrite(target: &str, caps: &regex::Captures<'_>) -> String {
+    let mut out = String::with_capacity(target.len());
+    let mut rest = target;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (digits, consumed) = match after.strip_prefix('{') {
+            Some(inner) => match inner.find('}') {
+                Some(end) if end > 0 && inner[..end].bytes().all(|b| b.is_ascii_digit()) => {
+                    (&inner[..end], end + 2)
+                }
+                _ => ("", 0),
+            },
+            None => {
+                let n = after.bytes().take_while(u8::is_ascii_digit).count().min(1);
+                (&after[..n], n)
+            }
+        };
+        match digits.parse::<usize>() {
+            Ok(group) => {
+                out.push_str(caps.get(group).map_or("", |m| m.as_str()));
+                rest = &after[consumed..];
+            }
+            Err(_) => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An absolute path without control characters, spaces or a query (it becomes part of a
@@ -433,7 +671,8 @@ mod tests {
             ("allowlist-source-range", "10.0.0.0/40"),
             ("configuration-snippet", "more_set_headers \"X: y\";"),
             ("server-snippet", "location / {}"),
-            ("limit-rps", "5"),
+            ("limit-rps", "lots"),
+            ("auth-url", "http://auth"),
             ("canary-weight", "10"),
         ]);
         a.insert("kubernetes.io/ingress.class".into(), "ferrokube".into());
@@ -455,8 +694,9 @@ mod tests {
             vec![
                 ("allowlist-source-range".into(), inv()),
                 ("app-root".into(), inv()),
+                ("auth-url".into(), Problem::Unsupported),
                 ("configuration-snippet".into(), Problem::Snippet),
-                ("limit-rps".into(), Problem::Unsupported),
+                ("limit-rps".into(), inv()),
                 ("permanent-redirect".into(), inv()),
                 ("proxy-body-size".into(), inv()),
                 ("proxy-read-timeout".into(), inv()),
@@ -465,7 +705,104 @@ mod tests {
                 ("ssl-redirect".into(), inv()),
             ]
         );
-        assert!(w[2].to_string().contains("never applied"));
+        assert!(w[3].to_string().contains("never applied"));
+    }
+
+    #[test]
+    fn use_regex_allows_capture_references() {
+        let (c, w) = parse(&ann(&[("use-regex", "true"), ("rewrite-target", "/$2")]));
+        assert!(w.is_empty(), "{w:?}");
+        assert!(c.use_regex);
+        assert_eq!(c.rewrite_target.as_deref(), Some("/$2"));
+        let (_, w) = parse(&ann(&[("use-regex", "maybe")]));
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn rewrite_expansion() {
+        let re = crate::routing::compile_path_regex("/something(/|$)(.*)").expect("regex");
+        let caps = re.captures("/something/new/x").expect("match");
+        assert_eq!(expand_rewrite("/$2", &caps), "/new/x");
+        assert_eq!(expand_rewrite("/a${1}b$3$", &caps), "/a/b$");
+        let caps = re.captures("/something").expect("match");
+        assert_eq!(expand_rewrite("/$2", &caps), "/");
+        // Only one digit: `$12` is group 1 then a literal 2, as nginx reads it for $1-$9.
+        let caps = re.captures("/SOMETHING/z").expect("match");
+        assert_eq!(expand_rewrite("$12", &caps), "/2");
+        assert_eq!(expand_rewrite("/$x", &caps), "/$x");
+    }
+
+    #[test]
+    fn auth_settings_fail_closed() {
+        let (c, w) = parse(&ann(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "other/users"),
+            ("auth-secret-type", "auth-map"),
+            ("auth-realm", "Staff only"),
+        ]));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            c.auth,
+            Some(AuthConfig::Basic {
+                secret: (Some("other".into()), "users".into()),
+                secret_type: crate::auth::SecretType::AuthMap,
+                realm: "Staff only".into(),
+            })
+        );
+        for bad in [
+            &[("auth-type", "basic")][..],
+            &[("auth-type", "digest"), ("auth-secret", "s")],
+            &[("auth-type", "basic"), ("auth-secret", "Bad Name")],
+        ] {
+            let (c, w) = parse(&ann(bad));
+            assert_eq!(c.auth, Some(AuthConfig::Broken), "{bad:?}");
+            assert!(!w.is_empty(), "{bad:?}");
+        }
+        let (c, w) = parse(&ann(&[("auth-secret", "s")]));
+        assert_eq!(c.auth, Some(AuthConfig::Broken));
+        assert!(matches!(
+            &w[..],
+            [Warning {
+                problem: Problem::FailClosed(_),
+                ..
+            }]
+        ));
+        assert!(w[0].to_string().contains("answer 503"), "{}", w[0]);
+        // A bad realm is reported; authentication stays on with the default realm.
+        let (c, w) = parse(&ann(&[
+            ("auth-type", "basic"),
+            ("auth-secret", "s"),
+            ("auth-realm", "a\"b"),
+        ]));
+        assert!(matches!(c.auth, Some(AuthConfig::Basic { ref realm, .. }) if realm.is_empty()));
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn cookie_affinity() {
+        let (c, w) = parse(&ann(&[
+            ("affinity", "cookie"),
+            ("session-cookie-name", "route"),
+            ("session-cookie-max-age", "172800"),
+            ("session-cookie-path", "/app"),
+        ]));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            c.affinity,
+            Some(crate::affinity::CookieAffinity {
+                name: "route".into(),
+                max_age: Some(172_800),
+                path: Some("/app".into()),
+            })
+        );
+        let (c, w) = parse(&ann(&[
+            ("affinity", "cookie"),
+            ("session-cookie-path", "/a;b"),
+        ]));
+        assert_eq!(c.affinity, Some(crate::affinity::CookieAffinity::default()));
+        assert_eq!(w.len(), 1);
+        let (c, w) = parse(&ann(&[("affinity", "ip")]));
+        assert_eq!((c.affinity, w.len()), (None, 1));
     }
 
     #[test]

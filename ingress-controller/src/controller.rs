@@ -1,7 +1,7 @@
 //! The control plane side: shared informers for Ingresses, IngressClasses, Services and
-//! EndpointSlices, one narrow watch per TLS Secret an Ingress references, and on every
-//! change a full compile into a new routing table and certificate set, swapped in
-//! atomically.
+//! EndpointSlices, one narrow watch per Secret an Ingress references (TLS certificates
+//! and basic-auth users), and on every change a full compile into a new routing table and
+//! certificate set, swapped in atomically.
 //!
 //! Compiling everything from the caches on each batch of changes keeps the table a pure
 //! function of the cluster state (level-triggered): there is no incremental bookkeeping to
@@ -25,24 +25,59 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::annotations;
 use crate::balancer::Upstream;
 use crate::class::Selection;
-use crate::routing::{Canary, PathType, Route, Table, TableBuilder, Target};
+use crate::routing::{AddError, Canary, PathType, Route, Table, TableBuilder, Target};
 use crate::tls::{self, CertStore};
+use crate::{annotations, auth};
 
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// What is known of a TLS Secret an Ingress references.
+/// What is known of a Secret an Ingress references (TLS or basic-auth users).
 #[derive(Clone, Debug)]
 pub enum SecretState {
     /// Its watch has not listed yet.
     Pending,
     /// It does not exist.
     Missing,
+    /// Its contents.
+    Loaded(Arc<LoadedSecret>),
+}
+
+/// A Secret as read: its certificate parsed once, its data kept for basic-auth users
+/// (parsed per Ingress, since `auth-secret-type` says how).
+#[derive(Clone)]
+pub struct LoadedSecret {
     /// Its certificate, or why it cannot be served.
-    Loaded(Result<Arc<CertifiedKey>, tls::Error>),
+    pub cert: Result<Arc<CertifiedKey>, tls::Error>,
+    /// Its data.
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+// Secret data is never logged: only the key names are shown.
+impl std::fmt::Debug for LoadedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedSecret")
+            .field("cert", &self.cert.as_ref().map(|_| "..."))
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl LoadedSecret {
+    /// Reads `secret`.
+    pub fn new(secret: &Secret) -> Self {
+        Self {
+            cert: parse_secret(secret),
+            data: secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// Something wrong with an Ingress, reported as an Event on it.
@@ -113,6 +148,30 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
     let mut upstreams = HashMap::new();
     let mut canaries = Vec::new();
 
+    // A host switches to regex matching for every Ingress on it as soon as one of them
+    // asks for it, so the hosts are known before any route is added.
+    for ing in &ingresses {
+        let (config, _) = annotations::parse(
+            ing.metadata
+                .annotations
+                .as_ref()
+                .unwrap_or(&BTreeMap::new()),
+        );
+        for rule in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
+            // ingress-nginx's `enforceRegexModifier`: `use-regex`, or a `rewrite-target`
+            // that differs from the path (one equal to it rewrites nothing).
+            let rewrites = rule.http.iter().flat_map(|h| h.paths.iter()).any(|p| {
+                config
+                    .rewrite_target
+                    .as_deref()
+                    .is_some_and(|t| Some(t) != p.path.as_deref())
+            });
+            if config.use_regex || rewrites {
+                builder.use_regex(rule.host.as_deref());
+            }
+        }
+    }
+
     for ing in &ingresses {
         let key = ObjectKey::of(&**ing);
         let diags = diagnostics.entry(key.clone()).or_default();
@@ -124,7 +183,9 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
         );
         for w in warnings {
             let reason = match w.problem {
-                annotations::Problem::Invalid(_) => "InvalidAnnotation",
+                annotations::Problem::Invalid(_) | annotations::Problem::FailClosed(_) => {
+                    "InvalidAnnotation"
+                }
                 _ => "UnsupportedAnnotation",
             };
             diags.insert(warn(reason, w.to_string()));
@@ -151,25 +212,32 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
                         format!("TLS secret {secret} not found; serving the default certificate"),
                     ));
                 }
-                Some(SecretState::Loaded(Err(e))) => {
-                    diags.insert(warn(
-                        "InvalidTLSSecret",
-                        format!("TLS secret {secret}: {e}; serving the default certificate"),
-                    ));
-                }
-                Some(SecretState::Loaded(Ok(ck))) => {
-                    for h in &hosts {
-                        certs.insert(h, ck.clone());
+                Some(SecretState::Loaded(loaded)) => match &loaded.cert {
+                    Err(e) => {
+                        diags.insert(warn(
+                            "InvalidTLSSecret",
+                            format!("TLS secret {secret}: {e}; serving the default certificate"),
+                        ));
                     }
-                }
+                    Ok(ck) => {
+                        for h in &hosts {
+                            certs.insert(h, ck.clone());
+                        }
+                    }
+                },
             }
         }
 
+        let auth = config
+            .auth
+            .as_ref()
+            .map(|a| Arc::new(auth_gate(a, &key, inputs.secrets, &mut secrets, diags)));
         let mut target = |backend: &IngressBackend, diags: &mut BTreeSet<Diagnostic>| {
             resolve_backend(inputs, &key, backend, diags, &mut upstreams).map(|upstream| Target {
                 upstream,
                 ingress: key.clone(),
                 config: config.clone(),
+                auth: auth.clone(),
             })
         };
 
@@ -188,6 +256,7 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
                     target: t,
                     tls: false,
                     canary: None,
+                    pattern: None,
                 };
                 if let Err(c) = builder.default_backend(route) {
                     diags.insert(warn(
@@ -235,19 +304,34 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
                     target: t,
                     tls,
                     canary: None,
+                    pattern: None,
                 };
                 if canary {
                     canaries.push((key.clone(), route));
-                } else if let Err(c) = builder.add(route) {
-                    diags.insert(warn(
-                        "RouteConflict",
-                        format!(
-                            "{} {path} ({:?}) is already served by Ingress {}",
-                            host.as_deref().unwrap_or("*"),
-                            path_type,
-                            c.winner
-                        ),
-                    ));
+                    continue;
+                }
+                match builder.add(route) {
+                    Ok(()) => {}
+                    Err(AddError::Conflict(c)) => {
+                        diags.insert(warn(
+                            "RouteConflict",
+                            format!(
+                                "{} {path} ({:?}) is already served by Ingress {}",
+                                host.as_deref().unwrap_or("*"),
+                                path_type,
+                                c.winner
+                            ),
+                        ));
+                    }
+                    Err(AddError::Regex(e)) => {
+                        diags.insert(warn(
+                            "InvalidPath",
+                            format!(
+                                "{} {path}: not a valid regular expression, path skipped: {e}",
+                                host.as_deref().unwrap_or("*"),
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -281,6 +365,53 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
         secrets,
         diagnostics,
         upstreams,
+    }
+}
+
+/// The gate of an Ingress with `auth-type`: its users, or 503 when they cannot be read.
+/// The Secret joins the watched set either way, so fixing it takes effect.
+fn auth_gate(
+    config: &annotations::AuthConfig,
+    ingress: &ObjectKey,
+    states: &HashMap<ObjectKey, SecretState>,
+    watched: &mut BTreeSet<ObjectKey>,
+    diags: &mut BTreeSet<Diagnostic>,
+) -> auth::Gate {
+    let annotations::AuthConfig::Basic {
+        secret: (ns, name),
+        secret_type,
+        realm,
+    } = config
+    else {
+        return auth::Gate::Unavailable;
+    };
+    let secret = ObjectKey::new(ns.as_deref().unwrap_or(&ingress.namespace), name);
+    watched.insert(secret.clone());
+    match states.get(&secret) {
+        // Not read yet: closed until it is (a moment after startup).
+        None | Some(SecretState::Pending) => auth::Gate::Unavailable,
+        Some(SecretState::Missing) => {
+            diags.insert(warn(
+                "AuthSecretNotFound",
+                format!("auth secret {secret} not found; the Ingress's routes answer 503"),
+            ));
+            auth::Gate::Unavailable
+        }
+        Some(SecretState::Loaded(loaded)) => {
+            match auth::Users::from_secret(&loaded.data, *secret_type) {
+                Ok(users) => auth::Gate::Basic {
+                    realm: realm.clone(),
+                    users,
+                },
+                Err(e) => {
+                    diags.insert(warn(
+                        "InvalidAuthSecret",
+                        format!("auth secret {secret}: {e}; the Ingress's routes answer 503"),
+                    ));
+                    auth::Gate::Unavailable
+                }
+            }
+        }
     }
 }
 
@@ -498,7 +629,7 @@ async fn watch_secret(
             }
             Some(Ok(watcher::Event::InitApply(s) | watcher::Event::Apply(s))) => {
                 seen = true;
-                SecretState::Loaded(parse_secret(&s))
+                SecretState::Loaded(Arc::new(LoadedSecret::new(&s)))
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 if seen {
@@ -641,7 +772,7 @@ impl Controller {
             .default_secret
             .as_ref()
             .and_then(|k| match secret_states.get(k) {
-                Some(SecretState::Loaded(Ok(ck))) => Some(ck.clone()),
+                Some(SecretState::Loaded(loaded)) => loaded.cert.as_ref().ok().cloned(),
                 _ => None,
             })
             .unwrap_or_else(|| self.fallback_cert.clone());
@@ -885,5 +1016,73 @@ mod tests {
             .target
             .upstream;
         assert!(Arc::ptr_eq(a, b));
+    }
+
+    #[test]
+    fn regex_hosts_invalid_regex_and_auth_fail_closed() {
+        let p = |path: &str, t: &str| json!({"path": path, "pathType": t, "backend": backend("web", json!({"number": 80}))});
+        let ings = vec![
+            // use-regex on one Ingress makes the other Ingress's path on the host a regex.
+            ingress(
+                "regex",
+                1,
+                json!({"rules": [{"host": "r.com", "http": {"paths": [p("/a[0-9]+", "ImplementationSpecific"), p("/(bad", "ImplementationSpecific")]}}]}),
+                json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
+            ),
+            ingress(
+                "plain",
+                2,
+                json!({"rules": [{"host": "r.com", "http": {"paths": [p("/b", "Prefix")]}}]}),
+                json!({}),
+            ),
+            // A rewrite-target equal to the path rewrites nothing: no regex for the host.
+            ingress(
+                "same",
+                3,
+                json!({"rules": [{"host": "s.com", "http": {"paths": [p("/b", "Prefix")]}}]}),
+                json!({"nginx.ingress.kubernetes.io/rewrite-target": "/b"}),
+            ),
+            ingress(
+                "auth",
+                4,
+                json!({"rules": [{"host": "auth.com", "http": {"paths": [p("/", "Prefix")]}}]}),
+                json!({"nginx.ingress.kubernetes.io/auth-type": "basic",
+                       "nginx.ingress.kubernetes.io/auth-secret": "users"}),
+            ),
+        ];
+        let services = |_: &str, n: &str| (n == "web").then(|| service("web"));
+        let slices = |_: &str, _: &str| Vec::new();
+        let mut secrets = HashMap::new();
+        secrets.insert(ObjectKey::new("ns", "users"), SecretState::Missing);
+        let c = compile(&Inputs {
+            ingresses: &ings,
+            services: &services,
+            slices: &slices,
+            secrets: &secrets,
+            default_cert: tls::self_signed().expect("cert"),
+            previous: &HashMap::new(),
+        });
+        let name = |host: &str, path: &str| {
+            c.table
+                .lookup(host, path)
+                .map(|r| r.target.ingress.name.clone())
+        };
+        assert_eq!(name("r.com", "/A12/x").as_deref(), Some("regex"));
+        assert_eq!(name("r.com", "/bx").as_deref(), Some("plain"));
+        assert_eq!(name("s.com", "/bx"), None);
+        let reasons = |n: &str| {
+            c.diagnostics[&ObjectKey::new("ns", n)]
+                .iter()
+                .map(|d| d.reason)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(reasons("regex"), vec!["InvalidPath"]);
+        assert_eq!(reasons("auth"), vec!["AuthSecretNotFound"]);
+        let gate = c
+            .table
+            .lookup("auth.com", "/")
+            .and_then(|r| r.target.auth.clone());
+        assert!(matches!(gate.as_deref(), Some(auth::Gate::Unavailable)));
+        assert!(c.secrets.contains(&ObjectKey::new("ns", "users")));
     }
 }

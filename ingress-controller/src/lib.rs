@@ -2,13 +2,15 @@
 //! reverse proxy, configured through typed values only.
 //!
 //! ```text
-//!   informers (Ingress, IngressClass, Service, EndpointSlice) + one watch per TLS Secret
+//!   informers (Ingress, IngressClass, Service, EndpointSlice) + one watch per referenced
+//!   Secret (TLS certificates, basic-auth users)
 //!        │ any change
 //!        ▼
 //!   controller::compile ──▶ routing::Table + tls::CertStore  (immutable, swapped atomically)
 //!                                  │ load() per request / handshake
 //!                                  ▼
-//!   proxy: HTTP :80 / HTTPS :443 ──▶ balancer ──▶ pooled upstream connections
+//!   proxy: HTTP :80 / HTTPS :443 ──▶ redirects, CORS, limits, auth ──▶ balancer
+//!          (cookie affinity) ──▶ pooled upstream connections
 //!
 //!   status (leader only) ──▶ Ingress status.loadBalancer
 //! ```
@@ -16,12 +18,16 @@
 //! There is no configuration file and no reload: a route change is one pointer swap, so no
 //! connection is ever dropped by it.
 
+pub mod affinity;
 pub mod annotations;
+pub mod auth;
 pub mod balancer;
 pub mod class;
 pub mod controller;
+pub mod cors;
 pub mod options;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod status;
 pub mod tls;

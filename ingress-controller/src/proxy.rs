@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::annotations::{BackendProtocol, Config};
 use crate::controller::Shared;
 use crate::routing::{Route, Target, normalize_host};
+use crate::{auth, cors, ratelimit};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the proxy produces.
@@ -63,6 +64,8 @@ pub struct Proxy {
     settings: Settings,
     clients: Mutex<HashMap<(Duration, bool), Client<HttpConnector, Body>>>,
     requests: RequestCounter,
+    /// Per-client limits; outlives table swaps.
+    limiters: Arc<ratelimit::Limiters>,
 }
 
 /// What a connection knows of itself.
@@ -210,6 +213,7 @@ impl Proxy {
             settings,
             clients: Mutex::new(HashMap::new()),
             requests,
+            limiters: Arc::default(),
         }
     }
 
@@ -322,6 +326,61 @@ impl Proxy {
         {
             return (redirect(StatusCode::FOUND, root), None);
         }
+        // Preflights are answered here, before limits and auth, as nginx answers them in
+        // its rewrite phase: a browser never sends credentials on a preflight.
+        let cors_headers = match config
+            .cors
+            .as_ref()
+            .map(|c| c.decide(req.method(), req.headers().get(header::ORIGIN)))
+        {
+            Some(cors::Decision::Preflight(h)) => {
+                let mut r = full(cors::PREFLIGHT_STATUS, "");
+                *r.headers_mut() = h;
+                return (r, None);
+            }
+            Some(cors::Decision::Decorate(h)) => Some(h),
+            Some(cors::Decision::Pass) | None => None,
+        };
+        // Held until the response body ends: `limit-connections` counts requests in
+        // progress, streamed responses included.
+        let mut in_progress =
+            match self
+                .limiters
+                .admit(&route.target.ingress, &config.limits, conn.remote.ip())
+            {
+                Ok(guard) => guard,
+                Err(why) => {
+                    tracing::debug!(remote = %conn.remote, %why, "request limited");
+                    return (
+                        full(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "503 service temporarily unavailable\n",
+                        ),
+                        None,
+                    );
+                }
+            };
+        // nginx's access phase, after the limits (preaccess): a flood of bad passwords
+        // is limited before it costs bcrypt time.
+        if let Some(gate) = &route.target.auth {
+            match gate.clone().check(req.headers()).await {
+                auth::Verdict::Allow => {}
+                auth::Verdict::Challenge(v) => {
+                    let mut r = full(StatusCode::UNAUTHORIZED, "401 authorization required\n");
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    return (r, None);
+                }
+                auth::Verdict::Unavailable => {
+                    return (
+                        full(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "503 service temporarily unavailable\n",
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
 
         let target: &Target = match &route.canary {
             Some(c) if wants_canary(&c.target.config, req.headers()) => &c.target,
@@ -376,12 +435,24 @@ impl Proxy {
         }
         headers.insert("x-request-id", id.clone());
 
-        let upstream_path = match &config.rewrite_target {
-            // nginx's `rewrite <path> <target>`: the path is replaced, the query kept.
-            Some(t) => match parts.uri.query() {
-                Some(q) => format!("{t}?{q}"),
-                None => t.clone(),
-            },
+        let upstream_path = match config.rewrite_target.as_ref().filter(|t| **t != route.path) {
+            // nginx's `rewrite <path> <target>`: the path is replaced, the query kept;
+            // on a regex route `$1`, `$2` are the groups the request path matched. A target
+            // equal to the rule's path rewrites nothing (ingress-nginx's `buildProxyPass`).
+            Some(t) => {
+                let t = match route
+                    .pattern
+                    .as_ref()
+                    .and_then(|p| p.captures(parts.uri.path()))
+                {
+                    Some(caps) if t.contains('$') => crate::annotations::expand_rewrite(t, &caps),
+                    _ => t.clone(),
+                };
+                match parts.uri.query() {
+                    Some(q) => format!("{t}?{q}"),
+                    None => t,
+                }
+            }
             None => path_and_query,
         };
         let h2 = config.backend_protocol == BackendProtocol::H2c;
@@ -397,9 +468,17 @@ impl Proxy {
             + config.send_timeout.unwrap_or_default();
 
         let policy = config.load_balance.unwrap_or(self.settings.load_balance);
+        let sticky = config
+            .affinity
+            .as_ref()
+            .and_then(|a| a.sticky(&headers, target.upstream.endpoints()));
         let mut tried = Vec::new();
         let resp = loop {
-            let Some(ep) = target.upstream.pick_with(&tried, policy) else {
+            let next = match sticky {
+                Some(ep) if tried.is_empty() => Some(ep),
+                _ => target.upstream.pick_with(&tried, policy),
+            };
+            let Some(ep) = next else {
                 return if tried.is_empty() {
                     (
                         full(StatusCode::SERVICE_UNAVAILABLE, "503 service unavailable\n"),
@@ -475,7 +554,11 @@ impl Proxy {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching && let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
+            // An upgraded connection (WebSocket) counts against `limit-connections` for as
+            // long as it is open, as nginx's `limit_conn` counts it.
+            let held = in_progress.take();
             tokio::spawn(async move {
+                let _held = held;
                 match (down.await, up.await) {
                     (Ok(d), Ok(u)) => {
                         let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
@@ -489,7 +572,31 @@ impl Proxy {
         }
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers, switching);
-        let body = rbody.map_err(BoxError::from).boxed_unsync();
+        // Like `more_set_headers`: ours replace the backend's.
+        for (name, value) in cors_headers.iter().flatten() {
+            rparts.headers.insert(name, value.clone());
+        }
+        // A new or changed endpoint: (re)stick the client to the one that answered.
+        if let Some(a) = &config.affinity
+            && sticky != Some(ep)
+        {
+            let path = if route.pattern.is_some() {
+                "/"
+            } else {
+                route.path.as_str()
+            };
+            if let Some(v) = a.set_cookie(ep, path) {
+                rparts.headers.append(header::SET_COOKIE, v);
+            }
+        }
+        let body = rbody
+            .map_err(BoxError::from)
+            .map_frame(move |frame| {
+                // Owning the guard ties it to the body: it drops when the body does.
+                let _guard = &in_progress;
+                frame
+            })
+            .boxed_unsync();
         (Response::from_parts(rparts, body), Some(ep))
     }
 }

@@ -12,6 +12,11 @@
 //!    of the rule are ignored. `ImplementationSpecific` is treated as `Prefix`.
 //! 3. nothing matched: the default backend (the oldest Ingress's `spec.defaultBackend`),
 //!    else 404.
+//!
+//! A host on which any Ingress sets `use-regex: "true"` or a `rewrite-target` is matched
+//! the way ingress-nginx matches it: every path of that host, whatever its Ingress and
+//! `pathType`, becomes a case-insensitive regular expression anchored at the start
+//! (nginx's `location ~* "^<path>"`), tried longest path first; the first match wins.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +59,8 @@ pub struct Target {
     pub ingress: ObjectKey,
     /// The annotations of that Ingress, parsed.
     pub config: Arc<Config>,
+    /// Basic authentication, when the Ingress asks for it.
+    pub auth: Option<Arc<crate::auth::Gate>>,
 }
 
 /// A canary target beside a route's primary one.
@@ -79,6 +86,9 @@ pub struct Route {
     pub tls: bool,
     /// A canary Ingress for the same host and path, if any.
     pub canary: Option<Canary>,
+    /// The compiled path when the host matches by regular expression (set by
+    /// [`TableBuilder::add`]); its captures feed `rewrite-target`'s `$1`, `$2`.
+    pub pattern: Option<regex::Regex>,
 }
 
 /// The rules of one host.
@@ -87,11 +97,21 @@ struct HostRules {
     exact: HashMap<String, Arc<Route>>,
     /// Normalized prefix (no trailing slash; `""` for `/`) and route, longest first.
     prefixes: Vec<(String, Arc<Route>)>,
+    /// Regex routes (every route of a regex host), longest path first; each has a
+    /// `pattern`.
+    regexes: Vec<Arc<Route>>,
 }
 
 impl HostRules {
     fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
         if let Some(r) = self.exact.get(path) {
+            return Some(r);
+        }
+        if let Some(r) = self
+            .regexes
+            .iter()
+            .find(|r| r.pattern.as_ref().is_some_and(|p| p.is_match(path)))
+        {
             return Some(r);
         }
         self.prefixes
@@ -101,8 +121,23 @@ impl HostRules {
     }
 
     fn len(&self) -> usize {
-        self.exact.len() + self.prefixes.len()
+        self.exact.len() + self.prefixes.len() + self.regexes.len()
     }
+}
+
+/// Largest compiled size of one path regex: a path is a short expression, and the limit
+/// keeps a hostile one from taking memory from every other route.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles an Ingress path as ingress-nginx's `location ~* "^<path>"`: case-insensitive,
+/// anchored at the start only. The `regex` crate matches in time linear in the path
+/// (finite automata, no backtracking), so no path can make matching catastrophically slow;
+/// it accepts RE2 syntax, which is also what the Kubernetes docs ask regex paths to use.
+pub fn compile_path_regex(path: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{path})"))
+        .case_insensitive(true)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
 }
 
 /// Whether `path` is under the normalized prefix `prefix`, element by element.
@@ -122,6 +157,23 @@ pub fn normalize_prefix(path: &str) -> &str {
 pub struct Conflict {
     /// The Ingress that keeps the route.
     pub winner: ObjectKey,
+}
+
+/// Why a route was not added.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AddError {
+    /// Another Ingress already serves the same host and path.
+    #[error("already served by Ingress {}", .0.winner)]
+    Conflict(Conflict),
+    /// The host matches by regex and the path does not compile.
+    #[error("path is not a valid regular expression: {0}")]
+    Regex(#[source] regex::Error),
+}
+
+impl From<Conflict> for AddError {
+    fn from(c: Conflict) -> Self {
+        Self::Conflict(c)
+    }
 }
 
 /// The immutable routing table.
@@ -184,6 +236,8 @@ pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
 #[derive(Debug, Default)]
 pub struct TableBuilder {
     table: Table,
+    /// Hosts (lower case, `*.x` for wildcards, `""` for host-less rules) matched by regex.
+    regex_hosts: std::collections::HashSet<String>,
 }
 
 impl TableBuilder {
@@ -192,9 +246,23 @@ impl TableBuilder {
         Self::default()
     }
 
+    /// Makes `host` (`None` for host-less rules) match by regex; call before adding its
+    /// routes.
+    pub fn use_regex(&mut self, host: Option<&str>) {
+        self.regex_hosts
+            .insert(host.unwrap_or_default().to_ascii_lowercase());
+    }
+
+    /// Whether `host` matches by regex.
+    pub fn is_regex(&self, host: Option<&str>) -> bool {
+        self.regex_hosts
+            .contains(&host.unwrap_or_default().to_ascii_lowercase())
+    }
+
     /// Adds `route` under its host and path; an existing route for the same host, path and
-    /// type is kept and reported.
-    pub fn add(&mut self, route: Route) -> Result<(), Conflict> {
+    /// type is kept and reported. On a regex host the path must compile.
+    pub fn add(&mut self, mut route: Route) -> Result<(), AddError> {
+        let regex = self.is_regex(route.host.as_deref());
         let rules = match route.host.as_deref() {
             None | Some("") => &mut self.table.any_host,
             Some(h) => match h.strip_prefix("*.") {
@@ -206,11 +274,22 @@ impl TableBuilder {
                 None => self.table.exact.entry(h.to_ascii_lowercase()).or_default(),
             },
         };
+        if regex {
+            // One location per path string, whatever the type: nginx would refuse two.
+            if let Some(existing) = rules.regexes.iter().find(|r| r.path == route.path) {
+                return Err(AddError::Conflict(Conflict {
+                    winner: existing.target.ingress.clone(),
+                }));
+            }
+            route.pattern = Some(compile_path_regex(&route.path).map_err(AddError::Regex)?);
+            rules.regexes.push(Arc::new(route));
+            return Ok(());
+        }
         match route.path_type {
             PathType::Exact => match rules.exact.get(&route.path) {
-                Some(existing) => Err(Conflict {
+                Some(existing) => Err(AddError::Conflict(Conflict {
                     winner: existing.target.ingress.clone(),
-                }),
+                })),
                 None => {
                     rules.exact.insert(route.path.clone(), Arc::new(route));
                     Ok(())
@@ -219,9 +298,9 @@ impl TableBuilder {
             PathType::Prefix | PathType::ImplementationSpecific => {
                 let key = normalize_prefix(&route.path).to_string();
                 if let Some((_, existing)) = rules.prefixes.iter().find(|(p, _)| *p == key) {
-                    return Err(Conflict {
+                    return Err(AddError::Conflict(Conflict {
                         winner: existing.target.ingress.clone(),
-                    });
+                    }));
                 }
                 rules.prefixes.push((key, Arc::new(route)));
                 Ok(())
@@ -236,6 +315,7 @@ impl TableBuilder {
         path: &str,
         path_type: PathType,
     ) -> Option<&mut Route> {
+        let regex = self.is_regex(host);
         let rules = match host {
             None | Some("") => Some(&mut self.table.any_host),
             Some(h) => match h.strip_prefix("*.") {
@@ -244,6 +324,7 @@ impl TableBuilder {
             },
         }?;
         let arc = match path_type {
+            _ if regex => rules.regexes.iter_mut().find(|r| r.path == path)?,
             PathType::Exact => rules.exact.get_mut(path)?,
             PathType::Prefix | PathType::ImplementationSpecific => {
                 let key = normalize_prefix(path);
@@ -274,6 +355,14 @@ impl TableBuilder {
             rules
                 .prefixes
                 .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            // ingress-nginx's location order: longest path first, equal lengths in
+            // reverse lexical order; nginx then takes the first regex that matches.
+            rules.regexes.sort_by(|a, b| {
+                b.path
+                    .len()
+                    .cmp(&a.path.len())
+                    .then_with(|| b.path.cmp(&a.path))
+            });
         };
         self.table.exact.values_mut().for_each(sort);
         self.table.wildcard.values_mut().for_each(sort);
@@ -295,9 +384,11 @@ mod tests {
                 upstream: Arc::new(Upstream::new(ingress.to_string(), Vec::new())),
                 ingress: ObjectKey::new("ns", ingress),
                 config: Arc::new(Config::default()),
+                auth: None,
             },
             tls: false,
             canary: None,
+            pattern: None,
         }
     }
 
@@ -431,9 +522,9 @@ mod tests {
                 "/x",
                 PathType::ImplementationSpecific
             )),
-            Err(Conflict {
+            Err(AddError::Conflict(Conflict {
                 winner: ObjectKey::new("ns", "old")
-            })
+            }))
         );
         // Same path, other type: both kept.
         b.add(route("new", Some("a.com"), "/x", PathType::Exact))
@@ -443,6 +534,59 @@ mod tests {
         let t = b.build();
         assert_eq!(hit(&t, "a.com", "/x/y").as_deref(), Some("old:/x/"));
         assert_eq!(hit(&t, "a.com", "/x").as_deref(), Some("new:/x"));
+    }
+
+    #[test]
+    fn regex_hosts_match_case_insensitively_anchored_longest_first() {
+        let mut b = TableBuilder::new();
+        b.use_regex(Some("r.com"));
+        b.add(route("a", Some("r.com"), "/api/v[0-9]+", PathType::Prefix))
+            .expect("add");
+        b.add(route("b", Some("r.com"), "/api", PathType::Exact))
+            .expect("add");
+        b.add(route(
+            "c",
+            Some("r.com"),
+            "/api/v1/special",
+            PathType::ImplementationSpecific,
+        ))
+        .expect("add");
+        b.add(route("d", Some("R.com"), "/", PathType::Prefix))
+            .expect("add");
+        // Same path string on a regex host: one location, the first one stays.
+        assert!(matches!(
+            b.add(route("e", Some("r.com"), "/api", PathType::Prefix)),
+            Err(AddError::Conflict(_))
+        ));
+        // RE2 has no look-around: refused, nothing added.
+        assert!(matches!(
+            b.add(route("f", Some("r.com"), "/(?=x)", PathType::Prefix)),
+            Err(AddError::Regex(_))
+        ));
+        assert!(matches!(
+            b.add(route("f", Some("r.com"), "/(unclosed", PathType::Prefix)),
+            Err(AddError::Regex(_))
+        ));
+        // Other hosts keep element-wise prefixes.
+        b.add(route("p", Some("p.com"), "/api", PathType::Prefix))
+            .expect("add");
+        assert!(b.get_mut(Some("r.com"), "/api", PathType::Exact).is_some());
+        let t = b.build();
+        assert_eq!(
+            hit(&t, "r.com", "/API/V2/x").as_deref(),
+            Some("a:/api/v[0-9]+")
+        );
+        assert_eq!(
+            hit(&t, "r.com", "/api/v1/special/x").as_deref(),
+            Some("c:/api/v1/special")
+        );
+        // `Exact` is a regex too on a regex host (anchored at the start only).
+        assert_eq!(hit(&t, "r.com", "/apix").as_deref(), Some("b:/api"));
+        assert_eq!(hit(&t, "r.com", "/other").as_deref(), Some("d:/"));
+        // Anchored at the start: `/x/api` is not under `/api`.
+        assert_eq!(hit(&t, "r.com", "/x/api").as_deref(), Some("d:/"));
+        assert_eq!(hit(&t, "p.com", "/apix"), None);
+        assert_eq!(t.len(), 5);
     }
 
     #[test]
