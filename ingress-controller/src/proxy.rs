@@ -341,14 +341,15 @@ impl Proxy {
             Some(cors::Decision::Decorate(h)) => Some(h),
             Some(cors::Decision::Pass) | None => None,
         };
-        // Held until the response body ends: `limit-connections` counts requests in
-        // progress, streamed responses included.
-        let mut in_progress =
+        // Held until both the request body and the response body end (nginx counts a
+        // request from its headers until it is finalized, uploads and streamed responses
+        // included): `limit-connections` counts requests in progress.
+        let in_progress =
             match self
                 .limiters
                 .admit(&route.target.ingress, &config.limits, conn.remote.ip())
             {
-                Ok(guard) => guard,
+                Ok(guard) => Arc::new(guard),
                 Err(why) => {
                     tracing::debug!(remote = %conn.remote, %why, "request limited");
                     return (
@@ -407,6 +408,12 @@ impl Proxy {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let retriable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
+        let uploading = in_progress.clone();
+        let body = body.map_frame(move |frame| {
+            // Owning a share of the guard ties it to the request body too.
+            let _guard = &uploading;
+            frame
+        });
         let mut body = Some(if limit > 0 {
             Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
         } else {
@@ -556,7 +563,7 @@ impl Proxy {
             let up = hyper::upgrade::on(&mut resp);
             // An upgraded connection (WebSocket) counts against `limit-connections` for as
             // long as it is open, as nginx's `limit_conn` counts it.
-            let held = in_progress.take();
+            let held = in_progress.clone();
             tokio::spawn(async move {
                 let _held = held;
                 match (down.await, up.await) {
