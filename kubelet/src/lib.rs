@@ -13,6 +13,7 @@
 //!                                            └─ probes   (startup, liveness, readiness)
 //! ```
 
+pub mod eviction;
 pub mod images;
 pub mod network;
 pub mod node_status;

@@ -17,6 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Owne
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+
+use crate::eviction::EvictionHard;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -99,15 +101,12 @@ pub fn parse_meminfo(text: &str) -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-/// upstream's default hard eviction threshold for memory.available, kept out of allocatable.
-const EVICTION_MEMORY_BYTES: u64 = 100 * 1024 * 1024;
-/// upstream's default hard eviction threshold for nodefs.available (10 %).
-const EVICTION_DISK_PERCENT: u64 = 10;
-
-/// Capacity and allocatable for `facts`.
+/// Capacity and allocatable for `facts`; the hard eviction thresholds are kept out of
+/// allocatable, as upstream does.
 pub fn resources(
     facts: &HostFacts,
     max_pods: u32,
+    eviction: &EvictionHard,
 ) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
     let q = |s: String| Quantity(s);
     let mut capacity = BTreeMap::new();
@@ -128,14 +127,19 @@ pub fn resources(
         "memory".to_string(),
         q(format!(
             "{}Ki",
-            facts.memory_bytes.saturating_sub(EVICTION_MEMORY_BYTES) / 1024
+            facts
+                .memory_bytes
+                .saturating_sub(eviction.memory_available.bytes_of(facts.memory_bytes))
+                / 1024
         )),
     );
     allocatable.insert(
         "ephemeral-storage".to_string(),
         q(format!(
             "{}",
-            facts.disk_bytes / 100 * (100 - EVICTION_DISK_PERCENT)
+            facts
+                .disk_bytes
+                .saturating_sub(eviction.nodefs_available.bytes_of(facts.disk_bytes))
         )),
     );
     (capacity, allocatable)
@@ -162,11 +166,15 @@ fn condition(type_: &str, status: bool, reason: &str, message: &str) -> NodeCond
 }
 
 /// The node conditions for `facts` and `ready`, without times (the caller stamps them).
-pub fn conditions(facts: &HostFacts, ready: &Readiness) -> Vec<NodeCondition> {
-    let memory_pressure =
-        facts.memory_bytes > 0 && facts.memory_available_bytes < EVICTION_MEMORY_BYTES;
+pub fn conditions(
+    facts: &HostFacts,
+    ready: &Readiness,
+    eviction: &EvictionHard,
+) -> Vec<NodeCondition> {
+    let memory_pressure = facts.memory_bytes > 0
+        && facts.memory_available_bytes < eviction.memory_available.bytes_of(facts.memory_bytes);
     let disk_pressure = facts.disk_bytes > 0
-        && facts.disk_available_bytes * 100 < facts.disk_bytes * EVICTION_DISK_PERCENT;
+        && facts.disk_available_bytes < eviction.nodefs_available.bytes_of(facts.disk_bytes);
     let mut not_ready = Vec::new();
     if let Some(e) = &ready.runtime_error {
         not_ready.push(format!("container runtime not ready: {e}"));
@@ -292,7 +300,7 @@ pub fn status(
     ready: &Readiness,
     runtime_version: &str,
 ) -> NodeStatus {
-    let (capacity, allocatable) = resources(facts, config.max_pods);
+    let (capacity, allocatable) = resources(facts, config.max_pods, &config.eviction_hard);
     NodeStatus {
         addresses: Some(vec![
             NodeAddress {
@@ -306,7 +314,7 @@ pub fn status(
         ]),
         capacity: Some(capacity),
         allocatable: Some(allocatable),
-        conditions: Some(conditions(facts, ready)),
+        conditions: Some(conditions(facts, ready, &config.eviction_hard)),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: 10250 }),
         }),
@@ -535,7 +543,7 @@ mod tests {
             "MemTotal:        4028440 kB\nMemFree: 1 kB\nMemAvailable:    3000000 kB\n",
         );
         assert_eq!((t, a), (4028440 * 1024, 3000000 * 1024));
-        let (cap, alloc) = resources(&facts(), 110);
+        let (cap, alloc) = resources(&facts(), 110, &EvictionHard::default());
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(cap["pods"].0, "110");
         assert_eq!(cap["memory"].0, "4194304Ki");
@@ -544,7 +552,7 @@ mod tests {
 
     #[test]
     fn ready_and_pressure_conditions() {
-        let c = conditions(&facts(), &Readiness::default());
+        let c = conditions(&facts(), &Readiness::default(), &EvictionHard::default());
         let ready = c.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_deref()),
@@ -559,6 +567,7 @@ mod tests {
                 runtime_error: None,
                 network_error: Some("no pod CIDR".into()),
             },
+            &EvictionHard::default(),
         );
         let get = |t: &str| c.iter().find(|c| c.type_ == t).unwrap().status.clone();
         assert_eq!(get("MemoryPressure"), "True");

@@ -91,6 +91,10 @@ pub struct Flags {
     /// Registries reached over plain HTTP (`host:port`), besides loopback ones.
     #[arg(long, value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
+    /// Hard eviction thresholds, `memory.available<100Mi,nodefs.available<10%` (upstream's
+    /// defaults); any value replaces the whole set, signals left out are off.
+    #[arg(long)]
+    pub eviction_hard: Option<String>,
     /// Sustained requests per second to the apiserver.
     #[arg(long)]
     pub kube_api_qps: Option<f64>,
@@ -143,6 +147,8 @@ pub struct KubeletConfiguration {
     pub cluster_domain: Option<String>,
     /// See `--cgroup-root`.
     pub cgroup_root: Option<String>,
+    /// See `--eviction-hard`: thresholds by signal (`memory.available: 100Mi`).
+    pub eviction_hard: Option<std::collections::BTreeMap<String, String>>,
     /// See `--kube-api-qps`.
     #[serde(rename = "kubeAPIQPS")]
     pub kube_api_qps: Option<f64>,
@@ -240,6 +246,8 @@ pub struct Config {
     pub kube_api_qps: f64,
     /// `--kube-api-burst`.
     pub kube_api_burst: u32,
+    /// `--eviction-hard`.
+    pub eviction_hard: crate::eviction::EvictionHard,
 }
 
 impl Config {
@@ -294,6 +302,21 @@ impl Config {
                 reason,
             })?;
         }
+        let eviction_hard = match (&flags.eviction_hard, &file.eviction_hard) {
+            (Some(s), _) => crate::eviction::EvictionHard::parse_flag(s).map_err(|reason| {
+                ConfigError::Invalid {
+                    field: "--eviction-hard",
+                    reason,
+                }
+            })?,
+            (None, Some(m)) => crate::eviction::EvictionHard::from_map(m).map_err(|reason| {
+                ConfigError::Invalid {
+                    field: "evictionHard",
+                    reason,
+                }
+            })?,
+            (None, None) => crate::eviction::EvictionHard::default(),
+        };
         let root_dir = flags.root_dir.clone();
         Ok(Self {
             kubeconfig: flags.kubeconfig.clone(),
@@ -367,6 +390,7 @@ impl Config {
             insecure_registries: flags.insecure_registries.clone(),
             kube_api_qps: flags.kube_api_qps.or(file.kube_api_qps).unwrap_or(50.0),
             kube_api_burst: flags.kube_api_burst.or(file.kube_api_burst).unwrap_or(100),
+            eviction_hard,
             root_dir,
             node_name,
         })

@@ -216,7 +216,8 @@ async fn admit(
         })
         .collect();
     let facts = crate::node_status::HostFacts::read(&k.config.root_dir);
-    let (_, allocatable) = crate::node_status::resources(&facts, k.config.max_pods);
+    let (_, allocatable) =
+        crate::node_status::resources(&facts, k.config.max_pods, &k.config.eviction_hard);
     let cap = |name: &str, scale: i128| {
         allocatable
             .get(name)

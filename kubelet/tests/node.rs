@@ -139,3 +139,56 @@ async fn node_registers_renews_lease_and_is_ready() -> anyhow::Result<()> {
     kubelet.teardown();
     Ok(())
 }
+
+/// `--eviction-hard` decides the pressure conditions: a disk threshold no file system can
+/// meet reports DiskPressure (which node-lifecycle-controller turns into a NoSchedule
+/// taint); a bad threshold stops the kubelet with a message naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_thresholds_drive_pressure_conditions() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let kubectl = cp.kubectl()?;
+    let mut kubelet = common::start_with(
+        &cp,
+        "node-evict",
+        "198.18.48.0/24",
+        &["--eviction-hard=nodefs.available<100%"],
+    )
+    .await?;
+    let conditions = "jsonpath={.status.conditions[?(@.type==\"DiskPressure\")].status}/{.status.conditions[?(@.type==\"MemoryPressure\")].status}/{.status.allocatable.ephemeral-storage}";
+    let seen = wait::until(
+        "DiskPressure",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let out = kubectl
+                .ok(["get", "node", "node-evict", "-o", conditions])
+                .await
+                .map_err(|e| e.to_string())?;
+            // The whole disk is the threshold: nothing of it is allocatable.
+            if out.trim() == "True/False/0" {
+                Ok(out)
+            } else {
+                Err(format!("{out:?}"))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = seen {
+        anyhow::bail!("{e}\n{}", cp.logs(40));
+    }
+    kubelet.teardown();
+
+    let out = std::process::Command::new(common::binary())
+        .args([
+            "--hostname-override=node-bad",
+            "--eviction-hard=nodefs.available<15 percent",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--eviction-hard") && stderr.contains("15 percent"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -340,6 +340,9 @@ async fn start_kubelet(
         format!("--pod-logs-dir={}", dir.join("pod-logs").display()),
         format!("--pod-cidr={}", opts.pod_cidr),
         format!("--healthz-port={port}"),
+        // As kind configures its nodes: a developer machine's nearly full disk must not
+        // taint the only node (memory keeps upstream's threshold).
+        "--eviction-hard=memory.available<100Mi,nodefs.available<0%".to_string(),
     ];
     let mut p = Process::spawn(name, bin, &args, &log, Lifetime::Detached)
         .map_err(|e| failed(&component, e.to_string()))?;

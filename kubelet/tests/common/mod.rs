@@ -48,11 +48,27 @@ pub struct Kubelet {
     pub cidr: String,
     /// Port of /healthz.
     pub healthz_port: u16,
+    /// The flags beyond the harness's own, kept for [`Kubelet::restart`].
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
+/// The test kubelets' eviction thresholds: memory as upstream, disk off (as kind configures
+/// its nodes), so a build machine's full disk does not taint the test nodes.
+pub const EVICTION_HARD: &str = "--eviction-hard=memory.available<100Mi,nodefs.available<0%";
+
 /// Starts a kubelet for node `name` with pod range `cidr` and waits for /healthz.
 pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<Kubelet> {
+    start_with(cp, name, cidr, &[EVICTION_HARD]).await
+}
+
+/// [`start`] with `extra` flags instead of the default eviction thresholds.
+pub async fn start_with(
+    cp: &ControlPlane,
+    name: &str,
+    cidr: &str,
+    extra: &[&str],
+) -> anyhow::Result<Kubelet> {
     let dir = tempfile::Builder::new()
         .prefix("ferrokube-kubelet-")
         .tempdir()?;
@@ -68,7 +84,8 @@ pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<
         "--v=3".to_string(),
         "--sync-frequency=2s".to_string(),
     ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
     let process = cp.spawn_component(&format!("kubelet-{name}"), binary(), &args)?;
     let k = Kubelet {
         process: Some(process),
@@ -77,6 +94,7 @@ pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<
         logs,
         cidr: cidr.to_string(),
         healthz_port,
+        extra: extra.iter().map(ToString::to_string).collect(),
         _dir: dir,
     };
     let addr = format!("127.0.0.1:{healthz_port}");
@@ -111,7 +129,7 @@ impl Kubelet {
             "--v=3".to_string(),
             "--sync-frequency=2s".to_string(),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().chain(&self.extra).map(String::as_str).collect();
         self.process = Some(cp.spawn_component(
             &format!("kubelet-{}-restarted", self.name),
             binary(),
