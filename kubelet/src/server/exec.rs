@@ -1,0 +1,299 @@
+//! `/exec`: a command in a running container over upstream's WebSocket remotecommand
+//! protocol (`v5.channel.k8s.io`, and `v4.channel.k8s.io` without stream close).
+//!
+//! In 1.36 the apiserver proxies kubectl's WebSocket straight to a kubelet that declares
+//! `ExtendWebSocketsToKubelet` in `Node.status.declaredFeatures` (both that gate and
+//! NodeDeclaredFeatures are on by default); otherwise it translates to SPDY/3.1, which this
+//! kubelet does not speak. Every binary message starts with its channel: 0 stdin, 1 stdout,
+//! 2 stderr, 3 error (one `metav1.Status` when the command ends), 4 resize; v5 adds 255,
+//! `[255, channel]`, to half-close a channel (stdin EOF).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use futures::{SinkExt, StreamExt};
+use hyper::body::Bytes;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::logs::{QueryError, parse_bool, query_pairs};
+
+/// The WebSocket subprotocols served, preferred first.
+pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const CLOSE: u8 = 255;
+
+/// What to run and which streams to connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// argv.
+    pub command: Vec<String>,
+    /// Forward stdin.
+    pub stdin: bool,
+    /// Forward stdout.
+    pub stdout: bool,
+    /// Forward stderr.
+    pub stderr: bool,
+    /// A terminal was asked for.
+    pub tty: bool,
+}
+
+impl ExecRequest {
+    /// The request in a `/exec` query (`command` repeated, one per argument).
+    pub fn from_query(query: &str) -> Result<Self, QueryError> {
+        let mut r = Self::default();
+        for (k, v) in query_pairs(query)? {
+            match k.as_str() {
+                "command" => r.command.push(v),
+                "input" | "stdin" => r.stdin = parse_bool(&v)?,
+                "output" | "stdout" => r.stdout = parse_bool(&v)?,
+                "error" | "stderr" => r.stderr = parse_bool(&v)?,
+                "tty" => r.tty = parse_bool(&v)?,
+                _ => {}
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// The first protocol in the client's `Sec-WebSocket-Protocol` list that we serve.
+pub fn negotiate<'a>(offered: impl Iterator<Item = &'a str>) -> Option<&'static str> {
+    let offered: Vec<&str> = offered.flat_map(|h| h.split(',')).map(str::trim).collect();
+    offered
+        .iter()
+        .find_map(|o| PROTOCOLS.iter().find(|p| *p == o).copied())
+}
+
+/// The error-channel Status for a finished command, as upstream's remotecommand server
+/// writes it: Success, or Failure with reason NonZeroExitCode and an ExitCode cause.
+pub fn exit_status(command: &[String], code: i32) -> serde_json::Value {
+    if code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!(
+            "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
+            command.join(" ")
+        ),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}
+
+/// A Failure Status for an exec that could not run at all.
+fn failure(message: String) -> serde_json::Value {
+    json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+}
+
+/// Where to find the container and how to reach runc.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The runc binary.
+    pub runc: PathBuf,
+    /// runc's state root.
+    pub runc_root: PathBuf,
+    /// The container id.
+    pub container_id: String,
+}
+
+/// Copies `reader` to the client as messages on `channel` until EOF.
+async fn pump(mut reader: impl AsyncRead + Unpin, channel: u8, out: mpsc::Sender<Message>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match reader.read(&mut buf[1..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                buf[0] = channel;
+                let msg = Message::Binary(Bytes::copy_from_slice(&buf[..=n]));
+                if out.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `req` in the container and bridges its streams to the upgraded connection `io`
+/// speaking `protocol`, until the command ends (Status on the error channel, then close) or
+/// the client goes away (the command is killed).
+pub async fn serve<S>(ws: WebSocketStream<S>, target: Target, req: ExecRequest)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut source) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        // client-go reads anything but a normal (1000) close as a failed stream.
+        let normal = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(normal))).await;
+        let _ = sink.close().await;
+    });
+    let error_message = |status: serde_json::Value| {
+        let mut body = vec![ERROR];
+        body.extend_from_slice(status.to_string().as_bytes());
+        Message::Binary(Bytes::from(body))
+    };
+
+    // runc passes its own stdio to the process when not given -t, so pipes reach it as is.
+    let mut cmd = tokio::process::Command::new(&target.runc);
+    cmd.arg("--root")
+        .arg(&target.runc_root)
+        .arg("exec")
+        .arg(&target.container_id)
+        .args(&req.command)
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if req.stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if req.stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = out_tx
+                .send(error_message(failure(format!("starting runc exec: {e}"))))
+                .await;
+            drop(out_tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let mut pumps = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(o, STDOUT, out_tx.clone())));
+    }
+    if let Some(e) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(e, STDERR, out_tx.clone())));
+    }
+    let mut stdin = child.stdin.take();
+    // Client → command: stdin data and stdin close; ends when the client closes or goes.
+    let reader = async move {
+        while let Some(Ok(msg)) = source.next().await {
+            let data = match msg {
+                Message::Binary(d) => d,
+                Message::Close(_) => return,
+                _ => continue,
+            };
+            match data.first() {
+                Some(&STDIN) => {
+                    if let Some(w) = stdin.as_mut()
+                        && w.write_all(&data[1..]).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                Some(&CLOSE) if data.get(1) == Some(&STDIN) => stdin = None,
+                _ => {}
+            }
+        }
+    };
+    let finished = tokio::select! {
+        status = child.wait() => Some(status),
+        () = reader => None,
+    };
+    let code = match finished {
+        Some(Ok(s)) => s.code().unwrap_or(128 + s.signal_or_zero()),
+        Some(Err(e)) => {
+            let _ = out_tx
+                .send(error_message(failure(format!(
+                    "waiting for runc exec: {e}"
+                ))))
+                .await;
+            drop(out_tx);
+            let _ = writer.await;
+            return;
+        }
+        None => {
+            // The client went away: nobody is left to read the output.
+            let _ = child.kill().await;
+            return;
+        }
+    };
+    for p in pumps {
+        let _ = p.await;
+    }
+    let _ = out_tx
+        .send(error_message(exit_status(&req.command, code)))
+        .await;
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// The signal number of a signalled exit, else 0.
+trait SignalOrZero {
+    fn signal_or_zero(&self) -> i32;
+}
+
+impl SignalOrZero for std::process::ExitStatus {
+    fn signal_or_zero(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt as _;
+        self.signal().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exec_query() {
+        let r = ExecRequest::from_query(
+            "command=sh&command=-c&command=echo+hi%3B+exit+3&stdin=true&stdout=1&stderr=true",
+        )
+        .unwrap();
+        assert_eq!(r.command, ["sh", "-c", "echo hi; exit 3"]);
+        assert!(r.stdin && r.stdout && r.stderr && !r.tty);
+    }
+
+    #[test]
+    fn negotiates_the_newest_offered_protocol() {
+        assert_eq!(
+            negotiate(["v5.channel.k8s.io, v4.channel.k8s.io"].into_iter()),
+            Some("v5.channel.k8s.io")
+        );
+        assert_eq!(
+            negotiate(["channel.k8s.io", "v4.channel.k8s.io"].into_iter()),
+            Some("v4.channel.k8s.io")
+        );
+        assert_eq!(negotiate(["base64.channel.k8s.io"].into_iter()), None);
+    }
+
+    #[test]
+    fn exit_codes_become_upstream_statuses() {
+        let cmd = ["sh".to_string(), "-c".into(), "exit 3".into()];
+        assert_eq!(exit_status(&cmd, 0)["status"], "Success");
+        let s = exit_status(&cmd, 3);
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+    }
+}
