@@ -275,6 +275,27 @@ async fn scenarios(
         out.success() && out.stdout == "HELLO STDIN\n",
         "exec -i: {out:?}"
     );
+    // -t needs a terminal on kubectl's side too: script(1) gives it one.
+    let line = format!(
+        "{} --kubeconfig {} exec -it shell -- sh -c 'test -t 0 && test -t 1 && echo tty-yes; exit 5'",
+        ferrokube_tests::upstream::binary("kubectl")?.display(),
+        cp.kubeconfig_path().display()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.code() == Some(5) && printed.contains("tty-yes"),
+        "exec -it: {:?} {printed:?} {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = kubectl
         .run(["exec", "shell", "--", "sh", "-c", "echo to-err >&2"], None)
         .await?;

@@ -1,5 +1,6 @@
 //! `/exec`: a command in a running container over upstream's WebSocket remotecommand
-//! protocol (`v5.channel.k8s.io`, and `v4.channel.k8s.io` without stream close).
+//! protocol (`v5.channel.k8s.io`, and `v4.channel.k8s.io` without stream close), with a
+//! pseudo-terminal for `tty`.
 //!
 //! In 1.36 the apiserver proxies kubectl's WebSocket straight to a kubelet that declares
 //! `ExtendWebSocketsToKubelet` in `Node.status.declaredFeatures` (both that gate and
@@ -14,7 +15,7 @@ use std::process::Stdio;
 use futures::{SinkExt, StreamExt};
 use hyper::body::Bytes;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -30,6 +31,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// What to run and which streams to connect.
@@ -107,6 +109,123 @@ pub struct Target {
     pub container_id: String,
 }
 
+/// A started `runc exec` and its ends of the command's stdio.
+struct Spawned {
+    child: tokio::process::Child,
+    stdin: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    outputs: Vec<(Box<dyn AsyncRead + Unpin + Send>, u8)>,
+    /// The pty master, for resizes (tty only).
+    terminal: Option<std::fs::File>,
+}
+
+/// A new pseudo-terminal: (master, slave).
+fn open_pty() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok((std::fs::File::from(master), std::fs::File::from(slave)))
+}
+
+/// `runc exec -t` in the foreground: runc allocates the pty inside the container (the
+/// command gets a controlling terminal) and copies between it and its own stdio. runc
+/// only accepts a console socket when it detaches, which would lose the exit code, so its
+/// stdio is a pty of ours: runc then puts that in raw mode and copies its size inward on
+/// SIGWINCH.
+fn spawn_tty(
+    mut cmd: tokio::process::Command,
+    target: &Target,
+    req: &ExecRequest,
+) -> std::io::Result<Spawned> {
+    let (master, slave) = open_pty()?;
+    cmd.arg("exec")
+        .arg("--tty")
+        .arg(&target.container_id)
+        .args(&req.command)
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave);
+    let child = cmd.spawn()?;
+    // Our copies of the slave must go, or the master never sees the command's end.
+    drop(cmd);
+    let reader = tokio::fs::File::from_std(master.try_clone()?);
+    let writer = tokio::fs::File::from_std(master.try_clone()?);
+    Ok(Spawned {
+        child,
+        stdin: req
+            .stdin
+            .then(|| Box::new(writer) as Box<dyn AsyncWrite + Unpin + Send>),
+        outputs: vec![(Box::new(reader), STDOUT)],
+        terminal: Some(master),
+    })
+}
+
+/// Applies a resize message (`{"Width":80,"Height":24}`) to the terminal and tells runc
+/// (which has no controlling terminal to get SIGWINCH from) to pass it on.
+fn resize(terminal: &std::fs::File, runc_pid: Option<u32>, json: &[u8]) {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Size {
+        width: u16,
+        height: u16,
+    }
+    if let Ok(size) = serde_json::from_slice::<Size>(json) {
+        let ws = rustix::termios::Winsize {
+            ws_row: size.height,
+            ws_col: size.width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let _ = rustix::termios::tcsetwinsize(terminal, ws);
+        if let Some(pid) = runc_pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::WINCH);
+        }
+    }
+}
+
+/// Starts `runc exec`. Without a tty, runc copies between its stdio and the command's, so
+/// pipes serve.
+async fn spawn(target: &Target, req: &ExecRequest) -> std::io::Result<Spawned> {
+    let mut cmd = tokio::process::Command::new(&target.runc);
+    cmd.arg("--root").arg(&target.runc_root).kill_on_drop(true);
+    if req.tty {
+        return spawn_tty(cmd, target, req);
+    }
+    cmd.arg("exec").arg(&target.container_id).args(&req.command);
+    let pipe_if = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    cmd.stdin(pipe_if(req.stdin))
+        .stdout(pipe_if(req.stdout))
+        .stderr(pipe_if(req.stderr));
+    let mut child = cmd.spawn()?;
+    let mut outputs: Vec<(Box<dyn AsyncRead + Unpin + Send>, u8)> = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        outputs.push((Box::new(o), STDOUT));
+    }
+    if let Some(e) = child.stderr.take() {
+        outputs.push((Box::new(e), STDERR));
+    }
+    let stdin = child
+        .stdin
+        .take()
+        .map(|w| Box::new(w) as Box<dyn AsyncWrite + Unpin + Send>);
+    Ok(Spawned {
+        child,
+        stdin,
+        outputs,
+        terminal: None,
+    })
+}
+
 /// Copies `reader` to the client as messages on `channel` until EOF.
 async fn pump(mut reader: impl AsyncRead + Unpin, channel: u8, out: mpsc::Sender<Message>) {
     let mut buf = vec![0u8; 32 * 1024];
@@ -153,32 +272,15 @@ where
         Message::Binary(Bytes::from(body))
     };
 
-    // runc passes its own stdio to the process when not given -t, so pipes reach it as is.
-    let mut cmd = tokio::process::Command::new(&target.runc);
-    cmd.arg("--root")
-        .arg(&target.runc_root)
-        .arg("exec")
-        .arg(&target.container_id)
-        .args(&req.command)
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(if req.stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(if req.stderr {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let Spawned {
+        mut child,
+        stdin,
+        outputs,
+        terminal,
+    } = match spawn(&target, &req).await {
+        Ok(s) => s,
         Err(e) => {
+            tracing::warn!(container = %target.container_id, error = %e, "starting runc exec");
             let _ = out_tx
                 .send(error_message(failure(format!("starting runc exec: {e}"))))
                 .await;
@@ -187,17 +289,23 @@ where
             return;
         }
     };
-    let mut pumps = Vec::new();
-    if let Some(o) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(o, STDOUT, out_tx.clone())));
-    }
-    if let Some(e) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(e, STDERR, out_tx.clone())));
-    }
-    let mut stdin = child.stdin.take();
+    let pumps: Vec<_> = outputs
+        .into_iter()
+        .map(|(r, channel)| tokio::spawn(pump(r, channel, out_tx.clone())))
+        .collect();
+    let mut stdin = stdin;
+    let runc_pid = child.id();
     // Client → command: stdin data and stdin close; ends when the client closes or goes.
     let reader = async move {
-        while let Some(Ok(msg)) = source.next().await {
+        loop {
+            let msg = match source.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "exec client stream failed");
+                    return;
+                }
+                None => return,
+            };
             let data = match msg {
                 Message::Binary(d) => d,
                 Message::Close(_) => return,
@@ -212,6 +320,11 @@ where
                     }
                 }
                 Some(&CLOSE) if data.get(1) == Some(&STDIN) => stdin = None,
+                Some(&RESIZE) => {
+                    if let Some(t) = &terminal {
+                        resize(t, runc_pid, &data[1..]);
+                    }
+                }
                 _ => {}
             }
         }
@@ -234,6 +347,7 @@ where
         }
         None => {
             // The client went away: nobody is left to read the output.
+            tracing::info!(container = %target.container_id, "exec client went away; killing the command");
             let _ = child.kill().await;
             return;
         }
