@@ -226,6 +226,52 @@ async fn spawn(target: &Target, req: &ExecRequest) -> std::io::Result<Spawned> {
     })
 }
 
+/// How long the client gets to answer our close.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Client → command: stdin data, stdin close and resizes, until the client closes or goes.
+async fn read_client<S>(
+    mut source: futures::stream::SplitStream<WebSocketStream<S>>,
+    mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    terminal: Option<std::fs::File>,
+    runc_pid: Option<u32>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let msg = match source.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "exec client stream ended");
+                return;
+            }
+            None => return,
+        };
+        let data = match msg {
+            Message::Binary(d) => d,
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        match data.first() {
+            Some(&STDIN) => {
+                // Flushed each time: a pty master is a tokio File, which buffers writes.
+                if let Some(w) = stdin.as_mut()
+                    && (w.write_all(&data[1..]).await.is_err() || w.flush().await.is_err())
+                {
+                    stdin = None;
+                }
+            }
+            Some(&CLOSE) if data.get(1) == Some(&STDIN) => stdin = None,
+            Some(&RESIZE) => {
+                if let Some(t) = &terminal {
+                    resize(t, runc_pid, &data[1..]);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Copies `reader` to the client as messages on `channel` until EOF.
 async fn pump(mut reader: impl AsyncRead + Unpin, channel: u8, out: mpsc::Sender<Message>) {
     let mut buf = vec![0u8; 32 * 1024];
@@ -250,7 +296,7 @@ pub async fn serve<S>(ws: WebSocketStream<S>, target: Target, req: ExecRequest)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut source) = ws.split();
+    let (mut sink, source) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
@@ -272,94 +318,60 @@ where
         Message::Binary(Bytes::from(body))
     };
 
-    let Spawned {
-        mut child,
-        stdin,
-        outputs,
-        terminal,
-    } = match spawn(&target, &req).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(container = %target.container_id, error = %e, "starting runc exec");
-            let _ = out_tx
-                .send(error_message(failure(format!("starting runc exec: {e}"))))
-                .await;
-            drop(out_tx);
-            let _ = writer.await;
-            return;
-        }
+    let mut spawned = spawn(&target, &req).await;
+    let (stdin, terminal, runc_pid) = match &mut spawned {
+        Ok(s) => (s.stdin.take(), s.terminal.take(), s.child.id()),
+        Err(_) => (None, None, None),
     };
-    let pumps: Vec<_> = outputs
-        .into_iter()
-        .map(|(r, channel)| tokio::spawn(pump(r, channel, out_tx.clone())))
-        .collect();
-    let mut stdin = stdin;
-    let runc_pid = child.id();
-    // Client → command: stdin data and stdin close; ends when the client closes or goes.
-    let reader = async move {
-        loop {
-            let msg = match source.next().await {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::info!(error = %e, "exec client stream failed");
+    let mut reader = tokio::spawn(read_client(source, stdin, terminal, runc_pid));
+    let outcome = match spawned {
+        Err(e) => Err(format!("starting runc exec: {e}")),
+        Ok(Spawned {
+            mut child, outputs, ..
+        }) => {
+            let pumps: Vec<_> = outputs
+                .into_iter()
+                .map(|(r, channel)| tokio::spawn(pump(r, channel, out_tx.clone())))
+                .collect();
+            tokio::select! {
+                status = child.wait() => match status {
+                    Ok(s) => {
+                        // All output goes out before the Status that ends the session.
+                        for p in pumps {
+                            let _ = p.await;
+                        }
+                        Ok(s.code().unwrap_or(128 + s.signal_or_zero()))
+                    }
+                    Err(e) => Err(format!("waiting for runc exec: {e}")),
+                },
+                _ = &mut reader => {
+                    // The client went away: nobody is left to read the output.
+                    tracing::info!(container = %target.container_id, "exec client went away; killing the command");
+                    let _ = child.kill().await;
                     return;
                 }
-                None => return,
-            };
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => return,
-                _ => continue,
-            };
-            match data.first() {
-                Some(&STDIN) => {
-                    if let Some(w) = stdin.as_mut()
-                        && w.write_all(&data[1..]).await.is_err()
-                    {
-                        stdin = None;
-                    }
-                }
-                Some(&CLOSE) if data.get(1) == Some(&STDIN) => stdin = None,
-                Some(&RESIZE) => {
-                    if let Some(t) = &terminal {
-                        resize(t, runc_pid, &data[1..]);
-                    }
-                }
-                _ => {}
             }
         }
     };
-    let finished = tokio::select! {
-        status = child.wait() => Some(status),
-        () = reader => None,
-    };
-    let code = match finished {
-        Some(Ok(s)) => s.code().unwrap_or(128 + s.signal_or_zero()),
-        Some(Err(e)) => {
-            let _ = out_tx
-                .send(error_message(failure(format!(
-                    "waiting for runc exec: {e}"
-                ))))
-                .await;
-            drop(out_tx);
-            let _ = writer.await;
-            return;
-        }
-        None => {
-            // The client went away: nobody is left to read the output.
-            tracing::info!(container = %target.container_id, "exec client went away; killing the command");
-            let _ = child.kill().await;
-            return;
+    let status = match outcome {
+        Ok(code) => exit_status(&req.command, code),
+        Err(message) => {
+            tracing::warn!(container = %target.container_id, error = %message, "exec failed");
+            failure(message)
         }
     };
-    for p in pumps {
-        let _ = p.await;
-    }
-    let _ = out_tx
-        .send(error_message(exit_status(&req.command, code)))
-        .await;
+    let _ = out_tx.send(error_message(status)).await;
     drop(out_tx);
     let _ = writer.await;
+    // The closing handshake: wait for the client's close, so input it sent meanwhile (a
+    // resize, stdin) is read and closing the socket does not reset the connection before
+    // it has read our Status.
+    if tokio::time::timeout(CLOSE_GRACE, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
 }
 
 /// The signal number of a signalled exit, else 0.
