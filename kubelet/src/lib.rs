@@ -11,6 +11,9 @@
 //!                                            ├─ volumes  (emptyDir, configMap, secret, projected)
 //!                                            ├─ runtime  (OCI spec, runc under a log shim)
 //!                                            └─ probes   (startup, liveness, readiness)
+//!
+//!   server: :10250 TLS ─▶ authn (client cert | TokenReview) ─▶ authz (SubjectAccessReview)
+//!           ─▶ /healthz, /containerLogs (CRI log files), /exec (WebSocket ─▶ runc exec)
 //! ```
 
 pub mod images;

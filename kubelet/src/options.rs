@@ -726,6 +726,56 @@ mod tests {
     }
 
     #[test]
+    fn api_serving_from_file_flags_and_defaults() {
+        let c = Config::resolve(&Flags::parse_from(["kubelet", "--root-dir=/r"])).unwrap();
+        assert_eq!(c.api.port, 10250);
+        assert_eq!(c.api.address.to_string(), "0.0.0.0");
+        assert_eq!(c.api.cert_dir, PathBuf::from("/r/pki"));
+        assert!(!c.api.anonymous && c.api.token_webhook);
+        assert_eq!(c.api.authorization_mode, AuthorizationMode::Webhook);
+        assert_eq!(c.api.authorized_ttl, Duration::from_secs(300));
+        assert_eq!(c.api.unauthorized_ttl, Duration::from_secs(30));
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("kubelet.yaml");
+        std::fs::write(
+            &cfg,
+            "kind: KubeletConfiguration\nport: 11250\naddress: 127.0.0.1\n\
+             tlsCertFile: /c.crt\ntlsPrivateKeyFile: /c.key\n\
+             authentication:\n  x509: {clientCAFile: /ca.crt}\n  webhook: {enabled: false, cacheTTL: 10s}\n  anonymous: {enabled: true}\n\
+             authorization:\n  mode: AlwaysAllow\n  webhook: {cacheAuthorizedTTL: 1m, cacheUnauthorizedTTL: 5s}\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&Flags::parse_from([
+            "kubelet",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--port=12250",
+            "--authorization-mode=Webhook",
+        ]))
+        .unwrap();
+        assert_eq!(c.api.port, 12250);
+        assert_eq!(c.api.address.to_string(), "127.0.0.1");
+        assert_eq!(
+            c.api.tls_files,
+            Some((PathBuf::from("/c.crt"), PathBuf::from("/c.key")))
+        );
+        assert_eq!(c.api.client_ca_file, Some(PathBuf::from("/ca.crt")));
+        assert!(c.api.anonymous && !c.api.token_webhook);
+        assert_eq!(c.api.token_cache_ttl, Duration::from_secs(10));
+        assert_eq!(c.api.authorization_mode, AuthorizationMode::Webhook);
+        assert_eq!(c.api.authorized_ttl, Duration::from_secs(60));
+        assert_eq!(c.api.unauthorized_ttl, Duration::from_secs(5));
+
+        for bad in [
+            vec!["kubelet", "--authorization-mode=RBAC"],
+            vec!["kubelet", "--tls-cert-file=/only.crt"],
+        ] {
+            assert!(Config::resolve(&Flags::parse_from(bad)).is_err());
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(parse_taint("a=b").is_err());
         assert!(parse_taint("a=b:Sometimes").is_err());

@@ -180,6 +180,19 @@ async fn scenarios(
         ))
         .await?;
 
+    kubectl
+        .apply(&pod_manifest(
+            "ticker",
+            serde_json::json!({
+                "containers": [{
+                    "name": "main",
+                    "image": format!("{reg}/box:1"),
+                    "command": ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done"],
+                }],
+            }),
+        ))
+        .await?;
+
     // -f while the container runs: every line, stdout and stderr in order, and kubectl
     // returns by itself once the container exits.
     common::pod_until(cp, NS, "talker", "talker running", t, running).await?;
@@ -191,6 +204,44 @@ async fn scenarios(
         .await?;
     anyhow::ensure!(talker_lines(followed.lines()), "logs -f: {followed:?}");
     eprintln!("logs -f returned {:?} after starting", began.elapsed());
+    // -f on a container that keeps writing: lines arrive live, from the last one on with
+    // --tail=1, until the client goes away.
+    common::pod_until(cp, NS, "ticker", "ticker running", t, running).await?;
+    let mut follower = tokio::process::Command::new(ferrokube_tests::upstream::binary("kubectl")?)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(["logs", "-f", "--tail=1", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = follower
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut ticks = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while ticks.len() < 4 {
+            match lines.next_line().await? {
+                Some(l) => ticks.push(l),
+                None => break,
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("logs -f ticker: only {ticks:?} within 30s"))??;
+    follower.kill().await?;
+    let numbers: Vec<u32> = ticks
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick-").and_then(|n| n.parse().ok()))
+        .collect();
+    anyhow::ensure!(
+        numbers.len() == 4 && numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "logs -f ticker: {ticks:?}"
+    );
+
     let tail = kubectl.ok(["logs", "talker", "--tail=1"]).await?;
     anyhow::ensure!(tail == "line-3\n", "--tail=1: {tail:?}");
     let stamped = kubectl.ok(["logs", "talker", "--timestamps"]).await?;

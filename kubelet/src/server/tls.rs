@@ -184,3 +184,39 @@ pub fn server_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn generated_pair_names_the_node_and_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = crate::options::Config::resolve(&crate::options::Flags::parse_from([
+            "kubelet",
+            &format!("--root-dir={}", dir.path().display()),
+        ]))
+        .unwrap()
+        .api;
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let (cert, key) = serving_files(&api, "node-a", "host-a", &[ip]).unwrap();
+        assert_eq!(cert, dir.path().join("pki/kubelet.crt"));
+        let pem = std::fs::read(&cert).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let san = parsed.subject_alternative_name().unwrap().unwrap().value;
+        let names: Vec<String> = san.general_names.iter().map(|n| n.to_string()).collect();
+        assert!(names.iter().any(|n| n.contains("node-a")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("host-a")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "IPAddress(0a:01:02:03)"),
+            "{names:?}"
+        );
+        // A restart keeps the same certificate rather than minting a new one.
+        serving_files(&api, "node-a", "host-a", &[ip]).unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), pem);
+        assert!(server_config(&cert, &key, None).is_ok());
+        assert!(server_config(&cert, &key, Some(&cert)).is_ok());
+    }
+}
