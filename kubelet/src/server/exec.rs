@@ -9,6 +9,7 @@
 //! 2 stderr, 3 error (one `metav1.Status` when the command ends), 4 resize; v5 adds 255,
 //! `[255, channel]`, to half-close a channel (stdin EOF).
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -22,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::logs::{QueryError, parse_bool, query_pairs};
+use super::query::{QueryError, parse_bool, query_pairs};
 
 /// The WebSocket subprotocols served, preferred first.
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -56,10 +57,10 @@ impl ExecRequest {
         for (k, v) in query_pairs(query)? {
             match k.as_str() {
                 "command" => r.command.push(v),
-                "input" | "stdin" => r.stdin = parse_bool(&v)?,
-                "output" | "stdout" => r.stdout = parse_bool(&v)?,
-                "error" | "stderr" => r.stderr = parse_bool(&v)?,
-                "tty" => r.tty = parse_bool(&v)?,
+                "input" | "stdin" => r.stdin = parse_bool(&v),
+                "output" | "stdout" => r.stdout = parse_bool(&v),
+                "error" | "stderr" => r.stderr = parse_bool(&v),
+                "tty" => r.tty = parse_bool(&v),
                 _ => {}
             }
         }
@@ -289,9 +290,9 @@ async fn pump(mut reader: impl AsyncRead + Unpin, channel: u8, out: mpsc::Sender
     }
 }
 
-/// Runs `req` in the container and bridges its streams to the upgraded connection `io`
-/// speaking `protocol`, until the command ends (Status on the error channel, then close) or
-/// the client goes away (the command is killed).
+/// Runs `req` in the container and bridges its streams to the WebSocket `ws`, until the
+/// command ends (Status on the error channel, then close) or the client goes away (the
+/// command is killed).
 pub async fn serve<S>(ws: WebSocketStream<S>, target: Target, req: ExecRequest)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -340,7 +341,8 @@ where
                         for p in pumps {
                             let _ = p.await;
                         }
-                        Ok(s.code().unwrap_or(128 + s.signal_or_zero()))
+                        // runc reports a signalled command as 128 + signal, as shells do.
+                        Ok(s.code().or_else(|| s.signal().map(|n| 128 + n)).unwrap_or(255))
                     }
                     Err(e) => Err(format!("waiting for runc exec: {e}")),
                 },
@@ -371,18 +373,6 @@ where
         .is_err()
     {
         reader.abort();
-    }
-}
-
-/// The signal number of a signalled exit, else 0.
-trait SignalOrZero {
-    fn signal_or_zero(&self) -> i32;
-}
-
-impl SignalOrZero for std::process::ExitStatus {
-    fn signal_or_zero(&self) -> i32 {
-        use std::os::unix::process::ExitStatusExt as _;
-        self.signal().unwrap_or(0)
     }
 }
 

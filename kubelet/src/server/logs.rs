@@ -12,16 +12,8 @@ use hyper::body::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-/// A query that upstream's parameter codec or validation would refuse.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum QueryError {
-    /// A value did not parse: 400, `{"message": "Unable to decode query."}`.
-    #[error("{{\"message\": \"Unable to decode query.\"}}")]
-    Decode,
-    /// Values parse but break validation: 422, `{"message": "Invalid request."}`.
-    #[error("{{\"message\": \"Invalid request.\"}}")]
-    Invalid,
-}
+pub use super::query::QueryError;
+use super::query::{parse_bool, query_pairs};
 
 /// Upstream's v1 PodLogOptions, as the kubelet applies them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,53 +32,6 @@ pub struct LogOptions {
     pub limit_bytes: Option<u64>,
 }
 
-/// Decodes `%xx` and `+` of one query component.
-fn percent_decode(s: &str) -> Result<String, QueryError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(QueryError::Decode)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| QueryError::Decode)?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| QueryError::Decode)?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| QueryError::Decode)
-}
-
-/// The query's `key=value` pairs, decoded, in order.
-pub fn query_pairs(query: &str) -> Result<Vec<(String, String)>, QueryError> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Ok((percent_decode(k)?, percent_decode(v)?))
-        })
-        .collect()
-}
-
-/// Go's `strconv.ParseBool`, with an empty value meaning false as the parameter codec has it.
-pub fn parse_bool(v: &str) -> Result<bool, QueryError> {
-    match v {
-        "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        _ => Err(QueryError::Decode),
-    }
-}
-
 impl LogOptions {
     /// Options from a `/containerLogs` query, validated as upstream's
     /// `ValidatePodLogOptions` (non-negative tailLines, positive sinceSeconds and
@@ -98,9 +43,9 @@ impl LogOptions {
         let mut limit: Option<i64> = None;
         for (k, v) in query_pairs(query)? {
             match k.as_str() {
-                "follow" => o.follow = parse_bool(&v)?,
-                "timestamps" => o.timestamps = parse_bool(&v)?,
-                "previous" => o.previous = parse_bool(&v)?,
+                "follow" => o.follow = parse_bool(&v),
+                "timestamps" => o.timestamps = parse_bool(&v),
+                "previous" => o.previous = parse_bool(&v),
                 // `tail` is upstream's backwards-compatible spelling; `all` means no limit.
                 "tailLines" | "tail" if v == "all" => tail = None,
                 "tailLines" | "tail" => tail = Some(v.parse().map_err(|_| QueryError::Decode)?),
@@ -115,6 +60,9 @@ impl LogOptions {
                             .with_timezone(&Utc),
                     );
                 }
+                // PodLogsQuerySplitStreams is alpha and off in 1.36: validation refuses
+                // any `stream`.
+                "stream" => return Err(QueryError::Invalid),
                 _ => {}
             }
         }
@@ -416,7 +364,11 @@ mod tests {
             Err(QueryError::Invalid)
         );
         assert_eq!(
-            LogOptions::from_query("follow=maybe", now),
+            LogOptions::from_query("stream=Stdout", now),
+            Err(QueryError::Invalid)
+        );
+        assert_eq!(
+            LogOptions::from_query("tailLines=x", now),
             Err(QueryError::Decode)
         );
     }

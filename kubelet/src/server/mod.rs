@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod exec;
 pub mod logs;
+pub mod query;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -39,7 +40,8 @@ use crate::pod_workers;
 use crate::runtime::{Runtime, State};
 
 use self::auth::{Auth, Denial, UserInfo};
-use self::logs::{LogOptions, QueryError};
+use self::logs::LogOptions;
+use self::query::QueryError;
 
 /// Serves `/healthz` (and `/readyz`, `/livez`, `/metrics`) on `addr` until `shutdown`.
 pub async fn serve_health(
