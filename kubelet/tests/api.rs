@@ -242,6 +242,43 @@ async fn scenarios(
         "logs -f ticker: {ticks:?}"
     );
 
+    // attach: the main process's output from now on, live.
+    let mut attached = tokio::process::Command::new(ferrokube_tests::upstream::binary("kubectl")?)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(["attach", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = attached
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while seen
+            .iter()
+            .filter(|l: &&String| l.starts_with("tick-"))
+            .count()
+            < 2
+        {
+            match lines.next_line().await? {
+                Some(l) => seen.push(l),
+                None => break,
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("attach ticker: only {seen:?} within 30s"))??;
+    attached.kill().await?;
+    anyhow::ensure!(
+        seen.iter().filter(|l| l.starts_with("tick-")).count() == 2,
+        "attach ticker: {seen:?}"
+    );
+
     let tail = kubectl.ok(["logs", "talker", "--tail=1"]).await?;
     anyhow::ensure!(tail == "line-3\n", "--tail=1: {tail:?}");
     let stamped = kubectl.ok(["logs", "talker", "--timestamps"]).await?;

@@ -29,8 +29,8 @@ use super::query::{QueryError, parse_bool, query_pairs};
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
+pub(super) const STDOUT: u8 = 1;
+pub(super) const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
@@ -95,7 +95,7 @@ pub fn exit_status(command: &[String], code: i32) -> serde_json::Value {
 }
 
 /// A Failure Status for an exec that could not run at all.
-fn failure(message: String) -> serde_json::Value {
+pub(super) fn failure(message: String) -> serde_json::Value {
     json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
 }
 
@@ -227,11 +227,51 @@ async fn spawn(target: &Target, req: &ExecRequest) -> std::io::Result<Spawned> {
     })
 }
 
+/// Sends what goes to `sink` in order, then a normal close once every sender is gone.
+pub(super) fn spawn_writer<S>(
+    mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        // client-go reads anything but a normal (1000) close as a failed stream.
+        let normal = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(normal))).await;
+        let _ = sink.close().await;
+    });
+    (out_tx, writer)
+}
+
+/// A Status on the error channel, which ends the session for the client.
+pub(super) fn status_message(status: &serde_json::Value) -> Message {
+    let mut body = vec![ERROR];
+    body.extend_from_slice(status.to_string().as_bytes());
+    Message::Binary(Bytes::from(body))
+}
+
+/// A chunk of output on `channel`.
+pub(super) fn data_message(channel: u8, data: &[u8]) -> Message {
+    let mut body = Vec::with_capacity(data.len() + 1);
+    body.push(channel);
+    body.extend_from_slice(data);
+    Message::Binary(Bytes::from(body))
+}
+
 /// How long the client gets to answer our close.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Client → command: stdin data, stdin close and resizes, until the client closes or goes.
-async fn read_client<S>(
+pub(super) async fn read_client<S>(
     mut source: futures::stream::SplitStream<WebSocketStream<S>>,
     mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>>,
     terminal: Option<std::fs::File>,
@@ -297,28 +337,8 @@ pub async fn serve<S>(ws: WebSocketStream<S>, target: Target, req: ExecRequest)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, source) = ws.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
-            }
-        }
-        // client-go reads anything but a normal (1000) close as a failed stream.
-        let normal = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        };
-        let _ = sink.send(Message::Close(Some(normal))).await;
-        let _ = sink.close().await;
-    });
-    let error_message = |status: serde_json::Value| {
-        let mut body = vec![ERROR];
-        body.extend_from_slice(status.to_string().as_bytes());
-        Message::Binary(Bytes::from(body))
-    };
-
+    let (sink, source) = ws.split();
+    let (out_tx, writer) = spawn_writer(sink);
     let mut spawned = spawn(&target, &req).await;
     let (stdin, terminal, runc_pid) = match &mut spawned {
         Ok(s) => (s.stdin.take(), s.terminal.take(), s.child.id()),
@@ -362,7 +382,7 @@ where
             failure(message)
         }
     };
-    let _ = out_tx.send(error_message(status)).await;
+    let _ = out_tx.send(status_message(&status)).await;
     drop(out_tx);
     let _ = writer.await;
     // The closing handshake: wait for the client's close, so input it sent meanwhile (a

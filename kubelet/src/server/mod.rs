@@ -5,9 +5,11 @@
 //! ```text
 //!   TLS (client cert verified against --client-ca-file, optional)
 //!     ─▶ auth: cert user | TokenReview | anonymous ─▶ SubjectAccessReview on nodes/<sub>
-//!     ─▶ /healthz  /containerLogs/{ns}/{pod}/{container}  /exec/{ns}/{pod}[/{uid}]/{container}
+//!     ─▶ /healthz  /containerLogs/{ns}/{pod}/{container}
+//!        /exec|/attach/{ns}/{pod}[/{uid}]/{container}
 //! ```
 
+pub mod attach;
 pub mod auth;
 pub mod exec;
 pub mod logs;
@@ -183,14 +185,20 @@ async fn handle(
         ),
         (
             &Method::GET | &Method::POST,
-            ["exec", ns, pod, container] | ["exec", ns, pod, _, container],
+            [kind @ ("exec" | "attach"), ns, pod, container]
+            | [kind @ ("exec" | "attach"), ns, pod, _, container],
         ) => {
+            let kind = if *kind == "exec" {
+                Session::Exec
+            } else {
+                Session::Attach
+            };
             let (ns, pod, container) = (
                 (*ns).to_string(),
                 (*pod).to_string(),
                 (*container).to_string(),
             );
-            exec(api, &ns, &pod, &container, req)
+            session(api, kind, &ns, &pod, &container, req)
         }
         _ => not_found(),
     }
@@ -331,8 +339,18 @@ fn container_logs(
     resp
 }
 
-fn exec(
+/// The two streaming sessions on the WebSocket protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Session {
+    /// A new command in the container.
+    Exec,
+    /// The main process's output.
+    Attach,
+}
+
+fn session(
     api: &Arc<Api>,
+    kind: Session,
     ns: &str,
     name: &str,
     container: &str,
@@ -342,7 +360,13 @@ fn exec(
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if request.command.is_empty() {
+    if kind == Session::Attach && (request.stdin || request.tty) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "attaching stdin or a tty is not supported by this kubelet: the container's stdio belongs to its log shim",
+        );
+    }
+    if kind == Session::Exec && request.command.is_empty() {
         return text(
             StatusCode::BAD_REQUEST,
             "you must specify at least one command for the container",
@@ -374,7 +398,7 @@ fn exec(
     let (true, Some(key)) = (is_websocket, key) else {
         return text(
             StatusCode::BAD_REQUEST,
-            "unable to upgrade: this kubelet serves exec over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only",
+            "unable to upgrade: this kubelet serves exec and attach over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only",
         );
     };
     let offered = headers
@@ -395,17 +419,25 @@ fn exec(
     let target = exec::Target {
         runc: api.config.runtime_binary.clone(),
         runc_root: api.config.root_dir.join("runc"),
-        container_id: inst.id,
+        container_id: inst.id.clone(),
     };
+    let runtime = api.runtime.clone();
     tokio::spawn(async move {
-        match on_upgrade.await {
+        let ws = match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
-                exec::serve(ws, target, request).await;
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await
             }
-            Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "exec/attach upgrade failed");
+                return;
+            }
+        };
+        match kind {
+            Session::Exec => exec::serve(ws, target, request).await,
+            Session::Attach => {
+                let running = move || runtime.state(&inst.id, &inst.bundle) == State::Running;
+                attach::serve(ws, inst.log.clone(), running, request).await;
+            }
         }
     });
     let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
