@@ -444,6 +444,22 @@ async fn scenarios(
             "--user=viewer",
         ])
         .await?;
+    // A denial is cached (30 s by default, as upstream): granting nobody now does not
+    // change the answer at once.
+    kubectl
+        .ok([
+            "create",
+            "clusterrolebinding",
+            "nobody-node-proxy",
+            "--clusterrole=node-proxy",
+            "--user=nobody",
+        ])
+        .await?;
+    let (code, _) = curl(port, "/healthz", Some(&nobody), None).await?;
+    anyhow::ensure!(
+        code == 403,
+        "nobody right after the grant (cached denial): {code}"
+    );
     let viewer = cp
         .pki
         .ca
