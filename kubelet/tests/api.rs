@@ -15,8 +15,12 @@ const NODE: &str = "node-api";
 const NS: &str = "default";
 
 fn pod_manifest(name: &str, spec: serde_json::Value) -> String {
+    pod_on(NODE, name, spec)
+}
+
+fn pod_on(node: &str, name: &str, spec: serde_json::Value) -> String {
     let mut spec = spec;
-    spec["nodeName"] = serde_json::json!(NODE);
+    spec["nodeName"] = serde_json::json!(node);
     spec["terminationGracePeriodSeconds"] = serde_json::json!(2);
     serde_json::json!({
         "apiVersion": "v1",
@@ -477,6 +481,11 @@ async fn scenarios(
         code == 200 && body == "ok",
         "viewer /healthz: {code} {body:?}"
     );
+    let log = std::fs::read_to_string(cp.log_dir().join(format!("kubelet-{NODE}.log")))?;
+    anyhow::ensure!(
+        log.contains("over WebSocket") && !log.contains("over SPDY"),
+        "the kubelet did not serve these execs over WebSocket"
+    );
     let (code, body) = curl(
         port,
         &format!("/containerLogs/{NS}/ghost/main"),
@@ -487,6 +496,126 @@ async fn scenarios(
     anyhow::ensure!(
         code == 404 && body.contains(r#"pod "ghost" does not exist"#),
         "unknown pod: {code} {body:?}"
+    );
+    Ok(())
+}
+
+/// With the apiserver's ExtendWebSocketsToKubelet gate off it translates kubectl's
+/// WebSocket into SPDY/3.1 towards the kubelet (as every apiserver before 1.36 does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_over_spdy_when_the_apiserver_translates() -> anyhow::Result<()> {
+    common::can_run_pods().map_err(anyhow::Error::msg)?;
+    let registry = Registry::start().await?;
+    let reg = registry.addr.clone();
+    ImageBuilder::busybox()?.push(&reg, "box", "1").await?;
+    let cp = ControlPlane::start_with(ferrokube_tests::controlplane::Options {
+        extra_apiserver_args: vec!["--feature-gates=ExtendWebSocketsToKubelet=false".into()],
+        ..Default::default()
+    })
+    .await?;
+    common::prepare_namespace(&cp, NS).await?;
+    let node = "node-spdy";
+    let mut kubelet = common::start(&cp, node, "198.18.44.0/24").await?;
+    let kubectl = cp.kubectl()?;
+    let result = spdy_scenarios(&cp, &kubectl, &reg, node).await;
+    if let Err(e) = &result {
+        eprintln!("{e:#}\n{}", cp.logs(80));
+    }
+    let _ = kubectl
+        .ok([
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            NS,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .await;
+    kubelet.teardown();
+    result
+}
+
+async fn spdy_scenarios(
+    cp: &ControlPlane,
+    kubectl: &ferrokube_tests::Kubectl,
+    reg: &str,
+    node: &str,
+) -> anyhow::Result<()> {
+    kubectl
+        .apply(&pod_on(
+            node,
+            "shell",
+            serde_json::json!({
+                "containers": [{
+                    "name": "main",
+                    "image": format!("{reg}/box:1"),
+                    "command": ["sleep", "3600"],
+                }],
+            }),
+        ))
+        .await?;
+    common::pod_until(
+        cp,
+        NS,
+        "shell",
+        "shell running",
+        Duration::from_secs(90),
+        running,
+    )
+    .await?;
+    let began = Instant::now();
+    let out = kubectl
+        .run(
+            [
+                "exec",
+                "shell",
+                "--",
+                "sh",
+                "-c",
+                "echo hi; echo oops >&2; exit 3",
+            ],
+            None,
+        )
+        .await?;
+    eprintln!("kubectl exec over SPDY took {:?}", began.elapsed());
+    anyhow::ensure!(
+        out.code == Some(3) && out.stdout == "hi\n" && out.stderr.contains("oops"),
+        "spdy exec exit 3: {out:?}"
+    );
+    let out = kubectl
+        .run(
+            ["exec", "-i", "shell", "--", "sh", "-c", "tr a-z A-Z"],
+            Some("hello spdy\n"),
+        )
+        .await?;
+    anyhow::ensure!(
+        out.success() && out.stdout == "HELLO SPDY\n",
+        "spdy exec -i: {out:?}"
+    );
+    let line = format!(
+        "{} --kubeconfig {} exec -it shell -- sh -c 'test -t 0 && test -t 1 && echo tty-yes; exit 5'",
+        ferrokube_tests::upstream::binary("kubectl")?.display(),
+        cp.kubeconfig_path().display()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.code() == Some(5) && printed.contains("tty-yes"),
+        "spdy exec -it: {:?} {printed:?}",
+        out.status
+    );
+    let log = std::fs::read_to_string(cp.log_dir().join(format!("kubelet-{node}.log")))?;
+    anyhow::ensure!(
+        log.contains("exec over SPDY/3.1") && !log.contains("over WebSocket"),
+        "the kubelet did not serve these execs over SPDY"
     );
     Ok(())
 }

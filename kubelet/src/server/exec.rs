@@ -4,8 +4,8 @@
 //!
 //! In 1.36 the apiserver proxies kubectl's WebSocket straight to a kubelet that declares
 //! `ExtendWebSocketsToKubelet` in `Node.status.declaredFeatures` (both that gate and
-//! NodeDeclaredFeatures are on by default); otherwise it translates to SPDY/3.1, which this
-//! kubelet does not speak. Every binary message starts with its channel: 0 stdin, 1 stdout,
+//! NodeDeclaredFeatures are on by default); otherwise it translates to SPDY/3.1, served by
+//! [`super::spdy`] with the same command handling. Every binary message starts with its channel: 0 stdin, 1 stdout,
 //! 2 stderr, 3 error (one `metav1.Status` when the command ends), 4 resize; v5 adds 255,
 //! `[255, channel]`, to half-close a channel (stdin EOF).
 
@@ -111,12 +111,12 @@ pub struct Target {
 }
 
 /// A started `runc exec` and its ends of the command's stdio.
-struct Spawned {
-    child: tokio::process::Child,
-    stdin: Option<Box<dyn AsyncWrite + Unpin + Send>>,
-    outputs: Vec<(Box<dyn AsyncRead + Unpin + Send>, u8)>,
+pub(super) struct Spawned {
+    pub(super) child: tokio::process::Child,
+    pub(super) stdin: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    pub(super) outputs: Vec<(Box<dyn AsyncRead + Unpin + Send>, u8)>,
     /// The pty master, for resizes (tty only).
-    terminal: Option<std::fs::File>,
+    pub(super) terminal: Option<std::fs::File>,
 }
 
 /// A new pseudo-terminal: (master, slave).
@@ -170,7 +170,7 @@ fn spawn_tty(
 
 /// Applies a resize message (`{"Width":80,"Height":24}`) to the terminal and tells runc
 /// (which has no controlling terminal to get SIGWINCH from) to pass it on.
-fn resize(terminal: &std::fs::File, runc_pid: Option<u32>, json: &[u8]) {
+pub(super) fn resize(terminal: &std::fs::File, runc_pid: Option<u32>, json: &[u8]) {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Size {
@@ -196,7 +196,7 @@ fn resize(terminal: &std::fs::File, runc_pid: Option<u32>, json: &[u8]) {
 
 /// Starts `runc exec`. Without a tty, runc copies between its stdio and the command's, so
 /// pipes serve.
-async fn spawn(target: &Target, req: &ExecRequest) -> std::io::Result<Spawned> {
+pub(super) async fn spawn(target: &Target, req: &ExecRequest) -> std::io::Result<Spawned> {
     let mut cmd = tokio::process::Command::new(&target.runc);
     cmd.arg("--root").arg(&target.runc_root).kill_on_drop(true);
     if req.tty {

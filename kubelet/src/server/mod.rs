@@ -14,6 +14,7 @@ pub mod auth;
 pub mod exec;
 pub mod logs;
 pub mod query;
+pub mod spdy;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -388,6 +389,13 @@ fn session(
         );
     };
     let headers = req.headers();
+    let is_spdy = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    if is_spdy {
+        return spdy_session(api, kind, inst, request, req);
+    }
     let is_websocket = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -398,7 +406,7 @@ fn session(
     let (true, Some(key)) = (is_websocket, key) else {
         return text(
             StatusCode::BAD_REQUEST,
-            "unable to upgrade: this kubelet serves exec and attach over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only",
+            "unable to upgrade: missing upgrade headers in request (WebSocket or SPDY/3.1)",
         );
     };
     let offered = headers
@@ -414,6 +422,7 @@ fn session(
             ),
         );
     };
+    tracing::debug!(container = %inst.id, protocol, ?kind, "exec/attach over WebSocket");
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let target = exec::Target {
@@ -450,6 +459,65 @@ fn session(
     }
     h.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    resp
+}
+
+/// Exec over SPDY/3.1: the protocol from `X-Stream-Protocol-Version`, then the session.
+fn spdy_session(
+    api: &Arc<Api>,
+    kind: Session,
+    inst: Instance,
+    request: exec::ExecRequest,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    if kind == Session::Attach {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "attach is served over WebSocket only by this kubelet",
+        );
+    }
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(protocol) = offered
+        .iter()
+        .find_map(|o| spdy::PROTOCOLS.iter().find(|p| *p == o).copied())
+    else {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {:?}",
+                spdy::PROTOCOLS
+            ),
+        );
+    };
+    tracing::debug!(container = %inst.id, protocol, "exec over SPDY/3.1");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let target = exec::Target {
+        runc: api.config.runtime_binary.clone(),
+        runc_root: api.config.root_dir.join("runc"),
+        container_id: inst.id,
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => spdy::serve(TokioIo::new(upgraded), target, request).await,
+            Err(e) => tracing::warn!(error = %e, "spdy upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        "x-stream-protocol-version",
         HeaderValue::from_static(protocol),
     );
     resp
