@@ -1,6 +1,6 @@
 //! The kubelet's HTTP endpoints: the plain-HTTP healthz port (`--healthz-port`, upstream's
 //! 10248) and the authenticated API (`--port`, upstream's 10250) that the apiserver calls
-//! for `kubectl logs` and `kubectl exec`.
+//! for `kubectl logs`, `kubectl exec` (WebSocket or SPDY/3.1) and `kubectl attach`.
 //!
 //! ```text
 //!   TLS (client cert verified against --client-ca-file, optional)
