@@ -11,6 +11,9 @@
 //!                                            ├─ volumes  (emptyDir, configMap, secret, projected)
 //!                                            ├─ runtime  (OCI spec, runc under a log shim)
 //!                                            └─ probes   (startup, liveness, readiness)
+//!
+//!   server: :10250 TLS ─▶ authn (client cert | TokenReview) ─▶ authz (SubjectAccessReview)
+//!           ─▶ /healthz, /containerLogs (CRI log files), /exec (WebSocket ─▶ runc exec)
 //! ```
 
 pub mod eviction;
@@ -64,8 +67,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The health server could not listen.
-    #[error("serving healthz on {addr}: {source}")]
+    /// The kubelet API's TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] server::tls::Error),
+    /// A server could not listen.
+    #[error("listening on {addr}: {source}")]
     Serve {
         /// The address.
         addr: SocketAddr,
@@ -178,6 +184,31 @@ pub async fn run(flags: Flags) -> Result<(), Error> {
         ..Default::default()
     });
     factory.start(&mut tasks, &shutdown);
+
+    if config.api.port != 0 {
+        let (cert, key) = server::tls::serving_files(
+            &config.api,
+            &config.node_name,
+            &config.hostname,
+            &[config.node_ip],
+        )?;
+        let tls = server::tls::server_config(&cert, &key, config.api.client_ca_file.as_deref())?;
+        let api = Arc::new(server::Api {
+            auth: server::auth::Auth::new(client.clone(), &config.node_name, &config.api),
+            config: config.clone(),
+            pods: pods.store(),
+            runtime: runtime.clone(),
+            health: health.clone(),
+        });
+        let addr = SocketAddr::new(config.api.address, config.api.port);
+        let (bound, task) = server::serve_api(addr, tls, api, shutdown.clone())
+            .await
+            .map_err(|source| Error::Serve { addr, source })?;
+        tracing::info!(%bound, "serving the kubelet API");
+        tasks.spawn(async move {
+            let _ = task.await;
+        });
+    }
 
     // The node's podCIDR may arrive later (node-ipam); the flag is the fallback.
     {

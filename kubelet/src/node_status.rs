@@ -293,6 +293,9 @@ pub fn system_info(runtime_version: &str) -> NodeSystemInfo {
     }
 }
 
+/// What this kubelet declares in `status.declaredFeatures`; sorted, as validation requires.
+pub const DECLARED_FEATURES: &[&str] = &["ExtendWebSocketsToKubelet"];
+
 /// The Node status apart from conditions' times.
 pub fn status(
     config: &Config,
@@ -316,8 +319,14 @@ pub fn status(
         allocatable: Some(allocatable),
         conditions: Some(conditions(facts, ready, &config.eviction_hard)),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: 10250 }),
+            kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint {
+                port: i32::from(config.api.port),
+            }),
         }),
+        // The kubelet API speaks WebSocket (v5.channel.k8s.io) for exec and attach, so the
+        // apiserver may proxy kubectl's WebSocket straight through instead of translating it
+        // to SPDY (upstream gates this on the node declaring the feature).
+        declared_features: Some(DECLARED_FEATURES.iter().map(ToString::to_string).collect()),
         node_info: Some(system_info(runtime_version)),
         ..Default::default()
     }
@@ -521,6 +530,8 @@ fn same_status(a: &NodeStatus, b: &NodeStatus) -> bool {
         && a.allocatable == b.allocatable
         && a.addresses == b.addresses
         && a.node_info == b.node_info
+        && a.daemon_endpoints == b.daemon_endpoints
+        && a.declared_features == b.declared_features
 }
 
 #[cfg(test)]

@@ -45,6 +45,42 @@ pub struct Flags {
     /// Address the /healthz endpoint listens on.
     #[arg(long)]
     pub healthz_bind_address: Option<IpAddr>,
+    /// Port of the authenticated kubelet API (logs, exec); upstream's 10250.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address the kubelet API listens on (default 0.0.0.0).
+    #[arg(long)]
+    pub address: Option<IpAddr>,
+    /// Serving certificate of the kubelet API; without it one is generated under the root dir.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Key of `--tls-cert-file`.
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Where a generated serving certificate goes (default `<root-dir>/pki`).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// CA bundle that client certificates of the kubelet API must chain to.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Let unauthenticated requests through as `system:anonymous` (default false).
+    #[arg(long)]
+    pub anonymous_auth: Option<bool>,
+    /// Authenticate bearer tokens with TokenReview (default true).
+    #[arg(long)]
+    pub authentication_token_webhook: Option<bool>,
+    /// How long TokenReview answers are cached (default 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub authentication_token_webhook_cache_ttl: Option<Duration>,
+    /// `AlwaysAllow` or `Webhook` (SubjectAccessReview; the default).
+    #[arg(long)]
+    pub authorization_mode: Option<String>,
+    /// How long an allowed SubjectAccessReview is cached (default 5m).
+    #[arg(long, value_parser = parse_duration)]
+    pub authorization_webhook_cache_authorized_ttl: Option<Duration>,
+    /// How long a denied SubjectAccessReview is cached (default 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: Option<Duration>,
     /// Most pods this node runs.
     #[arg(long)]
     pub max_pods: Option<u32>,
@@ -126,6 +162,20 @@ pub struct KubeletConfiguration {
     pub healthz_port: Option<u16>,
     /// See `--healthz-bind-address`.
     pub healthz_bind_address: Option<IpAddr>,
+    /// See `--port`.
+    pub port: Option<u16>,
+    /// See `--address`.
+    pub address: Option<IpAddr>,
+    /// See `--tls-cert-file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// See `--tls-private-key-file`.
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Client authentication of the kubelet API.
+    #[serde(default)]
+    pub authentication: FileAuthentication,
+    /// Authorization of the kubelet API.
+    #[serde(default)]
+    pub authorization: FileAuthorization,
     /// See `--node-status-update-frequency` (Go duration).
     pub node_status_update_frequency: Option<String>,
     /// How often status is posted even when unchanged (Go duration; default 5m).
@@ -157,6 +207,107 @@ pub struct KubeletConfiguration {
     pub kube_api_burst: Option<u32>,
     /// See `--register-with-taints`.
     pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+}
+
+/// KubeletConfiguration `authentication`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileAuthentication {
+    /// `x509.clientCAFile`.
+    #[serde(default)]
+    pub x509: FileX509,
+    /// `webhook.enabled`, `webhook.cacheTTL`.
+    #[serde(default)]
+    pub webhook: FileWebhook,
+    /// `anonymous.enabled`.
+    #[serde(default)]
+    pub anonymous: FileEnabled,
+}
+
+/// KubeletConfiguration `authentication.x509`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileX509 {
+    /// See `--client-ca-file`.
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// KubeletConfiguration `authentication.webhook`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileWebhook {
+    /// See `--authentication-token-webhook`.
+    pub enabled: Option<bool>,
+    /// See `--authentication-token-webhook-cache-ttl` (Go duration).
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: Option<String>,
+}
+
+/// An `enabled` switch.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct FileEnabled {
+    /// On or off.
+    pub enabled: Option<bool>,
+}
+
+/// KubeletConfiguration `authorization`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileAuthorization {
+    /// See `--authorization-mode`.
+    pub mode: Option<String>,
+    /// `webhook.cacheAuthorizedTTL`, `webhook.cacheUnauthorizedTTL`.
+    #[serde(default)]
+    pub webhook: FileAuthzWebhook,
+}
+
+/// KubeletConfiguration `authorization.webhook`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileAuthzWebhook {
+    /// Go duration.
+    #[serde(rename = "cacheAuthorizedTTL")]
+    pub cache_authorized_ttl: Option<String>,
+    /// Go duration.
+    #[serde(rename = "cacheUnauthorizedTTL")]
+    pub cache_unauthorized_ttl: Option<String>,
+}
+
+/// How the kubelet API decides whether a request may proceed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    /// Every authenticated request is allowed.
+    AlwaysAllow,
+    /// Ask the apiserver with a SubjectAccessReview.
+    Webhook,
+}
+
+/// The kubelet API's serving and auth settings.
+#[derive(Clone, Debug)]
+pub struct ApiServing {
+    /// `--port` (0: off).
+    pub port: u16,
+    /// `--address`.
+    pub address: IpAddr,
+    /// `--tls-cert-file` and `--tls-private-key-file`, when both are given.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Where a generated serving certificate is kept.
+    pub cert_dir: PathBuf,
+    /// `--client-ca-file`.
+    pub client_ca_file: Option<PathBuf>,
+    /// `--anonymous-auth`.
+    pub anonymous: bool,
+    /// `--authentication-token-webhook`.
+    pub token_webhook: bool,
+    /// `--authentication-token-webhook-cache-ttl`.
+    pub token_cache_ttl: Duration,
+    /// `--authorization-mode`.
+    pub authorization_mode: AuthorizationMode,
+    /// `--authorization-webhook-cache-authorized-ttl`.
+    pub authorized_ttl: Duration,
+    /// `--authorization-webhook-cache-unauthorized-ttl`.
+    pub unauthorized_ttl: Duration,
 }
 
 /// Why the configuration was refused.
@@ -208,6 +359,8 @@ pub struct Config {
     pub healthz_port: u16,
     /// `--healthz-bind-address`.
     pub healthz_bind_address: IpAddr,
+    /// The authenticated API (port 10250).
+    pub api: ApiServing,
     /// `--max-pods`.
     pub max_pods: u32,
     /// `--node-labels`.
@@ -318,7 +471,9 @@ impl Config {
             (None, None) => crate::eviction::EvictionHard::default(),
         };
         let root_dir = flags.root_dir.clone();
+        let api = api_serving(flags, &file, &root_dir)?;
         Ok(Self {
+            api,
             kubeconfig: flags.kubeconfig.clone(),
             hostname,
             node_ip: flags
@@ -395,6 +550,96 @@ impl Config {
             node_name,
         })
     }
+}
+
+fn api_serving(
+    flags: &Flags,
+    file: &KubeletConfiguration,
+    root_dir: &Path,
+) -> Result<ApiServing, ConfigError> {
+    let duration = |field: &'static str, flag: Option<Duration>, v: &Option<String>, default| match (
+        flag, v,
+    ) {
+        (Some(d), _) => Ok(d),
+        (None, Some(s)) => {
+            parse_duration(s).map_err(|reason| ConfigError::Invalid { field, reason })
+        }
+        (None, None) => Ok(default),
+    };
+    let cert = flags.tls_cert_file.clone().or(file.tls_cert_file.clone());
+    let key = flags
+        .tls_private_key_file
+        .clone()
+        .or(file.tls_private_key_file.clone());
+    let tls_files = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid {
+                field: "--tls-cert-file",
+                reason: "--tls-cert-file and --tls-private-key-file go together".into(),
+            });
+        }
+    };
+    let mode = flags
+        .authorization_mode
+        .clone()
+        .or(file.authorization.mode.clone());
+    let authorization_mode = match mode.as_deref() {
+        None | Some("Webhook") => AuthorizationMode::Webhook,
+        Some("AlwaysAllow") => AuthorizationMode::AlwaysAllow,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: "--authorization-mode",
+                reason: format!("{other:?} is not AlwaysAllow or Webhook"),
+            });
+        }
+    };
+    let authn = &file.authentication;
+    Ok(ApiServing {
+        port: flags.port.or(file.port).unwrap_or(10250),
+        address: flags
+            .address
+            .or(file.address)
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        tls_files,
+        cert_dir: flags
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| root_dir.join("pki")),
+        client_ca_file: flags
+            .client_ca_file
+            .clone()
+            .or(authn.x509.client_ca_file.clone()),
+        // v1beta1 KubeletConfiguration defaults: anonymous off, token webhook on.
+        anonymous: flags
+            .anonymous_auth
+            .or(authn.anonymous.enabled)
+            .unwrap_or(false),
+        token_webhook: flags
+            .authentication_token_webhook
+            .or(authn.webhook.enabled)
+            .unwrap_or(true),
+        token_cache_ttl: duration(
+            "authentication.webhook.cacheTTL",
+            flags.authentication_token_webhook_cache_ttl,
+            &authn.webhook.cache_ttl,
+            Duration::from_secs(120),
+        )?,
+        authorization_mode,
+        authorized_ttl: duration(
+            "authorization.webhook.cacheAuthorizedTTL",
+            flags.authorization_webhook_cache_authorized_ttl,
+            &file.authorization.webhook.cache_authorized_ttl,
+            Duration::from_secs(300),
+        )?,
+        unauthorized_ttl: duration(
+            "authorization.webhook.cacheUnauthorizedTTL",
+            flags.authorization_webhook_cache_unauthorized_ttl,
+            &file.authorization.webhook.cache_unauthorized_ttl,
+            Duration::from_secs(30),
+        )?,
+    })
 }
 
 fn load_file(path: &Path) -> Result<KubeletConfiguration, ConfigError> {
@@ -502,6 +747,56 @@ mod tests {
         assert_eq!(c.node_status_update_frequency, Duration::from_secs(10));
         assert_eq!(c.taints[0].key, "dedicated");
         assert_eq!(c.cni_conf_dir, PathBuf::from("/var/lib/kubelet/cni/net.d"));
+    }
+
+    #[test]
+    fn api_serving_from_file_flags_and_defaults() {
+        let c = Config::resolve(&Flags::parse_from(["kubelet", "--root-dir=/r"])).unwrap();
+        assert_eq!(c.api.port, 10250);
+        assert_eq!(c.api.address.to_string(), "0.0.0.0");
+        assert_eq!(c.api.cert_dir, PathBuf::from("/r/pki"));
+        assert!(!c.api.anonymous && c.api.token_webhook);
+        assert_eq!(c.api.authorization_mode, AuthorizationMode::Webhook);
+        assert_eq!(c.api.authorized_ttl, Duration::from_secs(300));
+        assert_eq!(c.api.unauthorized_ttl, Duration::from_secs(30));
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("kubelet.yaml");
+        std::fs::write(
+            &cfg,
+            "kind: KubeletConfiguration\nport: 11250\naddress: 127.0.0.1\n\
+             tlsCertFile: /c.crt\ntlsPrivateKeyFile: /c.key\n\
+             authentication:\n  x509: {clientCAFile: /ca.crt}\n  webhook: {enabled: false, cacheTTL: 10s}\n  anonymous: {enabled: true}\n\
+             authorization:\n  mode: AlwaysAllow\n  webhook: {cacheAuthorizedTTL: 1m, cacheUnauthorizedTTL: 5s}\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&Flags::parse_from([
+            "kubelet",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--port=12250",
+            "--authorization-mode=Webhook",
+        ]))
+        .unwrap();
+        assert_eq!(c.api.port, 12250);
+        assert_eq!(c.api.address.to_string(), "127.0.0.1");
+        assert_eq!(
+            c.api.tls_files,
+            Some((PathBuf::from("/c.crt"), PathBuf::from("/c.key")))
+        );
+        assert_eq!(c.api.client_ca_file, Some(PathBuf::from("/ca.crt")));
+        assert!(c.api.anonymous && !c.api.token_webhook);
+        assert_eq!(c.api.token_cache_ttl, Duration::from_secs(10));
+        assert_eq!(c.api.authorization_mode, AuthorizationMode::Webhook);
+        assert_eq!(c.api.authorized_ttl, Duration::from_secs(60));
+        assert_eq!(c.api.unauthorized_ttl, Duration::from_secs(5));
+
+        for bad in [
+            vec!["kubelet", "--authorization-mode=RBAC"],
+            vec!["kubelet", "--tls-cert-file=/only.crt"],
+        ] {
+            assert!(Config::resolve(&Flags::parse_from(bad)).is_err());
+        }
     }
 
     #[test]

@@ -67,13 +67,7 @@ impl Kubelet {
     }
 
     fn log_dir(&self, pod: &Pod) -> PathBuf {
-        let m = &pod.metadata;
-        self.config.pod_logs_dir.join(format!(
-            "{}_{}_{}",
-            m.namespace.as_deref().unwrap_or_default(),
-            m.name.as_deref().unwrap_or_default(),
-            sanitize(m.uid.as_deref().unwrap_or_default())
-        ))
+        pod_log_dir(&self.config.pod_logs_dir, pod)
     }
 
     fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: impl Into<String>) {
@@ -87,6 +81,43 @@ pub fn sanitize(uid: &str) -> String {
     uid.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect()
+}
+
+/// The pod's CRI log directory: `<logs root>/<namespace>_<name>_<uid>`, as upstream.
+pub fn pod_log_dir(logs_root: &Path, pod: &Pod) -> PathBuf {
+    let m = &pod.metadata;
+    logs_root.join(format!(
+        "{}_{}_{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
+        sanitize(m.uid.as_deref().unwrap_or_default())
+    ))
+}
+
+/// The runc id of attempt `attempt` of container `name` in pod `uid`.
+pub fn container_id(uid: &str, name: &str, attempt: u32) -> String {
+    format!("{}-{}-{}", sanitize(uid), name, attempt)
+}
+
+/// Where the attempts of container `name` of pod `uid` keep their bundles.
+pub fn container_dir(root_dir: &Path, uid: &str, name: &str) -> PathBuf {
+    root_dir
+        .join("pods")
+        .join(sanitize(uid))
+        .join("containers")
+        .join(name)
+}
+
+/// The attempts (instances) container `name` of pod `uid` has had, oldest first.
+pub fn container_attempts(root_dir: &Path, uid: &str, name: &str) -> Vec<u32> {
+    let mut attempts: Vec<u32> = std::fs::read_dir(container_dir(root_dir, uid, name))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .collect();
+    attempts.sort_unstable();
+    attempts
 }
 
 /// Runs the pod manager until `shutdown`: one worker per pod the informer reports.
@@ -445,7 +476,7 @@ impl Worker {
 
     fn instance(&self, name: &str, attempt: u32) -> Current {
         let bundle = self.container_dir(name).join(attempt.to_string());
-        let id = format!("{}-{}-{}", sanitize(&self.uid), name, attempt);
+        let id = container_id(&self.uid, name, attempt);
         let record: Option<Record> = std::fs::read_to_string(bundle.join("record.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());

@@ -222,6 +222,9 @@ impl Runtime for Runc {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 c.windows(SHIM_ARG.len()).any(|w| w == SHIM_ARG.as_bytes())
                     || (!c.is_empty() && c == own)
+                    // Mid-exec the kernel shows an empty command line for a moment; so
+                    // does a zombie, which is the only empty one that is gone.
+                    || (c.is_empty() && !is_zombie(pid))
             })
         });
         if alive {
@@ -264,6 +267,19 @@ impl Runtime for Runc {
             other => other,
         }
     }
+}
+
+/// Whether process `pid` has exited but not been reaped (state `Z` in /proc/<pid>/stat).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| zombie_stat(&stat))
+}
+
+/// Whether a /proc/<pid>/stat line is a zombie's: the state follows the parenthesised
+/// command name, which may itself hold spaces and parentheses.
+fn zombie_stat(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        == Some('Z')
 }
 
 /// The current time as RFC 3339 with nanoseconds (CRI log timestamps).
@@ -789,6 +805,13 @@ pub fn cpu_quota(limit_milli: i128) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zombie_state_is_read_after_the_command_name() {
+        assert!(zombie_stat("42 (a) b) Z 1 2 3"));
+        assert!(!zombie_stat("42 (sh) S 1 2 3"));
+        assert!(!zombie_stat("garbage"));
+    }
 
     #[test]
     fn quantities() {

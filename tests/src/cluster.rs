@@ -200,6 +200,9 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         .collect();
     let server = cp.server_url();
     let kubeconfig = cp.kubeconfig_path().to_path_buf();
+    // The kubelet API accepts client certificates of this CA (the apiserver's, for
+    // `kubectl logs` and `exec`).
+    let client_ca = cp.pki.ca.pair.cert_path.clone();
     // From here on the processes are recorded in the state file, not owned by `cp`.
     cp.detach();
 
@@ -221,7 +224,8 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         }
         match kubelet_beside_this_program().and_then(|bin| can_run_pods().map(|()| bin)) {
             Ok(bin) => {
-                let kubelet = start_kubelet(&opts.dir, &state.kubeconfig, opts, &bin).await;
+                let kubelet =
+                    start_kubelet(&opts.dir, &state.kubeconfig, &client_ca, opts, &bin).await;
                 // Recorded even when it did not become ready, so `down` cleans up after it.
                 let (component, ready) = match kubelet {
                     Ok(c) => (c, Ok(())),
@@ -306,6 +310,7 @@ pub fn can_run_pods() -> std::result::Result<(), String> {
 async fn start_kubelet(
     dir: &Path,
     kubeconfig: &Path,
+    client_ca: &Path,
     opts: &UpOptions,
     bin: &Path,
 ) -> std::result::Result<Component, (Component, Error)> {
@@ -331,6 +336,7 @@ async fn start_kubelet(
         )
     };
     let port = controlplane::free_port().map_err(|e| failed(&component, e.to_string()))?;
+    let api_port = controlplane::free_port().map_err(|e| failed(&component, e.to_string()))?;
     let health = format!("127.0.0.1:{port}");
     component.health = Some(health.clone());
     let args = vec![
@@ -340,6 +346,8 @@ async fn start_kubelet(
         format!("--pod-logs-dir={}", dir.join("pod-logs").display()),
         format!("--pod-cidr={}", opts.pod_cidr),
         format!("--healthz-port={port}"),
+        format!("--port={api_port}"),
+        format!("--client-ca-file={}", client_ca.display()),
         // As kind configures its nodes: a developer machine's nearly full disk must not
         // taint the only node (memory keeps upstream's threshold).
         "--eviction-hard=memory.available<100Mi,nodefs.available<0%".to_string(),

@@ -215,6 +215,33 @@ async fn local_cluster_comes_up_and_goes_down() -> anyhow::Result<()> {
         assert!(body.contains("hello from the local cluster"), "{body}");
     }
 
+    // The kubelet API behind the apiserver: `kubectl exec` and `kubectl logs`.
+    let pod = kubectl
+        .ok([
+            "get",
+            "pods",
+            "-n",
+            "hello",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .await?;
+    let out = kubectl
+        .ok([
+            "exec",
+            "-n",
+            "hello",
+            pod.trim(),
+            "--",
+            "cat",
+            "/www/index.html",
+        ])
+        .await?;
+    assert!(out.contains("hello from the local cluster"), "{out}");
+    kubectl.ok(["logs", "-n", "hello", pod.trim()]).await?;
+
     // What the pods hold on the host, to be gone after `down`: their network namespaces,
     // their containers' processes and the node's bridge (the one with the pod gateway).
     let uids = kubectl

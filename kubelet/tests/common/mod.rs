@@ -48,6 +48,10 @@ pub struct Kubelet {
     pub cidr: String,
     /// Port of /healthz.
     pub healthz_port: u16,
+    /// Port of the authenticated kubelet API (distinct per kubelet on one machine).
+    pub api_port: u16,
+    /// The control plane's CA, which client certificates of the kubelet API must chain to.
+    pub client_ca: PathBuf,
     /// The flags beyond the harness's own, kept for [`Kubelet::restart`].
     extra: Vec<String>,
     _dir: tempfile::TempDir,
@@ -75,28 +79,22 @@ pub async fn start_with(
     let root = dir.path().join("root");
     let logs = dir.path().join("pods-logs");
     let healthz_port = ferrokube_tests::controlplane::free_port()?;
-    let args = [
-        format!("--hostname-override={name}"),
-        format!("--root-dir={}", root.display()),
-        format!("--pod-logs-dir={}", logs.display()),
-        format!("--pod-cidr={cidr}"),
-        format!("--healthz-port={healthz_port}"),
-        "--v=3".to_string(),
-        "--sync-frequency=2s".to_string(),
-    ];
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend_from_slice(extra);
-    let process = cp.spawn_component(&format!("kubelet-{name}"), binary(), &args)?;
-    let k = Kubelet {
-        process: Some(process),
+    let api_port = ferrokube_tests::controlplane::free_port()?;
+    let mut k = Kubelet {
+        process: None,
         name: name.to_string(),
         root,
         logs,
         cidr: cidr.to_string(),
         healthz_port,
+        api_port,
+        client_ca: cp.pki.ca.pair.cert_path.clone(),
         extra: extra.iter().map(ToString::to_string).collect(),
         _dir: dir,
     };
+    let args = k.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    k.process = Some(cp.spawn_component(&format!("kubelet-{name}"), binary(), &args)?);
     let addr = format!("127.0.0.1:{healthz_port}");
     wait::until(
         "kubelet /healthz",
@@ -117,19 +115,29 @@ pub async fn start_with(
 }
 
 impl Kubelet {
-    /// Starts the kubelet process again on the same root dir (after [`stop`](Self::stop)).
-    pub async fn restart(&mut self, cp: &ControlPlane) -> anyhow::Result<()> {
-        self.stop();
-        let args = [
+    /// The kubelet's flags (the same on a restart).
+    fn args(&self) -> Vec<String> {
+        vec![
             format!("--hostname-override={}", self.name),
             format!("--root-dir={}", self.root.display()),
             format!("--pod-logs-dir={}", self.logs.display()),
             format!("--pod-cidr={}", self.cidr),
             format!("--healthz-port={}", self.healthz_port),
+            format!("--port={}", self.api_port),
+            format!("--client-ca-file={}", self.client_ca.display()),
             "--v=3".to_string(),
             "--sync-frequency=2s".to_string(),
-        ];
-        let args: Vec<&str> = args.iter().chain(&self.extra).map(String::as_str).collect();
+        ]
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect()
+    }
+
+    /// Starts the kubelet process again on the same root dir (after [`stop`](Self::stop)).
+    pub async fn restart(&mut self, cp: &ControlPlane) -> anyhow::Result<()> {
+        self.stop();
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.process = Some(cp.spawn_component(
             &format!("kubelet-{}-restarted", self.name),
             binary(),

@@ -84,7 +84,12 @@ impl Health {
     }
 
     /// Runs the checks an endpoint counts and renders the answer.
-    fn report(&self, endpoint: &str, only: Option<&str>, verbose: bool) -> (StatusCode, String) {
+    pub fn report(
+        &self,
+        endpoint: &str,
+        only: Option<&str>,
+        verbose: bool,
+    ) -> (StatusCode, String) {
         let checks = self
             .checks
             .read()
