@@ -51,6 +51,12 @@ pub struct Listers {
     pub stateful_sets: Option<Store<StatefulSet>>,
     /// PodDisruptionBudgets (DefaultPreemption).
     pub pdbs: Option<Store<PodDisruptionBudget>>,
+    /// PersistentVolumeClaims (VolumeBinding).
+    pub pvcs: Option<Store<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
+    /// PersistentVolumes (VolumeBinding).
+    pub pvs: Option<Store<k8s_openapi::api::core::v1::PersistentVolume>>,
+    /// StorageClasses (VolumeBinding's binding mode).
+    pub storage_classes: Option<Store<k8s_openapi::api::storage::v1::StorageClass>>,
     /// Namespace labels given directly (tests without informers).
     pub static_namespace_labels: HashMap<String, BTreeMap<String, String>>,
 }

@@ -42,8 +42,11 @@ use ferrokube_runtime::metrics::Metrics;
 use ferrokube_runtime::server::{self, Health, Kind};
 use ferrokube_runtime::shutdown;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -238,7 +241,33 @@ async fn run_scheduler(
         replica_sets: Some(informers.informer::<ReplicaSet>().store()),
         stateful_sets: Some(informers.informer::<StatefulSet>().store()),
         pdbs: Some(informers.informer::<PodDisruptionBudget>().store()),
+        pvcs: Some(informers.informer::<PersistentVolumeClaim>().store()),
+        pvs: Some(informers.informer::<PersistentVolume>().store()),
+        storage_classes: Some(informers.informer::<StorageClass>().store()),
         ..cache::Listers::default()
+    };
+    // Claims, volumes and classes appearing or changing may make a pod schedulable.
+    let mut storage_rx = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        forward_changes(
+            &mut tasks,
+            informers.informer::<PersistentVolumeClaim>(),
+            tx.clone(),
+            &shutdown,
+        );
+        forward_changes(
+            &mut tasks,
+            informers.informer::<PersistentVolume>(),
+            tx.clone(),
+            &shutdown,
+        );
+        forward_changes(
+            &mut tasks,
+            informers.informer::<StorageClass>(),
+            tx,
+            &shutdown,
+        );
+        rx
     };
     let mut pod_rx = pods.subscribe();
     let mut node_rx = nodes.subscribe();
@@ -289,6 +318,7 @@ async fn run_scheduler(
                     _ = shutdown.cancelled() => break,
                     Some(n) = node_rx.recv() => sched.on_node(n),
                     Some(n) = pod_rx.recv() => sched.on_pod(n),
+                    Some(()) = storage_rx.recv() => sched.on_storage_change(),
                     else => break,
                 }
             }
@@ -307,4 +337,32 @@ async fn run_scheduler(
     queue.close();
     tracing::info!("stopping scheduler");
     shutdown::drain(tasks, GRACE).await;
+}
+
+/// Sends `()` on `tx` for every addition or change `informer` reports (deletions cannot make
+/// a pod schedulable), until `shutdown`.
+fn forward_changes<K: Send + Sync + 'static>(
+    tasks: &mut JoinSet<()>,
+    informer: ferrokube_runtime::informer::Informer<K>,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+    shutdown: &CancellationToken,
+) {
+    let mut rx = informer.subscribe();
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                n = rx.recv() => match n {
+                    Some(ferrokube_runtime::informer::Notification::Deleted(_)) => {}
+                    Some(_) => {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
 }

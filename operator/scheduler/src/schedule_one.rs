@@ -118,6 +118,18 @@ pub fn run_post_filter_plugins(
     Option<crate::framework::interface::PostFilterResult>,
     Status,
 ) {
+    // DynamicResources runs first among the PostFilter plugins (it precedes
+    // DefaultPreemption in the default profile).
+    if let (Some(rejected), Some(dra)) = (
+        diagnosis.pre_filter_rejected_at,
+        fwk.dynamic_resources_pre_filter_at,
+    ) && rejected < dra
+    {
+        return (
+            None,
+            Status::error("not found").with_plugin("DynamicResources"),
+        );
+    }
     let mut reasons = Vec::new();
     if fwk.unimplemented.iter().any(|n| n == "DynamicResources") {
         reasons.push("no new claims to deallocate".to_string());
@@ -207,7 +219,7 @@ pub fn schedule_pod(
     let mut diagnosis = Diagnosis::default();
 
     // PreFilter.
-    for pl in &fwk.pre_filter {
+    for (i, pl) in fwk.pre_filter.iter().enumerate() {
         let s = pl.pre_filter(&mut state, pod, snapshot);
         match s.code {
             Code::Success => {}
@@ -217,6 +229,7 @@ pub fn schedule_pod(
             Code::Error => return Err(ScheduleError::Internal(s.with_plugin(pl.name()))),
             _ => {
                 diagnosis.pre_filter_msg = s.message();
+                diagnosis.pre_filter_rejected_at = Some(i);
                 diagnosis.unschedulable_plugins.insert(pl.name());
                 diagnosis.absent_nodes_status = Some(s.with_plugin(pl.name()));
                 return Err(post_filter(fwk, &state, pod, diagnosis, snapshot));
@@ -289,9 +302,11 @@ fn post_filter(
     diagnosis: Diagnosis,
     snapshot: &Snapshot,
 ) -> ScheduleError {
+    // As upstream, a PostFilter error is logged and the pod stays unschedulable with that
+    // error as the PostFilter part of its message.
     let (result, status) = run_post_filter_plugins(fwk, state, pod, &diagnosis, snapshot);
     if status.code == Code::Error {
-        return ScheduleError::Internal(status);
+        tracing::warn!(pod = %pod.key, status = %status.message(), "PostFilter failed");
     }
     let mut e = FitError {
         num_all_nodes: snapshot.nodes.len(),

@@ -211,6 +211,11 @@ impl Scheduler {
         }
     }
 
+    /// A claim, volume or storage class was added or changed.
+    pub fn on_storage_change(&self) {
+        self.queue.on_event(ClusterEvent::StorageChange);
+    }
+
     /// Pops and schedules pods until `shutdown`; bindings run as tasks in `binds`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut binds = JoinSet::new();

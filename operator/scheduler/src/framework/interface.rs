@@ -295,6 +295,8 @@ pub enum ClusterEvent {
     AssignedPodAddOrUpdate,
     /// The pod itself changed.
     UnscheduledPodUpdate,
+    /// A PersistentVolumeClaim, PersistentVolume or StorageClass was added or changed.
+    StorageChange,
 }
 
 /// upstream `DefaultNormalizeScore`: scales scores so the best node gets `max_priority`,

@@ -23,6 +23,8 @@ pub struct Diagnosis {
     pub unschedulable_plugins: BTreeSet<&'static str>,
     /// The PreFilter rejection message, if PreFilter rejected.
     pub pre_filter_msg: String,
+    /// Which PreFilter plugin (its index in the framework's order) rejected, if one did.
+    pub pre_filter_rejected_at: Option<usize>,
     /// What PostFilter (preemption) had to say.
     pub post_filter_msg: String,
 }

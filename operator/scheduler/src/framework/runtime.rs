@@ -53,6 +53,11 @@ pub struct Framework {
     pub all: Vec<Arc<dyn Plugin>>,
     /// Configured plugins ferrokube does not implement yet (skipped with a warning).
     pub unimplemented: Vec<String>,
+    /// When DynamicResources is configured but not implemented: how many of
+    /// [`pre_filter`](Self::pre_filter) run before its PreFilter would. A PreFilter
+    /// rejection earlier than that leaves upstream's DynamicResources without cycle state,
+    /// and its PostFilter then fails with "not found" (which users see in the message).
+    pub dynamic_resources_pre_filter_at: Option<usize>,
     /// 0 = adaptive.
     pub percentage_of_nodes_to_score: i32,
     /// Threads for filtering and scoring.
@@ -119,6 +124,19 @@ impl Framework {
                 message: "at least one bind plugin is needed".into(),
             });
         }
+        let dynamic_resources_pre_filter_at = unimplemented
+            .iter()
+            .any(|n| n == "DynamicResources")
+            .then(|| {
+                let implemented = implements(ExtensionPoint::PreFilter);
+                profile
+                    .plugins_at(ExtensionPoint::PreFilter, |n| {
+                        n == "DynamicResources" || implemented(n)
+                    })
+                    .iter()
+                    .position(|e| e.name == "DynamicResources")
+            })
+            .flatten();
         let mut all: Vec<Arc<dyn Plugin>> = instances.values().cloned().collect();
         all.sort_by_key(|p| p.name());
         Ok(Self {
@@ -132,6 +150,7 @@ impl Framework {
             score: at(ExtensionPoint::Score),
             all,
             unimplemented,
+            dynamic_resources_pre_filter_at,
             percentage_of_nodes_to_score: profile.percentage_of_nodes_to_score,
             parallelism: parallelism.max(1),
         })
@@ -159,11 +178,14 @@ mod tests {
                 "NodeAffinity",
                 "NodePorts",
                 "NodeResourcesFit",
+                "VolumeBinding",
                 "PodTopologySpread",
                 "InterPodAffinity"
             ]
         );
         assert_eq!(names(&f.post_filter), ["DefaultPreemption"]);
+        // DynamicResources' PreFilter comes after every PreFilter we implement.
+        assert_eq!(f.dynamic_resources_pre_filter_at, Some(f.pre_filter.len()));
         let scores: Vec<(&str, i64)> = f.score.iter().map(|(p, w)| (p.name(), *w)).collect();
         assert_eq!(
             scores,

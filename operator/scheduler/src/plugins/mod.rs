@@ -15,6 +15,7 @@ pub mod pod_topology_spread;
 pub mod priority_sort;
 pub mod scheduling_gates;
 pub mod taint_toleration;
+pub mod volume_binding;
 
 use std::sync::Arc;
 
@@ -68,7 +69,10 @@ pub const REGISTRY: &[(&str, Option<Factory>)] = &[
     ("DefaultBinder", None),
     ("VolumeRestrictions", None),
     ("NodeVolumeLimits", None),
-    ("VolumeBinding", None),
+    (
+        "VolumeBinding",
+        Some(|_| Ok(Arc::new(volume_binding::VolumeBinding))),
+    ),
     ("VolumeZone", None),
     (
         "PodTopologySpread",
