@@ -18,7 +18,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -301,6 +301,43 @@ fn lists_ready(slice: &EndpointSlice, pod: &str) -> bool {
     })
 }
 
+/// When each pod left the ready endpoints of Service `web`'s EndpointSlices (first time
+/// only), as seen by this watch, until `stop` holds `true`.
+async fn unlisting_times(
+    slices: Api<EndpointSlice>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<BTreeMap<String, Instant>> {
+    let watch = watcher(
+        slices,
+        watcher::Config::default().labels("kubernetes.io/service-name=web"),
+    )
+    .applied_objects();
+    let mut watch = std::pin::pin!(watch);
+    // Ready pods per slice: a pod counts as listed while any slice lists it ready.
+    let mut by_slice: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut unlisted = BTreeMap::new();
+    loop {
+        let slice = tokio::select! {
+            s = watch.next() => s.context("slice watch ended")??,
+            _ = stop.wait_for(|s| *s) => return Ok(unlisted),
+        };
+        let before: BTreeSet<String> = by_slice.values().flatten().cloned().collect();
+        let ready = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .filter_map(|e| e.target_ref.as_ref().and_then(|r| r.name.clone()))
+            .collect();
+        by_slice.insert(slice.metadata.name.unwrap_or_default(), ready);
+        let after: BTreeSet<String> = by_slice.values().flatten().cloned().collect();
+        let now = Instant::now();
+        for pod in before.difference(&after) {
+            unlisted.entry(pod.clone()).or_insert(now);
+        }
+    }
+}
+
 async fn scenario(
     cp: &ControlPlane,
     kubectl: &ferrokube_tests::Kubectl,
@@ -327,7 +364,7 @@ async fn scenario(
         Duration::from_secs(60),
         Duration::from_millis(20),
         || {
-            let mut seen = std::collections::BTreeSet::new();
+            let mut seen = BTreeSet::new();
             let v1 = &v1;
             async move {
                 for _ in 0..30 {
@@ -345,6 +382,8 @@ async fn scenario(
     .await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let slices: Api<EndpointSlice> = Api::namespaced(cp.client().await?, NS);
+    let tracker = tokio::spawn(unlisting_times(slices.clone(), stop_rx.clone()));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| tokio::spawn(client(port, stop_rx.clone())))
         .collect();
@@ -380,7 +419,12 @@ async fn scenario(
             },
         )
         .await?;
-        let slices: Api<EndpointSlice> = Api::namespaced(cp.client().await?, NS);
+        let victim_ip = pods
+            .get(&victim)
+            .await?
+            .status
+            .and_then(|s| s.pod_ip)
+            .context("the victim has no IP")?;
         let watch = watcher(
             slices,
             watcher::Config::default().labels("kubernetes.io/service-name=web"),
@@ -408,6 +452,17 @@ async fn scenario(
         })
         .await
         .context("the victim's endpoint never left the slice's ready set")??;
+        // The victim still serves (its preStop hook runs), so a stale route would be
+        // answered, not refused: the check below is not vacuous.
+        let direct =
+            ferrokube_tests::cluster::http_get(&format!("{victim_ip}:8080"), "/index.html")
+                .await
+                .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            direct.0 == 200 && direct.1.contains(&victim),
+            "the victim stopped serving before the check: {direct:?}"
+        );
+        let direct_after = unlisted.elapsed();
         // The victim serves during its preStop hook (2 s) and grace period: let the load
         // run through it, so that a stale route would show.
         wait::until(
@@ -422,7 +477,7 @@ async fn scenario(
             },
         )
         .await?;
-        anyhow::Ok((rolled, victim, deleted, unlisted))
+        anyhow::Ok((rolled, victim, deleted, unlisted, direct_after))
     }
     .await;
     let _ = stop_tx.send(true);
@@ -433,7 +488,8 @@ async fn scenario(
         samples.extend(s);
         connections += n;
     }
-    let (rolled, victim, deleted, unlisted) = phases?;
+    let unlisted_at = tracker.await??;
+    let (rolled, victim, deleted, unlisted, direct_after) = phases?;
     samples.sort_by_key(|s| s.sent);
 
     let mut by_version: BTreeMap<&str, usize> = BTreeMap::new();
@@ -461,6 +517,16 @@ async fn scenario(
             .count()
     };
     let after_update = late(Duration::ZERO);
+    // Every pod that left the ready set during the run (the rollout's old pods, the
+    // victim): how long after its slice update did it still receive requests?
+    let mut lags = BTreeMap::new();
+    for (pod, at) in &unlisted_at {
+        let hits = samples
+            .iter()
+            .filter(|s| s.sent > *at && s.outcome.as_ref().is_ok_and(|(_, p)| p == pod));
+        let lag = hits.map(|s| s.sent - *at).max();
+        lags.insert(pod.clone(), lag);
+    }
     println!(
         "rollout under load: {} requests over {CLIENTS} keep-alive clients ({connections} connections) in {:?}, \
          {} failed; served {by_version:?}; rollout took {:?}",
@@ -471,13 +537,24 @@ async fn scenario(
     );
     println!(
         "endpoint removal: slice unlisted {victim} {:?} after its deletion; its last request was sent {} the update; \
-         {after_update} requests reached it after the update (all within {ONE_UPDATE:?})",
+         {after_update} requests reached it after the update (all within {ONE_UPDATE:?}), though it still answered directly {direct_after:?} after it",
         unlisted - deleted,
         match last_victim_hit {
             Some(t) if t > unlisted => format!("{:?} after", t - unlisted),
             Some(t) => format!("{:?} before", unlisted - t),
             None => "never during".to_string(),
         },
+    );
+    println!(
+        "pods unlisted during the run, with the latest request each got after its slice update: {lags:?}"
+    );
+    anyhow::ensure!(
+        unlisted_at.len() >= 4,
+        "expected the 3 old pods and the victim to leave the slices' ready set: {unlisted_at:?}"
+    );
+    anyhow::ensure!(
+        lags.values().flatten().all(|l| *l <= ONE_UPDATE),
+        "pods got requests more than {ONE_UPDATE:?} after their slice update: {lags:?}"
     );
     anyhow::ensure!(
         failures.is_empty(),
