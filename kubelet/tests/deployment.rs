@@ -7,12 +7,11 @@
 //! kubelet reports Ready (as in a real cluster).
 //!
 //! The scheduler and controller-manager binaries are the workspace's own, found beside this
-//! test's binary (`cargo test --workspace` builds them); without them the test says so and
-//! does nothing.
+//! test's binary (`cargo test --workspace` builds them); without them the test fails and
+//! says how to build them.
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ferrokube_tests::ControlPlane;
@@ -24,25 +23,13 @@ use kube::api::ListParams;
 
 const NS: &str = "default";
 
-fn sibling(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let debug = exe.parent()?.parent()?;
-    Some(debug.join(name)).filter(|p| p.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
     // Root, runc, CNI and busybox are what these tests are about: their absence is a
     // failure (hack/test.sh installs them), never a silent skip.
     common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let (Some(scheduler), Some(kcm)) = (
-        sibling("ferrokube-scheduler"),
-        sibling("ferrokube-controller-manager"),
-    ) else {
-        anyhow::bail!(
-            "build the workspace's scheduler and controller-manager first (cargo test --workspace does)"
-        );
-    };
+    let scheduler = ferrokube_tests::node::sibling_binary("ferrokube-scheduler")?;
+    let kcm = ferrokube_tests::node::sibling_binary("ferrokube-controller-manager")?;
     let registry = Registry::start().await?;
     for v in ["1", "2"] {
         ImageBuilder::busybox()?

@@ -12,6 +12,7 @@ pub mod images;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod kwok;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod procstat;

@@ -1,0 +1,269 @@
+//! A ferrokube kubelet under test: started against a [`ControlPlane`] for one test node,
+//! restarted, stopped, and torn down so that it leaves no containers, mounts, network
+//! namespaces, bridges or cgroups behind.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cp = ferrokube_tests::ControlPlane::start().await?;
+//! ferrokube_tests::node::can_run_pods().map_err(anyhow::Error::msg)?;
+//! ferrokube_tests::node::prepare_namespace(&cp, "default").await?;
+//! let mut kubelet = ferrokube_tests::node::start(&cp, "node-a", "198.18.40.0/24").await?;
+//! // ... create pods ...
+//! kubelet.teardown();
+//! # Ok(()) }
+//! ```
+//!
+//! This library does not link the kubelet: it runs the `ferrokube-kubelet` binary, found
+//! beside the test binary ([`sibling_binary`]) unless a test passes its own path (the
+//! kubelet crate's tests pass `env!("CARGO_BIN_EXE_ferrokube-kubelet")`), and tears down
+//! with that binary's `reset` subcommand.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::process::Process;
+use crate::{ControlPlane, wait};
+
+/// The kubelet binary's file name.
+pub const KUBELET: &str = "ferrokube-kubelet";
+
+/// The test kubelets' eviction thresholds: memory as upstream, disk off (as kind configures
+/// its nodes), so a build machine's full disk does not taint the test nodes.
+pub const EVICTION_HARD: &str = "--eviction-hard=memory.available<100Mi,nodefs.available<0%";
+
+/// The workspace binary `name` beside the running test binary: cargo puts test binaries in
+/// `target/<profile>/deps` and the workspace's binaries in `target/<profile>`. Fails with
+/// the command that builds it, so a missing component is never a silent skip.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("{} has no grandparent directory", exe.display()))?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build --bins -p {name}, or cargo test --workspace)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Whether this machine can run pods (root, runc, CNI plugins, busybox); the error says
+/// what is missing. Tests fail on it rather than skip.
+pub fn can_run_pods() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    for p in [
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/bin/busybox",
+    ] {
+        if !Path::new(p).exists() {
+            return Err(format!("{p} is missing (hack/provision.sh installs it)"));
+        }
+    }
+    Ok(())
+}
+
+/// A kubelet under test and everything it made on the host.
+pub struct Kubelet {
+    /// The process (stopped on drop).
+    pub process: Option<Process>,
+    /// The kubelet binary (also used for `reset` on teardown).
+    pub binary: PathBuf,
+    /// The node name.
+    pub name: String,
+    /// `--root-dir`.
+    pub root: PathBuf,
+    /// `--pod-logs-dir`.
+    pub logs: PathBuf,
+    /// The pod range.
+    pub cidr: String,
+    /// Port of /healthz.
+    pub healthz_port: u16,
+    /// Port of the authenticated kubelet API (distinct per kubelet on one machine).
+    pub api_port: u16,
+    /// The control plane's CA, which client certificates of the kubelet API must chain to.
+    pub client_ca: PathBuf,
+    /// The flags beyond the harness's own, kept for [`Kubelet::restart`].
+    extra: Vec<String>,
+    /// Whether [`Kubelet::teardown`] already ran (drop then does nothing).
+    torn_down: bool,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the sibling kubelet binary for node `name` with pod range `cidr` and the default
+/// eviction thresholds, and waits for its /healthz.
+pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<Kubelet> {
+    start_with(cp, name, cidr, &[EVICTION_HARD]).await
+}
+
+/// [`start`] with `extra` flags instead of the default eviction thresholds.
+pub async fn start_with(
+    cp: &ControlPlane,
+    name: &str,
+    cidr: &str,
+    extra: &[&str],
+) -> anyhow::Result<Kubelet> {
+    start_binary(cp, &sibling_binary(KUBELET)?, name, cidr, extra).await
+}
+
+/// [`start_with`] running the kubelet at `binary`.
+pub async fn start_binary(
+    cp: &ControlPlane,
+    binary: &Path,
+    name: &str,
+    cidr: &str,
+    extra: &[&str],
+) -> anyhow::Result<Kubelet> {
+    let dir = tempfile::Builder::new()
+        .prefix("ferrokube-kubelet-")
+        .tempdir()?;
+    let root = dir.path().join("root");
+    let logs = dir.path().join("pods-logs");
+    let healthz_port = crate::controlplane::free_port()?;
+    let api_port = crate::controlplane::free_port()?;
+    let mut k = Kubelet {
+        process: None,
+        binary: binary.to_path_buf(),
+        name: name.to_string(),
+        root,
+        logs,
+        cidr: cidr.to_string(),
+        healthz_port,
+        api_port,
+        client_ca: cp.pki.ca.pair.cert_path.clone(),
+        extra: extra.iter().map(ToString::to_string).collect(),
+        torn_down: false,
+        _dir: dir,
+    };
+    k.spawn(cp, &format!("kubelet-{name}"), "kubelet /healthz")
+        .await?;
+    Ok(k)
+}
+
+impl Kubelet {
+    /// The kubelet's flags (the same on a restart).
+    fn args(&self) -> Vec<String> {
+        vec![
+            format!("--hostname-override={}", self.name),
+            format!("--root-dir={}", self.root.display()),
+            format!("--pod-logs-dir={}", self.logs.display()),
+            format!("--pod-cidr={}", self.cidr),
+            format!("--healthz-port={}", self.healthz_port),
+            format!("--port={}", self.api_port),
+            format!("--client-ca-file={}", self.client_ca.display()),
+            "--v=3".to_string(),
+            "--sync-frequency=2s".to_string(),
+        ]
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect()
+    }
+
+    /// Runs the process as control-plane component `component` and waits for /healthz.
+    async fn spawn(
+        &mut self,
+        cp: &ControlPlane,
+        component: &str,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.process = Some(cp.spawn_component(component, &self.binary, &args)?);
+        self.torn_down = false;
+        let addr = format!("127.0.0.1:{}", self.healthz_port);
+        wait::until(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let addr = addr.clone();
+                async move {
+                    match crate::cluster::http_status(&addr, "/healthz").await? {
+                        200 => Ok(()),
+                        s => Err(format!("status {s}")),
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Starts the kubelet process again on the same root dir (after [`stop`](Self::stop)).
+    pub async fn restart(&mut self, cp: &ControlPlane) -> anyhow::Result<()> {
+        self.stop();
+        let component = format!("kubelet-{}-restarted", self.name);
+        self.spawn(cp, &component, "restarted kubelet /healthz")
+            .await
+    }
+
+    /// Stops the kubelet process (containers keep running, as upstream).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Stops the kubelet and removes every trace of it from the host with
+    /// `ferrokube-kubelet reset`; failures are printed, since a test cleaning up has
+    /// nothing better to do with them. Idempotent (drop calls it again).
+    pub fn teardown(&mut self) {
+        self.stop();
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        let out = std::process::Command::new(&self.binary)
+            .arg("reset")
+            .arg(format!("--root-dir={}", self.root.display()))
+            .arg(format!("--hostname-override={}", self.name))
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "teardown of kubelet {}: reset exited {}: {}",
+                self.name,
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!(
+                "teardown of kubelet {}: running {} reset: {e}",
+                self.name,
+                self.binary.display()
+            ),
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Makes namespace `ns` usable for pods: the `default` ServiceAccount and the
+/// `kube-root-ca.crt` ConfigMap that the controller-manager would create.
+pub async fn prepare_namespace(cp: &ControlPlane, ns: &str) -> anyhow::Result<()> {
+    let kubectl = cp.kubectl()?;
+    if ns != "default" {
+        kubectl.ok(["create", "namespace", ns]).await?;
+    }
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns},
+             "data": {"ca.crt": cp.pki.ca.pair.cert_pem}},
+        ],
+    });
+    kubectl.apply(&manifest.to_string()).await?;
+    Ok(())
+}
