@@ -13,19 +13,15 @@
 //! The kubelet runs as root on this machine with its own node name, pod range, ports and
 //! root dir; everything it creates on the host is removed afterwards with
 //! `ferrokube-kubelet reset`, also when the run fails. When upstream's kubelet and Debian's
-//! containerd are provisioned, the same run measures them the same way (see [`upstream`])
+//! containerd are provisioned, the same run measures them the same way (module `upstream`)
 //! and prints ratios ferrokube/upstream; otherwise it says why the peer was not run.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-use kube::runtime::watcher::{self, watcher};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Figure, Peer};
@@ -34,7 +30,10 @@ use crate::process::Process;
 use crate::registry::Registry;
 use crate::{ControlPlane, controlplane, procstat, wait};
 
+mod pod_watch;
 mod upstream;
+
+use pod_watch::PodWatch;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -482,93 +481,6 @@ async fn wait_node_ready(client: &kube::Client, name: &str) -> Result<()> {
     )
     .await?;
     Ok(())
-}
-
-// === impl PodWatch ===
-
-/// What one watch of the namespace's pods has seen.
-#[derive(Clone, Debug, Default)]
-struct Seen {
-    /// When each pod's Ready condition was first seen True.
-    ready: HashMap<String, Instant>,
-    /// Pods that exist.
-    present: HashSet<String>,
-}
-
-/// A watch of the bench namespace's pods, stamping the moment each turns Ready. One watch
-/// for the whole run, so no pod's readiness is missed between a create and a wait.
-struct PodWatch {
-    rx: watch::Receiver<Seen>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PodWatch {
-    fn start(pods: Api<Pod>) -> Self {
-        let (tx, rx) = watch::channel(Seen::default());
-        let task = tokio::spawn(async move {
-            let mut relist = HashSet::new();
-            let mut stream = watcher(pods, watcher::Config::default()).boxed();
-            while let Some(event) = stream.next().await {
-                let now = Instant::now();
-                tx.send_modify(|seen| match event {
-                    Ok(watcher::Event::Init) => relist.clear(),
-                    Ok(watcher::Event::InitApply(p)) => {
-                        relist.extend(p.metadata.name.clone());
-                        stamp(seen, &p, now);
-                    }
-                    Ok(watcher::Event::InitDone) => seen.present = std::mem::take(&mut relist),
-                    Ok(watcher::Event::Apply(p)) => {
-                        seen.present.extend(p.metadata.name.clone());
-                        stamp(seen, &p, now);
-                    }
-                    Ok(watcher::Event::Delete(p)) => {
-                        if let Some(n) = &p.metadata.name {
-                            seen.present.remove(n);
-                        }
-                    }
-                    // The watcher retries by itself; a gap only delays a stamp.
-                    Err(_) => {}
-                });
-            }
-        });
-        Self { rx, task }
-    }
-
-    /// When pod `name` was first seen Ready.
-    async fn ready(&mut self, name: &str, timeout: Duration) -> Result<Instant> {
-        let seen = tokio::time::timeout(timeout, self.rx.wait_for(|s| s.ready.contains_key(name)))
-            .await
-            .with_context(|| format!("pod {name} not Ready within {timeout:?}"))??;
-        seen.ready
-            .get(name)
-            .copied()
-            .with_context(|| format!("pod {name} lost its Ready stamp"))
-    }
-
-    /// Waits until pod `name` no longer exists.
-    async fn gone(&mut self, name: &str, timeout: Duration) -> Result<()> {
-        tokio::time::timeout(timeout, self.rx.wait_for(|s| !s.present.contains(name)))
-            .await
-            .with_context(|| format!("pod {name} not deleted within {timeout:?}"))??;
-        Ok(())
-    }
-}
-
-impl Drop for PodWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn stamp(seen: &mut Seen, pod: &Pod, now: Instant) {
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if let (true, Some(name)) = (ready, &pod.metadata.name) {
-        seen.ready.entry(name.clone()).or_insert(now);
-    }
 }
 
 // === impl KubeletNode ===
