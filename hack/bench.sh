@@ -4,6 +4,7 @@
 #
 #   hack/bench.sh controller-manager [--replicas N] [--limits 20/30 --limits 500/500]
 #   hack/bench.sh ingress [--duration-seconds 10] [--routes 1000 --routes 5000]
+#   hack/bench.sh kubelet [--singles 20] [--batch 100]      (as root)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

@@ -1,4 +1,4 @@
-//! What a process has used, from `/proc`: CPU seconds and peak resident memory.
+//! What a process has used, from `/proc`: CPU seconds, current and peak resident memory.
 
 /// A process's resource use so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -7,6 +7,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Peak resident set size (`VmHWM`), in bytes.
     pub peak_rss_bytes: u64,
+    /// Current resident set size (`VmRSS`), in bytes.
+    pub rss_bytes: u64,
 }
 
 /// Reads `pid`'s usage; `None` once the process is gone.
@@ -20,15 +22,18 @@ pub fn usage(pid: u32) -> Option<Usage> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let kib = |field: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     Some(Usage {
         cpu_seconds: (utime + stime) / ticks,
-        peak_rss_bytes: hwm_kib * 1024,
+        peak_rss_bytes: kib("VmHWM:") * 1024,
+        rss_bytes: kib("VmRSS:") * 1024,
     })
 }
 
@@ -40,6 +45,7 @@ mod tests {
     fn reads_this_process() {
         let u = usage(std::process::id()).expect("own /proc entry");
         assert!(u.peak_rss_bytes > 1024 * 1024, "{u:?}");
+        assert!(u.rss_bytes > 0 && u.rss_bytes <= u.peak_rss_bytes, "{u:?}");
         assert!(u.cpu_seconds >= 0.0);
         assert_eq!(usage(u32::MAX), None);
     }

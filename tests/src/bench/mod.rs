@@ -4,6 +4,7 @@
 
 pub mod controller_manager;
 pub mod ingress;
+pub mod kubelet;
 pub mod scheduler;
 
 use std::fmt;

@@ -81,6 +81,22 @@ enum Command {
         #[arg(long, default_value = "/usr/sbin/nginx")]
         nginx: PathBuf,
     },
+    /// The kubelet (as root): pod start-up latency, image cached, for sequential single
+    /// pods and for a batch on one node; the kubelet's RSS idle and loaded.
+    Kubelet {
+        /// Sequential single pods.
+        #[arg(long, default_value_t = 20)]
+        singles: usize,
+        /// Pods created at once.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Our kubelet binary (default: beside this program).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Give up on a phase after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
+    },
 }
 
 fn beside_this_program(name: &str) -> anyhow::Result<PathBuf> {
@@ -170,6 +186,27 @@ async fn main() -> anyhow::Result<()> {
                 samples,
             };
             bench::ingress::run(&cfg).await?;
+        }
+        Command::Kubelet {
+            singles,
+            batch,
+            binary,
+            timeout_seconds,
+        } => {
+            anyhow::ensure!(
+                singles > 0 && batch > 0,
+                "--singles and --batch must be at least 1"
+            );
+            let cfg = bench::kubelet::Config {
+                ferrokube_bin: match binary {
+                    Some(b) => b,
+                    None => beside_this_program("ferrokube-kubelet")?,
+                },
+                singles,
+                batch,
+                timeout: Duration::from_secs(timeout_seconds),
+            };
+            bench::kubelet::run(&cfg).await?;
         }
     }
     Ok(())
