@@ -52,8 +52,6 @@ const ONE_UPDATE: Duration = Duration::from_millis(500);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_failed_requests_while_the_backend_deployment_rolls() -> anyhow::Result<()> {
     node::can_run_pods().map_err(anyhow::Error::msg)?;
-    let kcm = node::sibling_binary("ferrokube-controller-manager")?;
-    let scheduler = node::sibling_binary("ferrokube-scheduler")?;
     node::sibling_binary(node::KUBELET)?;
 
     let registry = Registry::start().await?;
@@ -66,26 +64,9 @@ async fn zero_failed_requests_while_the_backend_deployment_rolls() -> anyhow::Re
     let cp = ControlPlane::start().await?;
     node::prepare_namespace(&cp, NS).await?;
     let mut kubelet = node::start(&cp, "node-rollout", "198.18.49.0/24").await?;
-    let kcm_port = ferrokube_tests::controlplane::free_port()?.to_string();
-    let sched_port = ferrokube_tests::controlplane::free_port()?.to_string();
-    let _kcm = cp.spawn_component(
-        "controller-manager",
-        &kcm,
-        &[
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={kcm_port}"),
-            "--controllers=deployment,replicaset,endpointslice,serviceaccount,root-ca-cert-publisher,node-lifecycle-controller",
-        ],
-    )?;
-    let _sched = cp.spawn_component(
-        "scheduler",
-        &scheduler,
-        &[
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={sched_port}"),
-        ],
+    let _control = ferrokube_tests::node::start_control_components(
+        &cp,
+        "deployment,replicaset,endpointslice,serviceaccount,root-ca-cert-publisher,node-lifecycle-controller",
     )?;
     let ic = support::start_controller(&cp).await?;
     let kubectl = cp.kubectl()?.with_timeout(Duration::from_secs(240));

@@ -28,8 +28,6 @@ async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
     // Root, runc, CNI and busybox are what these tests are about: their absence is a
     // failure (hack/test.sh installs them), never a silent skip.
     common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let scheduler = ferrokube_tests::node::sibling_binary("ferrokube-scheduler")?;
-    let kcm = ferrokube_tests::node::sibling_binary("ferrokube-controller-manager")?;
     let registry = Registry::start().await?;
     for v in ["1", "2"] {
         ImageBuilder::busybox()?
@@ -40,26 +38,9 @@ async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     common::prepare_namespace(&cp, NS).await?;
     let mut kubelet = common::start(&cp, "node-deploy", "198.18.46.0/24").await?;
-    let kcm_port = ferrokube_tests::controlplane::free_port()?.to_string();
-    let sched_port = ferrokube_tests::controlplane::free_port()?.to_string();
-    let _kcm = cp.spawn_component(
-        "controller-manager",
-        &kcm,
-        &[
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={kcm_port}"),
-            "--controllers=deployment,replicaset,serviceaccount,root-ca-cert-publisher,node-lifecycle-controller",
-        ],
-    )?;
-    let _sched = cp.spawn_component(
-        "scheduler",
-        &scheduler,
-        &[
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={sched_port}"),
-        ],
+    let _control = ferrokube_tests::node::start_control_components(
+        &cp,
+        "deployment,replicaset,serviceaccount,root-ca-cert-publisher,node-lifecycle-controller",
     )?;
     let kubectl = cp.kubectl()?.with_timeout(Duration::from_secs(120));
     let result = scenario(&cp, &kubectl, &registry.addr).await;

@@ -267,3 +267,36 @@ pub async fn prepare_namespace(cp: &ControlPlane, ns: &str) -> anyhow::Result<()
     kubectl.apply(&manifest.to_string()).await?;
     Ok(())
 }
+
+/// Our controller-manager (running `controllers`) and scheduler against `cp`, found beside
+/// the test binary: what a full-stack test with real nodes needs above the kubelet. Both
+/// stop when the returned processes drop.
+pub fn start_control_components(
+    cp: &ControlPlane,
+    controllers: &str,
+) -> anyhow::Result<(Process, Process)> {
+    let kcm = sibling_binary("ferrokube-controller-manager")?;
+    let scheduler = sibling_binary("ferrokube-scheduler")?;
+    let kcm_port = crate::controlplane::free_port()?;
+    let sched_port = crate::controlplane::free_port()?;
+    let kcm = cp.spawn_component(
+        "controller-manager",
+        &kcm,
+        &[
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={kcm_port}"),
+            &format!("--controllers={controllers}"),
+        ],
+    )?;
+    let scheduler = cp.spawn_component(
+        "scheduler",
+        &scheduler,
+        &[
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={sched_port}"),
+        ],
+    )?;
+    Ok((kcm, scheduler))
+}
