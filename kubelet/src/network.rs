@@ -1,5 +1,6 @@
 //! Pod networking: one network namespace per pod, joined to a per-node bridge by the
-//! standard CNI plugins (bridge + host-local, loopback) run as binaries.
+//! standard CNI plugins (bridge + host-local, loopback, portmap for `hostPort`) run as
+//! binaries.
 //!
 //! The conflist is generated from the node's podCIDR into the CNI config dir unless the dir
 //! already holds one (then that one is used, as upstream reads whatever is there). The
@@ -13,6 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -137,8 +139,59 @@ pub fn default_conflist(node_name: &str, cidr: &Ipv4Cidr, data_dir: &Path) -> Va
                 "ranges": [[{"subnet": cidr.to_string(), "gateway": cidr.gateway().to_string()}]],
                 "dataDir": data_dir,
             },
+        }, {
+            // hostPort: DNAT from the node's addresses (and, with snat, from 127.0.0.1).
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "snat": true,
         }],
     })
+}
+
+/// A container port published on the node (`hostPort`), in the shape of the CNI
+/// `portMappings` capability.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// The node's port.
+    pub host_port: u16,
+    /// The container's port.
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp` (lower case, as CNI wants it).
+    pub protocol: String,
+    /// The node address to publish on; every address when absent.
+    #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+/// The `hostPort`s of a pod's containers (init containers publish nothing, as upstream).
+pub fn port_mappings(pod: &Pod) -> Vec<PortMapping> {
+    let mut out: Vec<PortMapping> = Vec::new();
+    let ports = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten());
+    for p in ports {
+        let (Some(host_port), Ok(container_port)) = (
+            p.host_port
+                .and_then(|h| u16::try_from(h).ok())
+                .filter(|h| *h > 0),
+            u16::try_from(p.container_port),
+        ) else {
+            continue;
+        };
+        let m = PortMapping {
+            host_port,
+            container_port,
+            protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+            host_ip: p.host_ip.clone().filter(|ip| !ip.is_empty()),
+        };
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
 }
 
 /// The CNI set-up of one kubelet.
@@ -161,6 +214,9 @@ pub struct Attachment {
     pub conflist: Value,
     /// The last plugin's result, passed to DEL as prevResult.
     pub result: Value,
+    /// The `runtimeConfig` given to ADD (DEL must see the same).
+    #[serde(default)]
+    pub runtime_config: Value,
 }
 
 impl Network {
@@ -223,12 +279,15 @@ impl Network {
         }
     }
 
-    /// Creates the pod's netns and runs CNI ADD (loopback, then the conflist's plugins).
+    /// Creates the pod's netns and runs CNI ADD (loopback, then the conflist's plugins),
+    /// publishing `ports` through the plugins that declare the `portMappings` capability.
+    /// A failed ADD is undone with DEL, so no address or port rule is left behind.
     pub async fn setup(
         &self,
         pod_uid: &str,
         pod_ns: &str,
         pod_name: &str,
+        ports: &[PortMapping],
     ) -> Result<Attachment, Error> {
         let path = self
             .find_conflist()?
@@ -247,9 +306,38 @@ impl Network {
         let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
         self.exec_plugin("ADD", &lo, pod_uid, &netns, "lo", &args)
             .await?;
-        let result = self
-            .run_list("ADD", &conflist, pod_uid, &netns, &args, None)
-            .await?;
+        let runtime_config = json!({ "portMappings": ports });
+        let result = match self
+            .run_list(
+                "ADD",
+                &conflist,
+                pod_uid,
+                &netns,
+                &args,
+                &runtime_config,
+                None,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let undo = self
+                    .run_list(
+                        "DEL",
+                        &conflist,
+                        pod_uid,
+                        &netns,
+                        &args,
+                        &runtime_config,
+                        None,
+                    )
+                    .await;
+                if let Err(d) = undo {
+                    tracing::warn!(pod = %pod_name, error = %d, "undoing a failed CNI ADD");
+                }
+                return Err(e);
+            }
+        };
         let ip = result["ips"]
             .as_array()
             .into_iter()
@@ -267,6 +355,7 @@ impl Network {
             ip,
             conflist,
             result,
+            runtime_config,
         })
     }
 
@@ -282,8 +371,16 @@ impl Network {
         let args = cni_args(pod_ns, pod_name, pod_uid);
         if let Some(att) = att {
             let prev = Some(att.result.clone());
-            self.run_list("DEL", &att.conflist, pod_uid, &netns, &args, prev)
-                .await?;
+            self.run_list(
+                "DEL",
+                &att.conflist,
+                pod_uid,
+                &netns,
+                &args,
+                &att.runtime_config,
+                prev,
+            )
+            .await?;
         }
         if Path::new(NETNS_DIR).join(&netns).exists() {
             ip_netns("delete", &netns).await?;
@@ -291,6 +388,9 @@ impl Network {
         Ok(())
     }
 
+    /// Runs each plugin of `conflist` (in reverse for DEL). A plugin gets the entries of
+    /// `runtime_config` it declares in its `capabilities`, as libcni does.
+    #[allow(clippy::too_many_arguments)]
     async fn run_list(
         &self,
         command: &'static str,
@@ -298,6 +398,7 @@ impl Network {
         container_id: &str,
         netns: &str,
         args: &str,
+        runtime_config: &Value,
         prev: Option<Value>,
     ) -> Result<Value, Error> {
         let name = conflist["name"].clone();
@@ -317,6 +418,16 @@ impl Network {
             conf["cniVersion"] = version.clone();
             if let Some(p) = &prev_result {
                 conf["prevResult"] = p.clone();
+            }
+            let wanted: serde_json::Map<String, Value> = plugin["capabilities"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, on)| on.as_bool() == Some(true))
+                .filter_map(|(cap, _)| Some((cap.clone(), runtime_config.get(cap)?.clone())))
+                .collect();
+            if !wanted.is_empty() {
+                conf["runtimeConfig"] = Value::Object(wanted);
             }
             let out = self
                 .exec_plugin(command, &conf, container_id, netns, "eth0", args)
@@ -445,5 +556,35 @@ mod tests {
             "198.18.3.0/24"
         );
         assert_eq!(conf["plugins"][0]["bridge"], b.as_str());
+        assert_eq!(conf["plugins"][1]["type"], "portmap");
+        assert_eq!(conf["plugins"][1]["capabilities"]["portMappings"], true);
+    }
+
+    #[test]
+    fn host_ports_become_port_mappings() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "initContainers": [{"name": "i", "ports": [{"containerPort": 1, "hostPort": 1}]}],
+                "containers": [
+                    {"name": "a", "ports": [
+                        {"containerPort": 80, "hostPort": 8080},
+                        {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "127.0.0.1"},
+                        {"containerPort": 9090},
+                    ]},
+                    {"name": "b", "ports": [{"containerPort": 80, "hostPort": 8080}]},
+                ],
+            },
+        }))
+        .unwrap();
+        let m = port_mappings(&pod);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!([
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
+            ])
+        );
     }
 }

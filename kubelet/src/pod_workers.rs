@@ -215,8 +215,9 @@ pub fn pod_requests(pod: &Pod) -> (i128, i128) {
     )
 }
 
-/// Admission against allocatable, as upstream's predicate admit handler: a pod that does
-/// not fit is failed with `OutOf<resource>` and never started. Returns the rejected pod.
+/// Admission against allocatable and host ports, as upstream's predicate admit handler: a
+/// pod that does not fit is failed with `OutOf<resource>` (or `NodePorts`) and never
+/// started. Returns the rejected pod.
 async fn admit(
     k: &Kubelet,
     pod: &Pod,
@@ -270,13 +271,23 @@ async fn admit(
         ("cpu", cpu, used_cpu, cap("cpu", 1)),
         ("memory", mem, used_mem, cap("memory", 1000)),
     ];
-    let (resource, requested, used, capacity) = checks
+    let (reason, message) = match checks
         .into_iter()
-        .find(|(_, r, u, c)| *r > 0 && r + u > *c)?;
-    let reason = format!("OutOf{resource}");
-    let message = format!(
-        "Pod was rejected: Node didn't have enough resource: {resource}, requested: {requested}, used: {used}, capacity: {capacity}"
-    );
+        .find(|(_, r, u, c)| *r > 0 && r + u > *c)
+    {
+        Some((resource, requested, used, capacity)) => (
+            format!("OutOf{resource}"),
+            format!(
+                "Pod was rejected: Node didn't have enough resource: {resource}, requested: {requested}, used: {used}, capacity: {capacity}"
+            ),
+        ),
+        None if host_ports_conflict(pod, &active) => (
+            "NodePorts".to_string(),
+            "Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+                .to_string(),
+        ),
+        None => return None,
+    };
     k.event(pod, EventType::Warning, &reason, message.clone());
     let (ns, name) = pod_names(pod);
     let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
@@ -291,6 +302,28 @@ async fn admit(
             None
         }
     }
+}
+
+/// Whether a `hostPort` of `pod` is already taken by one of `active` (the pod itself
+/// aside), with upstream's rule: same protocol and port, and the same host IP or either one
+/// being the wildcard. hostNetwork pods count through the hostPort the apiserver defaults
+/// to their containerPort.
+fn host_ports_conflict(pod: &Pod, active: &[&Arc<Pod>]) -> bool {
+    let wildcard = |ip: &Option<String>| ip.as_deref().is_none_or(|ip| ip == "0.0.0.0");
+    let wanted = crate::network::port_mappings(pod);
+    active
+        .iter()
+        .filter(|p| p.metadata.uid != pod.metadata.uid)
+        .flat_map(|p| crate::network::port_mappings(p))
+        .any(|used| {
+            wanted.iter().any(|w| {
+                w.host_port == used.host_port
+                    && w.protocol == used.protocol
+                    && (wildcard(&w.host_ip)
+                        || wildcard(&used.host_ip)
+                        || w.host_ip == used.host_ip)
+            })
+        })
 }
 
 /// Pods whose directories exist but that the apiserver no longer has: stop and remove.
@@ -777,7 +810,10 @@ impl Worker {
         };
         let (ns, name) = pod_names(pod);
         let result = match self.k.network.ensure_config(&cidr) {
-            Ok(()) => self.k.network.setup(&self.uid, &ns, &name).await,
+            Ok(()) => {
+                let ports = crate::network::port_mappings(pod);
+                self.k.network.setup(&self.uid, &ns, &name, &ports).await
+            }
             Err(e) => Err(e),
         };
         match result {

@@ -1,9 +1,11 @@
-//! Container probes: startup, liveness and readiness with exec, httpGet and tcpSocket.
+//! Container probes: startup, liveness and readiness with exec, httpGet, tcpSocket and grpc.
 //!
 //! As upstream: nothing but the startup probe runs until it has succeeded; each probe runs
 //! every `periodSeconds` after `initialDelaySeconds`, with `timeoutSeconds`; readiness
 //! flips after `successThreshold`/`failureThreshold` results in a row, and a liveness (or
 //! startup) probe reaching its failure threshold restarts the container.
+
+mod grpc;
 
 use std::path::Path;
 use std::time::Duration;
@@ -171,9 +173,19 @@ pub fn resolve_port(port: &IntOrString, c: &Container) -> Option<u16> {
 }
 
 async fn run_once(p: &Probe, c: &Container, target: &Target<'_>) -> bool {
-    if p.grpc.is_some() {
-        // gRPC probes are not supported yet; they count as passing rather than killing pods.
-        return true;
+    if let Some(g) = &p.grpc {
+        // As upstream, a gRPC probe always goes to the pod IP; the port is a number.
+        let (Some(ip), Ok(port)) = (target.ip, u16::try_from(g.port)) else {
+            return false;
+        };
+        let service = g.service.as_deref().unwrap_or_default();
+        return match grpc::check(ip, port, service).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(container = %c.name, %ip, port, error = %e, "gRPC probe failed");
+                false
+            }
+        };
     }
     run_handler(
         &Handler {
