@@ -689,6 +689,24 @@ impl Worker {
     /// Pulls the image if the policy says so; sets the waiting reason on failure.
     async fn ensure_image(&mut self, pod: &Pod, c: &Container) -> Option<Image> {
         let reference = c.image.clone().unwrap_or_default();
+        // A name that cannot be parsed is never pulled nor retried with backoff, as
+        // upstream: the container waits with InvalidImageName until the spec changes.
+        if let Err(e) = crate::images::reference::parse(&reference) {
+            let message = format!(
+                "Failed to apply default image tag \"{reference}\": couldn't parse image name \"{reference}\": {e}"
+            );
+            let track = self.tracks.entry(c.name.clone()).or_default();
+            if track
+                .waiting
+                .as_ref()
+                .is_none_or(|(r, _)| r != "InvalidImageName")
+            {
+                self.k
+                    .event(pod, EventType::Warning, "InspectFailed", message.clone());
+            }
+            track.waiting = Some(("InvalidImageName".into(), message));
+            return None;
+        }
         let tag_latest = !reference.contains('@')
             && reference
                 .rsplit('/')

@@ -252,6 +252,35 @@ async fn run_scenarios(
     })
     .await?;
 
+    // An image name that does not parse: InvalidImageName, and no pull is tried.
+    kubectl
+        .apply(&pod_manifest(
+            "badname",
+            serde_json::json!({"containers": [{"name": "c", "image": format!("{reg}/Web:1")}]}),
+        ))
+        .await?;
+    let message = common::pod_until(cp, NS, "badname", "InvalidImageName", t, |p| {
+        let w = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.waiting.clone())
+            .ok_or("not waiting")?;
+        match w.reason.as_deref() {
+            Some("InvalidImageName") => Ok(w.message.unwrap_or_default()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    anyhow::ensure!(
+        message.starts_with(&format!(
+            "Failed to apply default image tag \"{reg}/Web:1\": couldn't parse image name"
+        )) && message.contains("invalid reference format"),
+        "{message}"
+    );
+
     // A missing image: ErrImagePull, then ImagePullBackOff.
     kubectl
         .apply(&pod_manifest(

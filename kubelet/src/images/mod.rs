@@ -13,6 +13,8 @@
 //! whose path leaves the layer (`..`, a parent that is a symlink, a hard link out of it) or
 //! that is a device node is refused, and the whole layer with it.
 
+pub mod reference;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
@@ -237,9 +239,8 @@ impl ImageStore {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        let parsed: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
-            Error::Reference(reference.to_string(), e.to_string())
-        })?;
+        let parsed: Reference = reference::parse(reference)
+            .map_err(|e| Error::Reference(reference.to_string(), e.to_string()))?;
         let client = self.client_for(parsed.resolve_registry(), auth);
         let registry_err = |e: oci_client::errors::OciDistributionError| Error::Registry {
             reference: reference.to_string(),
