@@ -445,12 +445,21 @@ impl<K> Shared<K> {
     }
 }
 
+/// Drops what no controller reads from a cached object: managedFields are often the
+/// largest part of an object's metadata, and upstream's controller-manager and scheduler
+/// strip them from their informer caches the same way.
+fn trim<K: Resource>(mut obj: K) -> K {
+    obj.meta_mut().managed_fields = None;
+    obj
+}
+
 impl<K: Resource> Shared<K> {
     fn apply(&self, event: watcher::Event<K>) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         match event {
             watcher::Event::Init => state.relist = Some(HashMap::new()),
             watcher::Event::InitApply(obj) => {
+                let obj = trim(obj);
                 let key = ObjectKey::of(&obj);
                 state
                     .relist
@@ -485,7 +494,7 @@ impl<K: Resource> Shared<K> {
                 self.synced.send_replace(true);
             }
             watcher::Event::Apply(obj) => {
-                let new = Arc::new(obj);
+                let new = Arc::new(trim(obj));
                 let n = match state.insert(ObjectKey::of(&*new), new.clone()) {
                     Some(old) => Notification::Updated { old, new },
                     None => Notification::Added(new),
@@ -494,7 +503,7 @@ impl<K: Resource> Shared<K> {
             }
             watcher::Event::Delete(obj) => {
                 let key = ObjectKey::of(&obj);
-                let last = state.remove(&key).unwrap_or_else(|| Arc::new(obj));
+                let last = state.remove(&key).unwrap_or_else(|| Arc::new(trim(obj)));
                 state.notify(Notification::Deleted(last));
             }
         }
