@@ -163,6 +163,8 @@ pub async fn run(flags: Flags) -> Result<(), Error> {
         },
         shutdown.clone(),
     );
+    // As upstream's kubelet: its events go through client-go's spam filter.
+    let recorder = recorder.with_spam_filter(events::SpamFilter::legacy());
     tasks.spawn(async move {
         let _ = events_task.await;
     });

@@ -51,6 +51,8 @@ impl Context {
         tasks.spawn(async move {
             let _ = sink.await;
         });
-        recorder
+        // Upstream's controllers report through client-go's `record` package, whose spam
+        // filter caps each object's events (a burst of 25, then one per 5 minutes).
+        recorder.with_spam_filter(events::SpamFilter::legacy())
     }
 }

@@ -10,8 +10,15 @@
 //! - later repeats only bump the count in memory, and every 30 s the sink patches the
 //!   series whose count moved, so a hot loop costs one write per 30 s, not one per repeat;
 //! - a series not seen for six minutes is dropped from memory (a later repeat starts over).
+//!
+//! A recorder can also carry the spam filter of client-go's older `record` package
+//! ([`Recorder::with_spam_filter`]), which upstream's controller-manager and kubelet report
+//! through: each object gets a burst of 25 events, then one per five minutes. Without it a
+//! ReplicaSet scaled to 5000 would write 5000 `SuccessfulCreate` events, each spending the
+//! controller's request budget.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -23,6 +30,8 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::ratelimit::TokenBucket;
 
 /// How long an event stays eligible for aggregation (client-go: 6 minutes).
 const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
@@ -70,6 +79,65 @@ pub struct EventRecord {
 #[derive(Clone, Debug)]
 pub struct Recorder {
     tx: mpsc::UnboundedSender<EventRecord>,
+    spam: Option<Arc<SpamFilter>>,
+}
+
+/// client-go `record`'s spam filter: a token bucket per (regarding object, type); an event
+/// finding its bucket empty is dropped.
+#[derive(Debug)]
+pub struct SpamFilter {
+    qps: f64,
+    burst: u32,
+    state: Mutex<SpamState>,
+}
+
+#[derive(Debug, Default)]
+struct SpamState {
+    buckets: HashMap<SpamKey, (TokenBucket, Instant)>,
+    /// The map size at which idle buckets are next swept (doubling, so sweeps stay rare).
+    sweep_at: usize,
+}
+
+type SpamKey = ((String, String, String, String, String), EventType);
+
+impl SpamFilter {
+    /// client-go's defaults: a burst of 25, refilled at one per 300 s.
+    pub fn legacy() -> Self {
+        Self::new(1.0 / 300.0, 25)
+    }
+
+    /// A filter allowing `burst` events per object, refilled at `qps`.
+    pub fn new(qps: f64, burst: u32) -> Self {
+        Self {
+            qps,
+            burst,
+            state: Mutex::new(SpamState {
+                buckets: HashMap::new(),
+                sweep_at: 1024,
+            }),
+        }
+    }
+
+    /// Whether `rec` may be written.
+    fn allow(&self, rec: &EventRecord) -> bool {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // A bucket idle long enough to have refilled completely is the same as a new one;
+        // forgetting those keeps the map as small as the set of recently noisy objects.
+        if state.buckets.len() >= state.sweep_at {
+            let full_after = Duration::from_secs_f64(f64::from(self.burst) / self.qps);
+            state
+                .buckets
+                .retain(|_, (_, used)| now.duration_since(*used) < full_after);
+            state.sweep_at = (state.buckets.len() * 2).max(1024);
+        }
+        let (bucket, used) = state
+            .buckets
+            .entry((ref_key(&rec.regarding), rec.type_))
+            .or_insert_with(|| (TokenBucket::new(self.qps, self.burst), now));
+        *used = now;
+        bucket.try_take()
+    }
 }
 
 impl Recorder {
@@ -95,8 +163,22 @@ impl Recorder {
 
     /// Publishes a full record (with a related object).
     pub fn record(&self, record: EventRecord) {
+        if let Some(spam) = &self.spam
+            && !spam.allow(&record)
+        {
+            tracing::debug!(reason = %record.reason, note = %record.note, "event dropped by the spam filter");
+            return;
+        }
         // The sink only goes away at shutdown, when losing an event is acceptable.
         let _ = self.tx.send(record);
+    }
+
+    /// This recorder with `filter` in front (shared by its clones).
+    pub fn with_spam_filter(self, filter: SpamFilter) -> Self {
+        Self {
+            tx: self.tx,
+            spam: Some(Arc::new(filter)),
+        }
     }
 }
 
@@ -156,7 +238,7 @@ pub fn start(
         cache: HashMap::new(),
     };
     let task = tokio::spawn(sink.run(rx, shutdown));
-    (Recorder { tx }, task)
+    (Recorder { tx, spam: None }, task)
 }
 
 struct Sink {
@@ -319,5 +401,57 @@ impl Sink {
         for ev in to_write {
             self.patch_series(&ev).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, type_: EventType) -> EventRecord {
+        EventRecord {
+            regarding: ObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: Some("ReplicaSet".into()),
+                namespace: Some("default".into()),
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                ..Default::default()
+            },
+            related: None,
+            type_,
+            reason: "SuccessfulCreate".into(),
+            action: String::new(),
+            note: format!("Created pod: {name}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spam_filter_allows_a_burst_per_object_then_one_per_five_minutes() {
+        let f = SpamFilter::legacy();
+        let allowed = (0..100)
+            .filter(|_| f.allow(&rec("a", EventType::Normal)))
+            .count();
+        assert_eq!(allowed, 25);
+        // Other objects, and the other type on the same object, have their own buckets.
+        assert!(f.allow(&rec("b", EventType::Normal)));
+        assert!(f.allow(&rec("a", EventType::Warning)));
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(!f.allow(&rec("a", EventType::Normal)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(f.allow(&rec("a", EventType::Normal)));
+        assert!(!f.allow(&rec("a", EventType::Normal)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_full_buckets_are_forgotten() {
+        let f = SpamFilter::legacy();
+        for i in 0..1024 {
+            assert!(f.allow(&rec(&format!("o{i}"), EventType::Normal)));
+        }
+        tokio::time::advance(Duration::from_secs(25 * 300)).await;
+        assert!(f.allow(&rec("new", EventType::Normal)));
+        let state = f.state.lock().unwrap();
+        assert_eq!(state.buckets.len(), 1);
     }
 }

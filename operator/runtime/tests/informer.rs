@@ -227,7 +227,12 @@ async fn resync_redelivers_cached_objects() -> anyhow::Result<()> {
     let stored = Api::<ConfigMap>::namespaced(cp.client().await?, "default")
         .get("one")
         .await?;
-    assert!(stored.metadata.managed_fields.is_some_and(|m| !m.is_empty()));
+    assert!(
+        stored
+            .metadata
+            .managed_fields
+            .is_some_and(|m| !m.is_empty())
+    );
     let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await?;
     match next {
         Some(Notification::Updated { old, new }) => assert!(std::sync::Arc::ptr_eq(&old, &new)),
