@@ -30,6 +30,10 @@ pub struct ResetFlags {
     /// The kubelet's `--cgroup-root`.
     #[arg(long, default_value = "/")]
     pub cgroup_root: String,
+    /// The kubelet's `--cni-bin-dir`: each pod's CNI DEL runs the plugins that set it up,
+    /// so its address and hostPort rules go too.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: PathBuf,
 }
 
 /// Clears what the kubelet with `flags` left behind; returns the steps that failed.
@@ -68,7 +72,28 @@ pub fn reset(flags: &ResetFlags) -> Vec<String> {
         }
     }
 
+    let network = crate::network::Network::new(
+        &flags.hostname_override,
+        &flags.cni_bin_dir,
+        &flags.root_dir.join("cni/net.d"),
+        &flags.root_dir,
+    );
+    let cni = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Err(e) = &cni {
+        failures.push(format!("starting a runtime for CNI DEL: {e}"));
+    }
     for uid in pod_uids(&flags.root_dir) {
+        let sandbox = flags.root_dir.join("pods").join(&uid).join("sandbox.json");
+        let attachment: Option<crate::network::Attachment> = std::fs::read_to_string(&sandbox)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let (Some(att), Ok(rt)) = (&attachment, &cni)
+            && let Err(e) = rt.block_on(network.teardown(&uid, "", "", Some(att)))
+        {
+            failures.push(format!("CNI DEL for pod {uid}: {e}"));
+        }
         let ns = crate::network::netns_name(&uid);
         if Path::new("/run/netns").join(&ns).exists() {
             let deleted = Command::new("ip").args(["netns", "delete", &ns]).output();

@@ -1,7 +1,8 @@
 //! Pod networking and gRPC probes on our kubelet against the real apiserver, runc and CNI:
 //! a `hostPort` published through the portmap plugin (reachable on the node's address,
-//! refused to a second pod asking for the same port, free again once its pod is gone), and
-//! gRPC readiness and liveness probes against a real `grpc.health.v1` server.
+//! refused to a second pod asking for the same port, free again once its pod is gone or its
+//! node reset), and gRPC readiness and liveness probes against a real `grpc.health.v1`
+//! server.
 
 mod common;
 
@@ -154,8 +155,12 @@ async fn host_ports_and_grpc_probes() -> anyhow::Result<()> {
     let kubectl = cp.kubectl()?;
     let health = HealthServer::default();
     let mut result = grpc_probes(&cp, &kubectl, &reg, &health).await;
+    let mut published = None;
     if result.is_ok() {
-        result = host_ports(&cp, &kubectl, &reg).await;
+        match host_ports(&cp, &kubectl, &reg).await {
+            Ok(addr) => published = Some(addr),
+            Err(e) => result = Err(e),
+        }
     }
     if let Err(e) = &result {
         eprintln!(
@@ -167,19 +172,39 @@ async fn host_ports_and_grpc_probes() -> anyhow::Result<()> {
                 .collect::<Vec<_>>(),
             cp.logs(80)
         );
+        let _ = kubectl
+            .ok([
+                "delete",
+                "pods",
+                "--all",
+                "-n",
+                NS,
+                "--wait=true",
+                "--timeout=60s",
+            ])
+            .await;
     }
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .await;
+    // The last hostPort pod is left running: stopping the node and `ferrokube-kubelet
+    // reset` (the teardown) must take its port mapping away too.
     kubelet.teardown();
+    if let Some(addr) = published {
+        let nat = std::process::Command::new("iptables")
+            .args(["-t", "nat", "-S"])
+            .output()?;
+        let port = addr.rsplit(':').next().unwrap_or_default();
+        let rules = String::from_utf8_lossy(&nat.stdout);
+        let left: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.contains(&format!("--dport {port} ")))
+            .collect();
+        anyhow::ensure!(left.is_empty(), "rules left after reset: {left:?}");
+        anyhow::ensure!(
+            ferrokube_tests::cluster::http_get(&addr, "/")
+                .await
+                .is_err(),
+            "{addr} still answers after reset"
+        );
+    }
     result
 }
 
@@ -283,7 +308,7 @@ async fn host_ports(
     cp: &ControlPlane,
     kubectl: &ferrokube_tests::Kubectl,
     reg: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let t = Duration::from_secs(60);
     let host_port = ferrokube_tests::controlplane::free_port()?;
     kubectl
@@ -356,5 +381,5 @@ async fn host_ports(
         (status, body.as_str()) == (200, "hp-c\n"),
         "through {addr}: {status} {body:?}"
     );
-    Ok(())
+    Ok(addr)
 }
