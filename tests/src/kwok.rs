@@ -27,6 +27,17 @@ pub struct Kwok {
     pub nodes: Vec<String>,
 }
 
+impl Kwok {
+    /// Makes `node` go silent: kwok stops heartbeating for a node once it no longer
+    /// carries kwok's annotation, as a kubelet that died would.
+    pub async fn silence(&self, cp: &ControlPlane, node: &str) -> Result<()> {
+        cp.kubectl()?
+            .ok(["annotate", "node", node, &format!("{NODE_ANNOTATION}-")])
+            .await?;
+        Ok(())
+    }
+}
+
 /// Starts kwok against `cp` and registers `nodes` fake nodes named `<prefix>-0`, ...; waits
 /// until kwok reports the first one Ready.
 pub async fn start(cp: &ControlPlane, prefix: &str, nodes: usize) -> Result<Kwok> {

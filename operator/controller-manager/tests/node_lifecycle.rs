@@ -9,32 +9,6 @@ use std::time::Duration;
 
 use ferrokube_tests::{ControlPlane, kwok};
 
-fn pod(name: &str, node: &str, toleration_seconds: Option<u32>) -> String {
-    let seconds = toleration_seconds
-        .map(|s| format!("\n    tolerationSeconds: {s}"))
-        .unwrap_or_default();
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  nodeName: {node}
-  containers:
-  - name: c
-    image: registry.invalid/pause:1
-  tolerations:
-  - key: node.kubernetes.io/unreachable
-    operator: Exists
-    effect: NoExecute{seconds}
-  - key: node.kubernetes.io/not-ready
-    operator: Exists
-    effect: NoExecute{seconds}
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_is_tainted_and_its_pods_evicted() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
@@ -62,35 +36,18 @@ async fn a_silent_node_is_tainted_and_its_pods_evicted() -> anyhow::Result<()> {
         |o| !o.is_empty(),
     )
     .await?;
-    kubectl.apply(&pod("short", silent, Some(2))).await?;
-    kubectl.apply(&pod("forever", silent, None)).await?;
-    kubectl.apply(&pod("elsewhere", healthy, Some(2))).await?;
-    for p in ["short", "forever", "elsewhere"] {
-        common::kubectl_until(
-            &cp,
-            &format!("{p} Ready"),
-            t,
-            &[
-                "get",
-                "pod",
-                p,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-            |o| o == "True",
-        )
-        .await?;
-    }
-
-    // kwok stops heartbeating for a node once it no longer carries kwok's annotation.
     kubectl
-        .ok([
-            "annotate",
-            "node",
-            silent,
-            &format!("{}-", kwok::NODE_ANNOTATION),
-        ])
+        .apply(&common::tolerating_pod("short", silent, Some(2)))
         .await?;
+    kubectl
+        .apply(&common::tolerating_pod("forever", silent, None))
+        .await?;
+    kubectl
+        .apply(&common::tolerating_pod("elsewhere", healthy, Some(2)))
+        .await?;
+    common::pods_ready(&cp, &["short", "forever", "elsewhere"], t).await?;
+
+    kw.silence(&cp, silent).await?;
     let ready = common::kubectl_until(&cp, "silent node Unknown", t, &["get", "node", silent, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}/{.status.conditions[?(@.type==\"Ready\")].reason}"], |o| o.starts_with("Unknown")).await?;
     assert_eq!(ready, "Unknown/NodeStatusUnknown");
     let taints = common::kubectl_until(

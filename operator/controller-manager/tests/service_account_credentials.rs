@@ -356,31 +356,6 @@ async fn namespace_is_deleted_on(cp: &ControlPlane) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tolerating_pod(name: &str, node: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: default
-spec:
-  nodeName: {node}
-  containers:
-  - name: c
-    image: registry.invalid/pause:1
-  tolerations:
-  - key: node.kubernetes.io/unreachable
-    operator: Exists
-    effect: NoExecute
-    tolerationSeconds: 2
-  - key: node.kubernetes.io/not-ready
-    operator: Exists
-    effect: NoExecute
-    tolerationSeconds: 2
-"#
-    )
-}
-
 /// The controllers sharing `node-controller` (nodeipam, nodelifecycle, taint eviction) and
 /// `pod-garbage-collector`: a new node gets a Pod CIDR, a silent node is marked Unknown and
 /// tainted, its pod evicted, and once the node is deleted its pods are collected.
@@ -430,33 +405,14 @@ async fn node_controllers_on(cp: &ControlPlane) -> anyhow::Result<()> {
     )
     .await?;
 
-    kubectl.apply(&tolerating_pod("short", silent)).await?;
-    kubectl.apply(&tolerating_pod("elsewhere", healthy)).await?;
-    for p in ["short", "elsewhere"] {
-        common::kubectl_until(
-            cp,
-            &format!("{p} Ready"),
-            T,
-            &[
-                "get",
-                "pod",
-                p,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-            |o| o == "True",
-        )
-        .await?;
-    }
-    // kwok stops heartbeating for a node once it no longer carries kwok's annotation.
     kubectl
-        .ok([
-            "annotate",
-            "node",
-            silent,
-            &format!("{}-", kwok::NODE_ANNOTATION),
-        ])
+        .apply(&common::tolerating_pod("short", silent, Some(2)))
         .await?;
+    kubectl
+        .apply(&common::tolerating_pod("elsewhere", healthy, Some(2)))
+        .await?;
+    common::pods_ready(cp, &["short", "elsewhere"], T).await?;
+    kw.silence(cp, silent).await?;
     common::kubectl_until(
         cp,
         "silent node Unknown and tainted",

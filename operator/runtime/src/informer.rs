@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject};
-use kube::core::ApiResource;
+use kube::core::{ApiResource, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -589,6 +589,18 @@ impl InformerFactory {
 
     /// The shared informer for a resource known only at runtime (found via discovery).
     pub fn dynamic(&self, resource: &ApiResource, selectors: Selectors) -> Informer<DynamicObject> {
+        self.informer_for(selectors, resource.clone())
+    }
+
+    /// The shared metadata-only informer for a resource known only at runtime: its lists
+    /// and watches ask the apiserver for `PartialObjectMetadata`, so neither the wire nor
+    /// the cache carries spec or status (upstream's metadata informers, which its garbage
+    /// collector runs on).
+    pub fn dynamic_metadata(
+        &self,
+        resource: &ApiResource,
+        selectors: Selectors,
+    ) -> Informer<PartialObjectMeta<DynamicObject>> {
         self.informer_for(selectors, resource.clone())
     }
 

@@ -99,3 +99,52 @@ pub async fn kubectl_until(
     .await?;
     Ok(out)
 }
+
+/// A pod bound to `node` that tolerates the `unreachable` and `not-ready` NoExecute taints,
+/// for `toleration_seconds` or, with `None`, forever (the node-failure scenarios).
+pub fn tolerating_pod(name: &str, node: &str, toleration_seconds: Option<u32>) -> String {
+    let seconds = toleration_seconds
+        .map(|s| format!("\n    tolerationSeconds: {s}"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  nodeName: {node}
+  containers:
+  - name: c
+    image: registry.invalid/pause:1
+  tolerations:
+  - key: node.kubernetes.io/unreachable
+    operator: Exists
+    effect: NoExecute{seconds}
+  - key: node.kubernetes.io/not-ready
+    operator: Exists
+    effect: NoExecute{seconds}
+"#
+    )
+}
+
+/// Waits until each of `pods` in `default` reports Ready=True.
+pub async fn pods_ready(cp: &ControlPlane, pods: &[&str], timeout: Duration) -> anyhow::Result<()> {
+    for p in pods {
+        kubectl_until(
+            cp,
+            &format!("{p} Ready"),
+            timeout,
+            &[
+                "get",
+                "pod",
+                p,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            |o| o == "True",
+        )
+        .await?;
+    }
+    Ok(())
+}

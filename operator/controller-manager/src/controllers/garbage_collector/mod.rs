@@ -28,6 +28,10 @@ use std::time::Duration;
 use ferrokube_runtime::informer::{InformerFactory, Notification, Selectors, Store};
 use ferrokube_runtime::workqueue::WorkQueue;
 use kube::api::DynamicObject;
+use kube::core::PartialObjectMeta;
+
+/// What a monitor caches: an object's metadata only (owners, finalizers, deletion state).
+type Meta = PartialObjectMeta<DynamicObject>;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -97,7 +101,7 @@ async fn run_graph_builder(
 
 /// One monitored resource: its cache and the task feeding the graph from it.
 struct Monitor {
-    store: Store<DynamicObject>,
+    store: Store<Meta>,
     forwarder: AbortHandle,
 }
 
@@ -147,7 +151,7 @@ async fn run(
             if monitors.contains_key(&key) {
                 continue;
             }
-            let informer = informers.dynamic(&r.resource, Selectors::default());
+            let informer = informers.dynamic_metadata(&r.resource, Selectors::default());
             let forwarder = tasks.spawn(forward(
                 r.resource.api_version.clone(),
                 r.resource.kind.clone(),
@@ -195,8 +199,7 @@ async fn run(
                 "garbage collector: syncing monitors"
             );
             informers.start(&mut tasks, &shutdown);
-            let stores: Vec<Store<DynamicObject>> =
-                monitors.values().map(|m| m.store.clone()).collect();
+            let stores: Vec<Store<Meta>> = monitors.values().map(|m| m.store.clone()).collect();
             let synced = tokio::time::timeout(RESOURCE_SYNC_PERIOD, async {
                 for s in &stores {
                     s.wait_synced().await;
@@ -236,7 +239,7 @@ fn gvr_key(r: &DiscoveredResource) -> (String, String, String) {
 async fn forward(
     api_version: String,
     kind: String,
-    mut rx: mpsc::UnboundedReceiver<Notification<DynamicObject>>,
+    mut rx: mpsc::UnboundedReceiver<Notification<Meta>>,
     tx: mpsc::UnboundedSender<GraphEvent>,
     shutdown: CancellationToken,
 ) {
