@@ -30,6 +30,7 @@ use crate::process::Process;
 use crate::registry::Registry;
 use crate::{ControlPlane, controlplane, procstat, wait};
 
+mod host_footprint;
 mod pod_watch;
 mod upstream;
 
