@@ -118,8 +118,11 @@ pub async fn run(cfg: &Config) -> Result<()> {
         Some(reason) => Err(reason),
         None => {
             // containerd's sandbox ("pause") image: busybox sleeping, from the same registry.
+            // CMD cleared: busybox's `sh` would follow the entrypoint as an argument, and
+            // `sleep 2147483647 sh` exits at once (a sandbox that dies as it starts).
             ImageBuilder::busybox()?
                 .entrypoint(&["/bin/sleep", "2147483647"])
+                .cmd(&[])
                 .push(&registry.addr, "kbench-pause", "1")
                 .await
                 .context("pushing the sandbox image to the local registry")?;
