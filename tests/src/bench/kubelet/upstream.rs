@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cluster::which;
 use super::host_footprint::HostFootprint;
+use crate::cluster::which;
 use crate::process::{Lifetime, Process};
 use crate::{ControlPlane, controlplane, upstream, wait};
 
@@ -248,6 +248,14 @@ state = "{state}"
     /// containerd's PID.
     pub fn containerd_pid(&self) -> Option<u32> {
         self.containerd.as_ref().map(Process::pid)
+    }
+
+    /// The kubelet, containerd and containerd's shims (one per pod sandbox).
+    pub fn node_pids(&self) -> Vec<u32> {
+        let mut pids = shims_of(&self.socket);
+        pids.extend(self.kubelet.as_ref().map(Process::pid));
+        pids.extend(self.containerd_pid());
+        pids
     }
 
     /// Stops the kubelet, removes every container containerd still has (tasks first, which
