@@ -8,13 +8,16 @@
 //!   whole seconds, too coarse for sub-second figures, so they are not used;
 //! * batch: M pods created at once (concurrent create calls), time until all are Ready and
 //!   the per-pod latency percentiles, CPU seconds the kubelet used meanwhile;
-//! * the kubelet's resident memory (`VmRSS`) idle and with the batch running.
+//! * the kubelet's resident memory (`VmRSS`) idle and with the batch running;
+//! * node-wide CPU and memory: the kubelet with its runtime daemon (upstream's containerd;
+//!   ours has none) and the shims, since ours does in-process what upstream's hands over.
 //!
 //! The kubelet runs as root on this machine with its own node name, pod range, ports and
 //! root dir; everything it creates on the host is removed afterwards with
 //! `ferrokube-kubelet reset`, also when the run fails. When upstream's kubelet and Debian's
-//! containerd are provisioned, the same run measures them the same way (module `upstream`)
-//! and prints ratios ferrokube/upstream; otherwise it says why the peer was not run.
+//! containerd are provisioned, the same run measures them the same way (module `upstream`,
+//! which also puts back what they change on the host) and prints ratios ferrokube/upstream;
+//! otherwise it says why the peer was not run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
