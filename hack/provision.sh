@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real upstream parts ferrokube runs against, once per version:
 #   - Debian packages (runc, the Distribution registry, CNI plugins, ...);
-#   - kube-apiserver, kubectl, kube-scheduler, kube-controller-manager built from the
-#     k8s.io/kubernetes Go module through a wrapper module (no registry ships them);
+#   - kube-apiserver, kubectl, kube-scheduler, kube-controller-manager and kubelet built from
+#     the k8s.io/kubernetes Go module through a wrapper module (no registry ships them);
 #   - etcd built the same way around go.etcd.io/etcd/server/v3;
 #   - kwok and helm through `go install`.
 # Binaries land in "$FERROKUBE_CACHE/bin/<name>-<version>" and are checked by running them
@@ -34,6 +34,7 @@ log() { printf '[provision] %s\n' "$*" >&2; }
 
 apt_packages=(
   runc                          # OCI runtime for the kubelet
+  containerd                    # CRI runtime of the kubelet benchmark's upstream peer
   docker-registry               # OCI distribution registry on 127.0.0.1
   containernetworking-plugins   # CNI bridge, host-local, loopback, portmap
   nftables iproute2             # pod networking on the node
@@ -60,6 +61,8 @@ install_apt() {
     $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
     # Debian's nginx starts a system service on :80; the benchmark runs its own.
     $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
+    # Debian's containerd starts a system service; the kubelet benchmark runs its own.
+    $sudo systemctl disable --now containerd >/dev/null 2>&1 || true
   fi
 }
 
@@ -78,14 +81,15 @@ verify() { # <path> <expected> <args...>
 build_kubernetes() {
   local v=$KUBERNETES_VERSION
   local staging=v0.${v#v1.}
-  local names=(kube-apiserver kubectl kube-scheduler kube-controller-manager)
-  local all=1
-  for n in "${names[@]}"; do [ -x "$bin/$n-$v" ] || all=0; done
-  [ $all -eq 1 ] && return 0
+  local names=(kube-apiserver kubectl kube-scheduler kube-controller-manager kubelet)
+  # Only what is missing is built: a cache provisioned before a name was added keeps the rest.
+  local missing=()
+  for n in "${names[@]}"; do [ -x "$bin/$n-$v" ] || missing+=("$n"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
 
   local mod="$cache/src/kubernetes-$v"
   mkdir -p "$mod"
-  log "building kubernetes $v (${names[*]}) in $mod; log: $cache/logs/build-kubernetes.log"
+  log "building kubernetes $v (${missing[*]}) in $mod; log: $cache/logs/build-kubernetes.log"
   (
     cd "$mod"
     # Every k8s.io/<staging> module that k8s.io/kubernetes replaces with ./staging/... is
@@ -116,6 +120,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 EOF
     go mod tidy
@@ -127,15 +132,15 @@ EOF
       ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
     done
     mkdir -p out
-    go build -trimpath -ldflags "$ldflags" -o out/ \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager
+    go build -trimpath -ldflags "$ldflags" -o out/ "${missing[@]/#/k8s.io/kubernetes/cmd/}"
   ) >"$cache/logs/build-kubernetes.log" 2>&1 || { tail -30 "$cache/logs/build-kubernetes.log" >&2; return 1; }
-  verify "$mod/out/kube-apiserver" "$v" --version
-  verify "$mod/out/kubectl" "$v" version --client
-  verify "$mod/out/kube-scheduler" "$v" --version
-  verify "$mod/out/kube-controller-manager" "$v" --version
-  for n in "${names[@]}"; do mv -f "$mod/out/$n" "$bin/$n-$v"; done
+  for n in "${missing[@]}"; do
+    case "$n" in
+      kubectl) verify "$mod/out/$n" "$v" version --client ;;
+      *) verify "$mod/out/$n" "$v" --version ;;
+    esac
+  done
+  for n in "${missing[@]}"; do mv -f "$mod/out/$n" "$bin/$n-$v"; done
 }
 
 build_etcd() {
@@ -172,7 +177,7 @@ go_install() { # <name> <version> <package> <extra-ldflags> <version-args...>
 link_current() {
   mkdir -p "$bin/current"
   local n
-  for n in kube-apiserver kubectl kube-scheduler kube-controller-manager; do
+  for n in kube-apiserver kubectl kube-scheduler kube-controller-manager kubelet; do
     ln -sfn "../$n-$KUBERNETES_VERSION" "$bin/current/$n"
   done
   ln -sfn "../etcd-$ETCD_VERSION" "$bin/current/etcd"

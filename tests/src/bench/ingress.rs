@@ -553,22 +553,8 @@ impl Nginx {
     fn rss_kib(&self) -> u64 {
         let master = self.process.pid();
         let mut total = rss_kib(master).unwrap_or(0);
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    continue;
-                };
-                let ppid = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|p| p.parse::<u32>().ok());
-                if ppid == Some(master) {
-                    total += rss_kib(pid).unwrap_or(0);
-                }
-            }
+        for pid in procstat::children(master) {
+            total += rss_kib(pid).unwrap_or(0);
         }
         total
     }

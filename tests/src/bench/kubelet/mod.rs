@@ -8,13 +8,16 @@
 //!   whole seconds, too coarse for sub-second figures, so they are not used;
 //! * batch: M pods created at once (concurrent create calls), time until all are Ready and
 //!   the per-pod latency percentiles, CPU seconds the kubelet used meanwhile;
-//! * the kubelet's resident memory (`VmRSS`) idle and with the batch running.
+//! * the kubelet's resident memory (`VmRSS`) idle and with the batch running;
+//! * node-wide CPU and memory: the kubelet with its runtime daemon (upstream's containerd;
+//!   ours has none) and the shims, since ours does in-process what upstream's hands over.
 //!
 //! The kubelet runs as root on this machine with its own node name, pod range, ports and
 //! root dir; everything it creates on the host is removed afterwards with
 //! `ferrokube-kubelet reset`, also when the run fails. When upstream's kubelet and Debian's
-//! containerd are provisioned, the same run measures them the same way (module `upstream`)
-//! and prints ratios ferrokube/upstream; otherwise it says why the peer was not run.
+//! containerd are provisioned, the same run measures them the same way (module `upstream`,
+//! which also puts back what they change on the host) and prints ratios ferrokube/upstream;
+//! otherwise it says why the peer was not run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,13 +29,15 @@ use tokio::time::Instant;
 
 use super::{Figure, Peer};
 use crate::images::ImageBuilder;
-use crate::process::Process;
 use crate::registry::Registry;
-use crate::{ControlPlane, controlplane, procstat, wait};
+use crate::{ControlPlane, procstat, wait};
 
+mod host_footprint;
+mod ours;
 mod pod_watch;
 mod upstream;
 
+use ours::KubeletNode;
 use pod_watch::PodWatch;
 
 /// What to run.
@@ -77,6 +82,11 @@ struct Run {
     peak_mib: f64,
     /// The container runtime's VmRSS with the batch running (upstream's containerd).
     runtime_mib: f64,
+    /// CPU seconds of every node process (kubelet, runtime daemon, shims, and the runc and
+    /// CNI plugins they waited for) from the first create of the batch to the last Ready.
+    node_cpu: f64,
+    /// VmRSS of every node process with the batch running.
+    node_loaded_mib: f64,
 }
 
 /// Runs the benchmark and prints one line per figure.
@@ -117,8 +127,11 @@ pub async fn run(cfg: &Config) -> Result<()> {
         Some(reason) => Err(reason),
         None => {
             // containerd's sandbox ("pause") image: busybox sleeping, from the same registry.
+            // CMD cleared: busybox's `sh` would follow the entrypoint as an argument, and
+            // `sleep 2147483647 sh` exits at once (a sandbox that dies as it starts).
             ImageBuilder::busybox()?
                 .entrypoint(&["/bin/sleep", "2147483647"])
+                .cmd(&[])
                 .push(&registry.addr, "kbench-pause", "1")
                 .await
                 .context("pushing the sandbox image to the local registry")?;
@@ -172,6 +185,14 @@ pub async fn run(cfg: &Config) -> Result<()> {
                 "-",
             ),
             (
+                format!(
+                    "node CPU during the batch (kubelet, runtime, shims and the runc/CNI they ran; {batch})"
+                ),
+                r.node_cpu,
+                "cpu-s",
+                "-",
+            ),
+            (
                 "kubelet RSS idle (no pods, start-up settled, before the first pull)".into(),
                 r.idle_mib,
                 "MiB",
@@ -190,6 +211,15 @@ pub async fn run(cfg: &Config) -> Result<()> {
                 "-",
             ),
             ("kubelet peak RSS".into(), r.peak_mib, "MiB", "-"),
+            (
+                format!(
+                    "node RSS with {} pods running (kubelet, runtime and shims)",
+                    r.batch_ms.len()
+                ),
+                r.node_loaded_mib,
+                "MiB",
+                "-",
+            ),
         ]
     };
     let mine = figures(&ours);
@@ -316,6 +346,14 @@ impl NodeUnderTest {
         }
     }
 
+    /// Every process the node runs besides the pods' own: kubelet, runtime daemon, shims.
+    fn node_pids(&self) -> Vec<u32> {
+        match self {
+            Self::Ferrokube(n) => n.node_pids(),
+            Self::Upstream(n) => n.node_pids(),
+        }
+    }
+
     fn teardown(&mut self) {
         match self {
             Self::Ferrokube(n) => n.teardown(),
@@ -359,6 +397,7 @@ async fn scenarios(
     run.singles_ms.sort_by(f64::total_cmp);
 
     let before = procstat::usage(pid).context("the kubelet exited")?;
+    let node_before = node_usage(node);
     let started = Instant::now();
     let creates = (0..cfg.batch).map(|i| {
         let name = format!("batch-{i}");
@@ -377,8 +416,21 @@ async fn scenarios(
             .push(ready.saturating_duration_since(*at).as_secs_f64() * 1000.0);
     }
     let after = procstat::usage(pid).context("the kubelet exited")?;
+    let node_after = node_usage(node);
     run.batch_all_s = last.saturating_duration_since(started).as_secs_f64();
     run.batch_cpu = after.cpu_seconds - before.cpu_seconds;
+    // Processes started during the batch (the shims) count from zero.
+    let cpu = |u: &procstat::Usage| u.cpu_seconds + u.children_cpu_seconds;
+    run.node_cpu = node_after
+        .iter()
+        .map(|(p, u)| {
+            let was = node_before
+                .iter()
+                .find(|(b, _)| b == p)
+                .map_or(0.0, |(_, b)| cpu(b));
+            cpu(u) - was
+        })
+        .sum();
     run.batch_ms.sort_by(f64::total_cmp);
     // Let the status writes of the last pods finish before reading the loaded figure.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -389,7 +441,19 @@ async fn scenarios(
         .runtime_pid()
         .and_then(procstat::usage)
         .map_or(0.0, |u| u.rss_bytes as f64 / MIB);
+    run.node_loaded_mib = node_usage(node)
+        .iter()
+        .map(|(_, u)| u.rss_bytes as f64 / MIB)
+        .sum();
     Ok(run)
+}
+
+/// The usage of each of the node's processes now.
+fn node_usage(node: &NodeUnderTest) -> Vec<(u32, procstat::Usage)> {
+    node.node_pids()
+        .into_iter()
+        .filter_map(|p| procstat::usage(p).map(|u| (p, u)))
+        .collect()
 }
 
 fn rss_mib(pid: u32) -> Result<f64> {
@@ -481,107 +545,6 @@ async fn wait_node_ready(client: &kube::Client, name: &str) -> Result<()> {
     )
     .await?;
     Ok(())
-}
-
-// === impl KubeletNode ===
-
-/// Our kubelet on this machine, with its own root dir, node name, pod range and ports.
-struct KubeletNode {
-    name: String,
-    bin: PathBuf,
-    process: Option<Process>,
-    root: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl KubeletNode {
-    async fn start(cp: &ControlPlane, bin: &Path, name: &str) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ferrokube-kbench-")
-            .tempdir()?;
-        let root = dir.path().join("root");
-        let healthz_port = controlplane::free_port()?;
-        let api_port = controlplane::free_port()?;
-        let args = [
-            format!("--hostname-override={name}"),
-            format!("--root-dir={}", root.display()),
-            format!("--pod-logs-dir={}", dir.path().join("pod-logs").display()),
-            format!("--pod-cidr={POD_CIDR}"),
-            format!("--healthz-port={healthz_port}"),
-            format!("--port={api_port}"),
-            format!("--client-ca-file={}", cp.pki.ca.pair.cert_path.display()),
-            // Memory as upstream; the disk threshold off (as kind does), so a build
-            // machine's full disk does not taint the node mid-run.
-            "--eviction-hard=memory.available<100Mi,nodefs.available<0%".to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut node = Self {
-            name: name.to_string(),
-            bin: bin.to_path_buf(),
-            process: Some(cp.spawn_component(&format!("kubelet-{name}"), bin, &args)?),
-            root,
-            _dir: dir,
-        };
-        let addr = format!("127.0.0.1:{healthz_port}");
-        let healthy = wait::until(
-            "kubelet /healthz",
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || {
-                let addr = addr.clone();
-                async move {
-                    match crate::cluster::http_status(&addr, "/healthz").await? {
-                        200 => Ok(()),
-                        s => Err(format!("status {s}")),
-                    }
-                }
-            },
-        )
-        .await;
-        if let Err(e) = healthy {
-            let tail = node.process.as_ref().map(|p| p.log_tail(30));
-            node.teardown();
-            bail!("{e}\n--- kubelet log ---\n{}", tail.unwrap_or_default());
-        }
-        Ok(node)
-    }
-
-    fn pid(&self) -> Result<u32> {
-        self.process
-            .as_ref()
-            .map(Process::pid)
-            .context("the kubelet is not running")
-    }
-
-    /// Stops the kubelet and removes every container, mount, netns, bridge and cgroup it
-    /// made (`ferrokube-kubelet reset`); idempotent.
-    fn teardown(&mut self) {
-        let Some(mut p) = self.process.take() else {
-            return;
-        };
-        p.stop(Duration::from_secs(10));
-        let out = std::process::Command::new(&self.bin)
-            .arg("reset")
-            .arg(format!("--root-dir={}", self.root.display()))
-            .arg(format!("--hostname-override={}", self.name))
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "ferrokube-kubelet reset for {}: {}{}",
-                self.name,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("running ferrokube-kubelet reset for {}: {e}", self.name),
-        }
-    }
-}
-
-impl Drop for KubeletNode {
-    fn drop(&mut self) {
-        self.teardown();
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
+use super::host_footprint::HostFootprint;
 use crate::cluster::which;
 use crate::process::{Lifetime, Process};
 use crate::{ControlPlane, controlplane, upstream, wait};
@@ -18,21 +19,13 @@ use crate::{ControlPlane, controlplane, upstream, wait};
 const POD_CIDR: &str = "198.18.201.0/24";
 /// containerd's CNI bridge for the bench (fixed: one upstream node per run).
 const BRIDGE: &str = "kbenchup0";
-
-/// Why `hack/provision.sh` does not build upstream's kubelet yet: tried on the build
-/// machines (Debian 12, cgroups v1 hybrid) with kubelet v1.36.3 built from the wrapper module
-/// and Debian's containerd 1.6.20, the node registers and pulls images, but every pod
-/// sandbox fails in runc.
-const NOT_PROVISIONED: &str = "upstream kubelet v1.36.3 is not provisioned: it builds from \
-    the wrapper module and Debian's containerd 1.6.20 installs, but on this machine every pod \
-    sandbox fails: \"RunPodSandbox ... failed to create shim task: OCI runtime create failed: \
-    runc create failed: unable to start container process: can't get final child's PID from \
-    pipe: EOF\"";
+/// The CNI network's name (libcni names its cache files after it).
+const NETWORK: &str = "kbench";
 
 /// What is missing for the upstream peer, if anything.
 pub fn unavailable() -> Option<String> {
-    if upstream::binary("kubelet").is_err() {
-        return Some(NOT_PROVISIONED.into());
+    if let Err(e) = upstream::binary("kubelet") {
+        return Some(e.to_string());
     }
     for bin in ["containerd", "containerd-shim-runc-v2", "ctr"] {
         if which(bin).is_none() {
@@ -49,6 +42,8 @@ pub struct UpstreamNode {
     kubelet: Option<Process>,
     containerd: Option<Process>,
     socket: PathBuf,
+    /// The host as it was before containerd started.
+    host: HostFootprint,
     dir: tempfile::TempDir,
 }
 
@@ -65,12 +60,13 @@ impl UpstreamNode {
             .prefix("ferrokube-kbench-upstream-")
             .tempdir()?;
         let d = dir.path();
+        let host = HostFootprint::record(d, NETWORK);
         let socket = d.join("containerd.sock");
         let net_d = d.join("net.d");
         std::fs::create_dir_all(&net_d)?;
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
-            "name": "kbench",
+            "name": NETWORK,
             "plugins": [
                 {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]],
@@ -80,6 +76,13 @@ impl UpstreamNode {
             ],
         });
         std::fs::write(net_d.join("10-kbench.conflist"), conflist.to_string())?;
+        // restrict_oom_score_adj: the CRI plugin gives every sandbox oom_score_adj -998, and
+        // lowering oom_score_adj needs CAP_SYS_RESOURCE, which root lacks on these machines
+        // (a VM whose init drops it); runc's init then dies writing /proc/self/oom_score_adj
+        // and runc only reports "can't get final child's PID from pipe: EOF". Restricted,
+        // containerd never asks for less than its own score (0, as our kubelet's pods get).
+        // netns_mounts_under_state_dir and the runc root keep the pods' network namespaces
+        // and runc's state in this directory instead of /var/run/netns and /run/containerd.
         let config = format!(
             r#"version = 2
 root = "{root}"
@@ -90,6 +93,8 @@ state = "{state}"
   address = "{socket}.ttrpc"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause_image}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
@@ -100,11 +105,13 @@ state = "{state}"
     runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
       SystemdCgroup = false
+      Root = "{runc_root}"
 "#,
             root = d.join("containerd-root").display(),
             state = d.join("containerd-state").display(),
             socket = socket.display(),
             net_d = net_d.display(),
+            runc_root = d.join("runc").display(),
         );
         let config_path = d.join("containerd.toml");
         std::fs::write(&config_path, config)?;
@@ -119,6 +126,7 @@ state = "{state}"
                 Lifetime::Owned,
             )?),
             socket,
+            host,
             dir,
         };
         let sock = node.socket.clone();
@@ -181,6 +189,11 @@ state = "{state}"
             },
             "imageGCHighThresholdPercent": 100,
             "resolvConf": "/etc/resolv.conf",
+            // Container logs in this directory, not /var/log/pods.
+            "podLogsDir": d.join("pod-logs"),
+            // The KUBE-FIREWALL and canary chains are for kube-proxy, which does not run
+            // here; left on, they would stay in the host's iptables after the run.
+            "makeIPTablesUtilChains": false,
         });
         let kubelet_config_path = d.join("kubelet.yaml");
         std::fs::write(
@@ -237,9 +250,18 @@ state = "{state}"
         self.containerd.as_ref().map(Process::pid)
     }
 
+    /// The kubelet, containerd and containerd's shims (one per pod sandbox).
+    pub fn node_pids(&self) -> Vec<u32> {
+        let mut pids = shims_of(&self.socket);
+        pids.extend(self.kubelet.as_ref().map(Process::pid));
+        pids.extend(self.containerd_pid());
+        pids
+    }
+
     /// Stops the kubelet, removes every container containerd still has (tasks first, which
-    /// ends their shims), stops containerd, and removes the bridge and the mounts under the
-    /// bench's directory; idempotent.
+    /// ends their shims), stops containerd and any shim of it still running, removes the
+    /// bridge, the mounts under the bench's directory and the pods' cgroups, and puts back
+    /// what the two changed on the host ([`HostFootprint`]); idempotent.
     pub fn teardown(&mut self) {
         if let Some(mut k) = self.kubelet.take() {
             k.stop(Duration::from_secs(10));
@@ -269,17 +291,50 @@ state = "{state}"
             }
             c.stop(Duration::from_secs(10));
         }
+        // A shim whose task could not be deleted outlives containerd (it is reparented);
+        // its command line names this containerd's socket.
+        for pid in shims_of(&self.socket) {
+            crate::process::terminate(pid, Duration::from_secs(2));
+        }
         let _ = std::process::Command::new("ip")
             .args(["link", "delete", BRIDGE])
             .output();
         unmount_under(self.dir.path());
-        // containerd's cgroup parent (no QoS tiers); rmdir only removes it when empty.
+        // With no QoS tiers the pods' cgroups are containerd's default parent, k8s.io/<id>
+        // in each hierarchy; remove_dir only removes empty ones.
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for h in hierarchies.flatten() {
-                let _ = std::fs::remove_dir(h.path().join("k8s.io"));
+                let parent = h.path().join("k8s.io");
+                if let Ok(children) = std::fs::read_dir(&parent) {
+                    for c in children.flatten().filter(|c| c.path().is_dir()) {
+                        let _ = std::fs::remove_dir(c.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(parent);
             }
         }
+        self.host.restore();
     }
+}
+
+/// The PIDs of containerd-shim-runc-v2 processes serving the containerd at `socket`.
+fn shims_of(socket: &Path) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let socket = socket.as_os_str().as_encoded_bytes();
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0);
+            let is_shim = args
+                .next()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"));
+            (is_shim && args.any(|a| a == socket)).then_some(pid)
+        })
+        .collect()
 }
 
 impl Drop for UpstreamNode {
