@@ -1,6 +1,8 @@
 //! Running per-node work on several threads (upstream `parallelize`): scoped threads pull
 //! chunks of indices from a shared counter, so uneven nodes do not leave threads idle.
+//! The calling thread is one of the workers, so a cycle starts `threads - 1` helpers.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Below this many items the work runs on the calling thread: starting threads would
@@ -17,7 +19,7 @@ pub fn for_each<T: Send>(
     f: impl Fn(usize) -> Option<T> + Sync,
 ) -> Vec<(usize, T)> {
     let threads = threads
-        .min(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+        .min(available_cpus())
         .min(n.div_ceil(CHUNK))
         .max(1);
     if threads == 1 || n < MIN_PARALLEL {
@@ -33,36 +35,41 @@ pub fn for_each<T: Send>(
         return out;
     }
     let next = AtomicUsize::new(0);
+    let work = || {
+        let mut local = Vec::new();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let start = next.fetch_add(CHUNK, Ordering::Relaxed);
+            if start >= n {
+                break;
+            }
+            for i in start..(start + CHUNK).min(n) {
+                if let Some(v) = f(i) {
+                    local.push((i, v));
+                }
+            }
+        }
+        local
+    };
     let mut out: Vec<(usize, T)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut local = Vec::new();
-                    loop {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let start = next.fetch_add(CHUNK, Ordering::Relaxed);
-                        if start >= n {
-                            break;
-                        }
-                        for i in start..(start + CHUNK).min(n) {
-                            if let Some(v) = f(i) {
-                                local.push((i, v));
-                            }
-                        }
-                    }
-                    local
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut out = work();
+        for h in helpers {
+            out.extend(h.join().unwrap_or_default());
+        }
+        out
     });
     out.sort_by_key(|(i, _)| *i);
     out
+}
+
+/// The CPUs this process may use. Read once: the standard library reads the cgroup quota
+/// files on every call, which cost more than the filtering it sized.
+fn available_cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }
 
 #[cfg(test)]
