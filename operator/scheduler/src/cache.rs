@@ -563,6 +563,49 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_follow_changes_in_place_and_keep_earlier_ones_intact() {
+        let cache = Cache::new(None);
+        for n in ["a", "b", "c"] {
+            cache.add_or_update_node(node(n));
+        }
+        let names = |s: &Snapshot| s.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        let cpu = |s: &Snapshot| {
+            s.nodes
+                .iter()
+                .map(|n| n.requested.milli_cpu)
+                .collect::<Vec<_>>()
+        };
+        let held = cache.snapshot();
+        cache
+            .assume(Arc::new(PodInfo::new(pod("p1", None))), "b")
+            .expect("assume");
+        let second = cache.snapshot();
+        assert_eq!(cpu(&second), vec![0, 1000, 0]);
+        assert_eq!(cpu(&held), vec![0, 0, 0], "a held snapshot is not updated");
+        drop((held, second));
+        // Nobody holds the list now: the next snapshot reuses it.
+        cache
+            .assume(Arc::new(PodInfo::new(pod("p2", None))), "c")
+            .expect("assume");
+        cache.add_or_update_pod(pod("p3", Some("a")));
+        assert_eq!(cpu(&cache.snapshot()), vec![1000, 1000, 1000]);
+        // Nodes coming and going rebuild the order.
+        cache.remove_node("a");
+        cache.add_or_update_node(node("d"));
+        let snap = cache.snapshot();
+        assert_eq!(names(&snap), vec!["b", "c", "d"]);
+        assert_eq!(cpu(&snap), vec![1000, 1000, 0]);
+        cache.forget("p2").expect("forget");
+        assert_eq!(cpu(&cache.snapshot()), vec![1000, 0, 0]);
+        // Nominations show up without any node changing.
+        let nominee = Arc::new(PodInfo::new(pod("p4", None)));
+        cache.set_nominated(&nominee.uid, Some(("d".into(), nominee.clone())));
+        assert_eq!(cache.snapshot().nominated.get("d").map(Vec::len), Some(1));
+        cache.set_nominated(&nominee.uid, None);
+        assert!(cache.snapshot().nominated.is_empty());
+    }
+
+    #[test]
     fn pods_before_their_node_and_node_deletion() {
         let cache = Cache::new(None);
         cache.add_or_update_pod(pod("p1", Some("late")));

@@ -248,7 +248,8 @@ async fn run_scheduler(
         events: event_client,
     } = clients;
     let mut tasks = JoinSet::new();
-    let informers = InformerFactory::new(client.clone());
+    // The scheduler never reads managedFields; they are most of a created pod's size.
+    let informers = InformerFactory::new(client.clone()).with_trimmed_managed_fields();
     // Terminal pods hold no resources; upstream's scheduler never sees them either.
     let pods = informers.informer_with::<Pod>(Selectors {
         field_selector: Some("status.phase!=Succeeded,status.phase!=Failed".into()),
@@ -321,7 +322,8 @@ async fn run_scheduler(
         cfg.pod_initial_backoff,
         cfg.pod_max_backoff,
     ));
-    let recorders = scheduler::recorders(&event_client, &profiles, &identity, &mut tasks, &shutdown);
+    let recorders =
+        scheduler::recorders(&event_client, &profiles, &identity, &mut tasks, &shutdown);
     let cache = Arc::new(cache::Cache::new(None));
     cache.set_listers(listers);
     let sched = Arc::new(scheduler::Scheduler::new(
