@@ -242,3 +242,63 @@ async fn resync_redelivers_cached_objects() -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_informers_cache_objects_without_managed_fields() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = cp.client().await?;
+    let api = Api::<ConfigMap>::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("listed", "1"))
+        .await?;
+    let selected = Selectors {
+        label_selector: Some("app=informer-test".into()),
+        ..Default::default()
+    };
+    let plain = InformerFactory::new(client.clone());
+    let trimmed = InformerFactory::new(client).with_trimmed_managed_fields();
+    let plain_store = plain.informer_with::<ConfigMap>(selected.clone()).store();
+    let trimmed_store = trimmed.informer_with::<ConfigMap>(selected).store();
+    let mut tasks = JoinSet::new();
+    let shutdown = CancellationToken::new();
+    plain.start(&mut tasks, &shutdown);
+    trimmed.start(&mut tasks, &shutdown);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        plain.wait_for_sync().await;
+        trimmed.wait_for_sync().await;
+    })
+    .await?;
+    // Objects from the watch, not only the list, are trimmed.
+    api.create(&PostParams::default(), &cm("watched", "1"))
+        .await?;
+    for name in ["listed", "watched"] {
+        wait::until(
+            "both caches hold the object",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let found = plain_store.get("default", name).is_some()
+                    && trimmed_store.get("default", name).is_some();
+                async move {
+                    if found {
+                        Ok(())
+                    } else {
+                        Err(format!("{name} not cached yet"))
+                    }
+                }
+            },
+        )
+        .await?;
+        let managed = |s: &ferrokube_runtime::informer::Store<ConfigMap>| {
+            s.get("default", name)
+                .and_then(|c| c.metadata.managed_fields.clone())
+        };
+        assert!(
+            managed(&plain_store).is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+        assert!(managed(&trimmed_store).is_none(), "{name}");
+    }
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

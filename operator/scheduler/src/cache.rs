@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Node entries are `Arc<NodeInfo>`: a snapshot shares them, and a change afterwards copies
-//! only the one entry it touches (copy on write), so taking a snapshot costs one reference
-//! count per node, not a deep copy.
+//! only the one entry it touches (copy on write). The snapshot's node list is updated in
+//! place with the entries changed since the last one (upstream `UpdateSnapshot` walks its
+//! generation-ordered list the same way), so a cycle after one `assume` costs one entry,
+//! not one lookup per node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -141,6 +143,14 @@ struct Inner {
     generation: u64,
     /// The last snapshot and the generation it was taken at.
     snapshot: Option<(u64, Snapshot)>,
+    /// Each ordered node's position in the snapshot's node list.
+    positions: HashMap<String, usize>,
+    /// Entries changed since the last snapshot.
+    dirty: Vec<String>,
+    /// Nodes were added or removed since the last snapshot: rebuild the list.
+    order_dirty: bool,
+    /// Nominations changed since the last snapshot.
+    nominated_dirty: bool,
     image_nodes: Arc<HashMap<String, usize>>,
     images_dirty: bool,
     listers: Arc<Listers>,
@@ -152,6 +162,14 @@ impl Inner {
     fn entry(&mut self, name: &str) -> &mut NodeInfo {
         self.generation += 1;
         let generation = self.generation;
+        // Past one change per node a rebuild is cheaper, and the list stays bounded while
+        // no cycle takes snapshots.
+        if self.dirty.len() < self.order.len() {
+            self.dirty.push(name.to_string());
+        } else {
+            self.dirty.clear();
+            self.order_dirty = true;
+        }
         let e = self
             .entries
             .entry(name.to_string())
@@ -225,6 +243,7 @@ impl Cache {
         };
         if changed {
             inner.generation += 1;
+            inner.nominated_dirty = true;
         }
     }
 
@@ -236,6 +255,7 @@ impl Cache {
         inner.entry(&name).set_node(node);
         if is_new {
             inner.order.push(name);
+            inner.order_dirty = true;
         }
         inner.images_dirty = true;
     }
@@ -244,6 +264,7 @@ impl Cache {
     pub fn remove_node(&self, name: &str) {
         let mut inner = self.lock();
         inner.order.retain(|n| n != name);
+        inner.order_dirty = true;
         if let Some(e) = inner.entries.get(name) {
             if e.pods.is_empty() {
                 inner.entries.remove(name);
@@ -385,20 +406,54 @@ impl Cache {
             inner.image_nodes = Arc::new(counts);
             inner.images_dirty = false;
         }
-        let nodes: Vec<Arc<NodeInfo>> = inner
-            .order
-            .iter()
-            .filter_map(|n| inner.entries.get(n).cloned())
-            .collect();
-        let mut nominated: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
-        for (node, pod) in inner.nominated.values() {
-            nominated.entry(node.clone()).or_default().push(pod.clone());
-        }
+        let inner = &mut *inner;
+        let (previous_nodes, previous_nominated) = match inner.snapshot.take() {
+            Some((_, prev)) => (Some(prev.nodes), Some(prev.nominated)),
+            None => (None, None),
+        };
+        let nodes = match previous_nodes {
+            Some(mut nodes) if !inner.order_dirty => {
+                // Unshared once the last cycle dropped its copy: updated in place.
+                let list = Arc::make_mut(&mut nodes);
+                for name in inner.dirty.drain(..) {
+                    if let (Some(&i), Some(e)) =
+                        (inner.positions.get(&name), inner.entries.get(&name))
+                    {
+                        list[i] = e.clone();
+                    }
+                }
+                nodes
+            }
+            _ => {
+                inner.dirty.clear();
+                inner.order_dirty = false;
+                let mut list = Vec::with_capacity(inner.order.len());
+                inner.positions.clear();
+                for name in &inner.order {
+                    if let Some(e) = inner.entries.get(name) {
+                        inner.positions.insert(name.clone(), list.len());
+                        list.push(e.clone());
+                    }
+                }
+                Arc::new(list)
+            }
+        };
+        let nominated = match previous_nominated {
+            Some(nominated) if !inner.nominated_dirty => nominated,
+            _ => {
+                inner.nominated_dirty = false;
+                let mut nominated: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
+                for (node, pod) in inner.nominated.values() {
+                    nominated.entry(node.clone()).or_default().push(pod.clone());
+                }
+                Arc::new(nominated)
+            }
+        };
         let snap = Snapshot {
-            nodes: Arc::new(nodes),
+            nodes,
             image_nodes: inner.image_nodes.clone(),
             listers: inner.listers.clone(),
-            nominated: Arc::new(nominated),
+            nominated,
         };
         inner.snapshot = Some((inner.generation, snap.clone()));
         snap
@@ -505,6 +560,49 @@ mod tests {
             vec!["ns/p1".to_string()]
         );
         assert_eq!(cache.snapshot().nodes[0].requested.milli_cpu, 0);
+    }
+
+    #[test]
+    fn snapshots_follow_changes_in_place_and_keep_earlier_ones_intact() {
+        let cache = Cache::new(None);
+        for n in ["a", "b", "c"] {
+            cache.add_or_update_node(node(n));
+        }
+        let names = |s: &Snapshot| s.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        let cpu = |s: &Snapshot| {
+            s.nodes
+                .iter()
+                .map(|n| n.requested.milli_cpu)
+                .collect::<Vec<_>>()
+        };
+        let held = cache.snapshot();
+        cache
+            .assume(Arc::new(PodInfo::new(pod("p1", None))), "b")
+            .expect("assume");
+        let second = cache.snapshot();
+        assert_eq!(cpu(&second), vec![0, 1000, 0]);
+        assert_eq!(cpu(&held), vec![0, 0, 0], "a held snapshot is not updated");
+        drop((held, second));
+        // Nobody holds the list now: the next snapshot reuses it.
+        cache
+            .assume(Arc::new(PodInfo::new(pod("p2", None))), "c")
+            .expect("assume");
+        cache.add_or_update_pod(pod("p3", Some("a")));
+        assert_eq!(cpu(&cache.snapshot()), vec![1000, 1000, 1000]);
+        // Nodes coming and going rebuild the order.
+        cache.remove_node("a");
+        cache.add_or_update_node(node("d"));
+        let snap = cache.snapshot();
+        assert_eq!(names(&snap), vec!["b", "c", "d"]);
+        assert_eq!(cpu(&snap), vec![1000, 1000, 0]);
+        cache.forget("p2").expect("forget");
+        assert_eq!(cpu(&cache.snapshot()), vec![1000, 0, 0]);
+        // Nominations show up without any node changing.
+        let nominee = Arc::new(PodInfo::new(pod("p4", None)));
+        cache.set_nominated(&nominee.uid, Some(("d".into(), nominee.clone())));
+        assert_eq!(cache.snapshot().nominated.get("d").map(Vec::len), Some(1));
+        cache.set_nominated(&nominee.uid, None);
+        assert!(cache.snapshot().nominated.is_empty());
     }
 
     #[test]

@@ -148,6 +148,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
         user_agent: Some(format!("ferrokube-scheduler/{}", env!("CARGO_PKG_VERSION"))),
     };
     let client = client::build(&client_options).await?;
+    // Events go through their own client, with its own QPS budget, as upstream's
+    // `createClients` builds `eventClient` beside the main one: recording a pod's
+    // Scheduled event never delays another pod's binding.
+    let event_client = client::build(&client_options).await?;
 
     let metrics = Metrics::new();
     let health = Health::new();
@@ -188,18 +192,26 @@ pub async fn run(options: Options) -> Result<(), Error> {
         let elector = LeaderElector::new(client.clone(), lc)?;
         tracing::info!(%identity, lease = %format!("{}/{}", le.resource_namespace, le.resource_name), "attempting to acquire leader lease");
         let flag = leading.clone();
-        let (client2, identity2) = (client.clone(), identity.clone());
+        let (client2, event_client2, identity2) =
+            (client.clone(), event_client.clone(), identity.clone());
         let elected = elector
             .run(shutdown.clone(), move |lost| async move {
                 flag.store(true, Ordering::SeqCst);
-                run_scheduler(client2, cfg, profiles, sched_metrics, identity2, lost).await;
+                let clients = Clients {
+                    main: client2,
+                    events: event_client2,
+                };
+                run_scheduler(clients, cfg, profiles, sched_metrics, identity2, lost).await;
             })
             .await;
         leading.store(false, Ordering::SeqCst);
         elected.map_err(Error::from)
     } else {
         run_scheduler(
-            client,
+            Clients {
+                main: client,
+                events: event_client,
+            },
             cfg,
             profiles,
             sched_metrics,
@@ -214,17 +226,30 @@ pub async fn run(options: Options) -> Result<(), Error> {
     result
 }
 
+/// The scheduler's API clients (upstream `createClients`).
+struct Clients {
+    /// Informers, bindings, status updates and preemption.
+    main: kube::Client,
+    /// Events only.
+    events: kube::Client,
+}
+
 /// Informers, cache, queue and the scheduling loop, until `shutdown`.
 async fn run_scheduler(
-    client: kube::Client,
+    clients: Clients,
     cfg: Arc<Config>,
     profiles: HashMap<String, Arc<Framework>>,
     metrics: metrics::SchedulerMetrics,
     identity: String,
     shutdown: CancellationToken,
 ) {
+    let Clients {
+        main: client,
+        events: event_client,
+    } = clients;
     let mut tasks = JoinSet::new();
-    let informers = InformerFactory::new(client.clone());
+    // The scheduler never reads managedFields; they are most of a created pod's size.
+    let informers = InformerFactory::new(client.clone()).with_trimmed_managed_fields();
     // Terminal pods hold no resources; upstream's scheduler never sees them either.
     let pods = informers.informer_with::<Pod>(Selectors {
         field_selector: Some("status.phase!=Succeeded,status.phase!=Failed".into()),
@@ -297,7 +322,8 @@ async fn run_scheduler(
         cfg.pod_initial_backoff,
         cfg.pod_max_backoff,
     ));
-    let recorders = scheduler::recorders(&client, &profiles, &identity, &mut tasks, &shutdown);
+    let recorders =
+        scheduler::recorders(&event_client, &profiles, &identity, &mut tasks, &shutdown);
     let cache = Arc::new(cache::Cache::new(None));
     cache.set_listers(listers);
     let sched = Arc::new(scheduler::Scheduler::new(

@@ -163,6 +163,10 @@ pub fn run_filters_with_nominated_pods(
     node: &NodeInfo,
     snapshot: &Snapshot,
 ) -> Status {
+    // Most cycles have no nominated pods at all: no lookup by name then.
+    if snapshot.nominated.is_empty() {
+        return run_filters(fwk, state, pod, node);
+    }
     let nominated: Vec<&Arc<PodInfo>> = snapshot
         .nominated
         .get(&node.name)
@@ -284,10 +288,10 @@ pub fn schedule_pod(
         });
     }
 
-    let totals = prioritize_nodes(fwk, &mut state, pod, &feasible, snapshot)?;
-    let node = select_host(&totals);
+    let totals = weighted_totals(fwk, &mut state, pod, &feasible, snapshot)?;
+    let best = select_index(&totals).unwrap_or_default();
     Ok(ScheduleResult {
-        node,
+        node: feasible[best].name.clone(),
         evaluated_nodes: processed,
         feasible_nodes: feasible.len(),
     })
@@ -373,6 +377,26 @@ pub fn prioritize_nodes(
     feasible: &[Arc<NodeInfo>],
     snapshot: &Snapshot,
 ) -> Result<Vec<NodeScore>, ScheduleError> {
+    let totals = weighted_totals(fwk, state, pod, feasible, snapshot)?;
+    Ok(feasible
+        .iter()
+        .zip(totals)
+        .map(|(n, score)| NodeScore {
+            name: n.name.clone(),
+            score,
+        })
+        .collect())
+}
+
+/// [`prioritize_nodes`]' totals in `feasible`'s order. Node names are copied once per
+/// cycle, into the one row NormalizeScore plugins see, not once per plugin and node.
+fn weighted_totals(
+    fwk: &Framework,
+    state: &mut CycleState,
+    pod: &PodInfo,
+    feasible: &[Arc<NodeInfo>],
+    snapshot: &Snapshot,
+) -> Result<Vec<i64>, ScheduleError> {
     for pl in &fwk.pre_score {
         let s = pl.pre_score(state, pod, feasible, snapshot);
         match s.code {
@@ -399,31 +423,32 @@ pub fn prioritize_nodes(
                 .collect::<Vec<_>>(),
         )
     });
-    let mut columns: Vec<Vec<NodeScore>> = vec![Vec::with_capacity(feasible.len()); plugins.len()];
-    for (i, row) in rows {
+    let mut columns: Vec<Vec<i64>> = vec![Vec::with_capacity(feasible.len()); plugins.len()];
+    for (_, row) in rows {
         for (j, r) in row.into_iter().enumerate() {
             let score =
                 r.map_err(|s| ScheduleError::Internal(s.with_plugin(plugins[j].0.name())))?;
-            columns[j].push(NodeScore {
-                name: feasible[i].name.clone(),
-                score,
-            });
+            columns[j].push(score);
         }
     }
-    let mut totals: Vec<NodeScore> = feasible
+    let mut scratch: Vec<NodeScore> = feasible
         .iter()
         .map(|n| NodeScore {
             name: n.name.clone(),
             score: 0,
         })
         .collect();
+    let mut totals = vec![0i64; feasible.len()];
     for (j, (pl, weight)) in plugins.iter().enumerate() {
-        let s = pl.normalize_score(state, pod, &mut columns[j]);
+        for (ns, raw) in scratch.iter_mut().zip(&columns[j]) {
+            ns.score = *raw;
+        }
+        let s = pl.normalize_score(state, pod, &mut scratch);
         if !s.is_success() {
             return Err(ScheduleError::Internal(s.with_plugin(pl.name())));
         }
-        for (k, ns) in columns[j].iter().enumerate() {
-            totals[k].score += ns.score * weight;
+        for (total, ns) in totals.iter_mut().zip(&scratch) {
+            *total += ns.score * weight;
         }
     }
     Ok(totals)
@@ -432,25 +457,33 @@ pub fn prioritize_nodes(
 /// The node with the highest total; ties broken uniformly at random (upstream
 /// `selectHost`'s reservoir sampling).
 pub fn select_host(scores: &[NodeScore]) -> String {
+    let totals: Vec<i64> = scores.iter().map(|s| s.score).collect();
+    select_index(&totals)
+        .map(|i| scores[i].name.clone())
+        .unwrap_or_default()
+}
+
+/// [`select_host`] over totals by index.
+fn select_index(totals: &[i64]) -> Option<usize> {
     let mut rng = rand::rng();
-    let mut best: Option<&NodeScore> = None;
+    let mut best: Option<usize> = None;
     let mut ties = 0u32;
-    for s in scores {
+    for (i, &score) in totals.iter().enumerate() {
         match best {
-            Some(b) if s.score < b.score => {}
-            Some(b) if s.score == b.score => {
+            Some(b) if score < totals[b] => {}
+            Some(b) if score == totals[b] => {
                 ties += 1;
                 if rng.random_range(0..ties) == 0 {
-                    best = Some(s);
+                    best = Some(i);
                 }
             }
             _ => {
-                best = Some(s);
+                best = Some(i);
                 ties = 1;
             }
         }
     }
-    best.map(|b| b.name.clone()).unwrap_or_default()
+    best
 }
 
 #[cfg(test)]

@@ -55,7 +55,16 @@ pub struct Scheduler {
     /// Metric families.
     pub metrics: SchedulerMetrics,
     next_start: AtomicUsize,
+    /// Bindings allowed on the wire at once.
+    binding_slots: tokio::sync::Semaphore,
 }
+
+/// How many bindings may be in flight at once. Upstream's binding goroutines share one
+/// HTTP/2 connection; this client speaks HTTP/1.1, where every concurrent request holds a
+/// connection of its own, so thousands of unbounded binds would each open (and
+/// TLS-handshake) a connection and keep its buffers. 64 keeps the apiserver saturated while
+/// the pool reuses its connections.
+const MAX_BINDINGS_IN_FLIGHT: usize = 64;
 
 /// Event recorders, one per profile, whose sink tasks join `tasks`.
 pub fn recorders(
@@ -140,6 +149,7 @@ impl Scheduler {
             pods,
             metrics,
             next_start: AtomicUsize::new(0),
+            binding_slots: tokio::sync::Semaphore::new(MAX_BINDINGS_IN_FLIGHT),
         }
     }
 
@@ -331,7 +341,11 @@ impl Scheduler {
         started: Instant,
     ) {
         let pod = info.pod.clone();
-        match self.binder.bind(&pod, &node).await {
+        // The semaphore is never closed; without a slot the bind still goes ahead.
+        let slot = self.binding_slots.acquire().await.ok();
+        let bound = self.binder.bind(&pod, &node).await;
+        drop(slot);
+        match bound {
             Ok(()) => {
                 self.cache.finish_binding(&pod.uid);
                 self.metrics.observe_attempt(
