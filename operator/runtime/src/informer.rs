@@ -542,7 +542,6 @@ struct Registered {
 pub struct InformerFactory {
     client: Client,
     resync: Option<Duration>,
-    trim_managed_fields: bool,
     inner: Mutex<FactoryInner>,
 }
 
@@ -558,18 +557,8 @@ impl InformerFactory {
         Self {
             client,
             resync: None,
-            trim_managed_fields: false,
             inner: Mutex::new(FactoryInner::default()),
         }
-    }
-
-    /// Drops `metadata.managedFields` from every object before it is cached (upstream's
-    /// `informers.WithTransform(trim)`): components that never read them keep a fraction of
-    /// the memory per object, as a created pod's field set alone outweighs the rest of it.
-    #[must_use]
-    pub fn with_trimmed_managed_fields(mut self) -> Self {
-        self.trim_managed_fields = true;
-        self
     }
 
     /// Re-delivers every cached object to subscribers every `period` (client-go's
@@ -663,10 +652,9 @@ impl InformerFactory {
         };
         let name = format!("{}.{}", K::plural(&dt), K::group(&dt));
         let resync = self.resync;
-        let trim = self.trim_managed_fields;
         let watched = shared.clone();
         inner.pending.push(Box::new(move |tasks, shutdown| {
-            tasks.spawn(run(name, api, config, watched, resync, trim, shutdown));
+            tasks.spawn(run(name, api, config, watched, resync, shutdown));
         }));
         let store = informer.store.clone();
         inner.informers.insert(
@@ -717,21 +705,13 @@ async fn run<K>(
     config: watcher::Config,
     shared: Arc<Shared<K>>,
     resync: Option<Duration>,
-    trim_managed_fields: bool,
     shutdown: CancellationToken,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     // The default backoff re-establishes the watch after errors (apiserver down, 410 Gone
     // handled inside the watcher by re-listing), capped so recovery is prompt.
-    let mut stream = watcher(api, config)
-        .default_backoff()
-        .modify(move |o: &mut K| {
-            if trim_managed_fields {
-                o.meta_mut().managed_fields = None;
-            }
-        })
-        .boxed();
+    let mut stream = watcher(api, config).default_backoff().boxed();
     let mut ticker = resync.map(tokio::time::interval);
     if let Some(t) = ticker.as_mut() {
         t.tick().await;

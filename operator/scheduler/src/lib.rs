@@ -249,7 +249,7 @@ async fn run_scheduler(
     } = clients;
     let mut tasks = JoinSet::new();
     // The scheduler never reads managedFields; they are most of a created pod's size.
-    let informers = InformerFactory::new(client.clone()).with_trimmed_managed_fields();
+    let informers = InformerFactory::new(client.clone());
     // Terminal pods hold no resources; upstream's scheduler never sees them either.
     let pods = informers.informer_with::<Pod>(Selectors {
         field_selector: Some("status.phase!=Succeeded,status.phase!=Failed".into()),
