@@ -450,7 +450,8 @@ impl<K: Resource> Shared<K> {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         match event {
             watcher::Event::Init => state.relist = Some(HashMap::new()),
-            watcher::Event::InitApply(obj) => {
+            watcher::Event::InitApply(mut obj) => {
+                trim(&mut obj);
                 let key = ObjectKey::of(&obj);
                 state
                     .relist
@@ -484,7 +485,8 @@ impl<K: Resource> Shared<K> {
                 drop(state);
                 self.synced.send_replace(true);
             }
-            watcher::Event::Apply(obj) => {
+            watcher::Event::Apply(mut obj) => {
+                trim(&mut obj);
                 let new = Arc::new(obj);
                 let n = match state.insert(ObjectKey::of(&*new), new.clone()) {
                     Some(old) => Notification::Updated { old, new },
@@ -511,6 +513,15 @@ impl<K: Resource> Shared<K> {
             });
         }
     }
+}
+
+/// Drops what no controller reads before an object is cached: `managedFields` (server-side
+/// apply's bookkeeping), often the largest part of a small object, kept once per cached
+/// object for the life of the process. Writes never send cached objects' managedFields
+/// back (patches carry only their own fields), so nothing is lost; controller-runtime's
+/// `TransformStripManagedFields` does the same.
+fn trim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
 }
 
 fn same_version<K: Resource>(a: &K, b: &K) -> bool {
