@@ -145,14 +145,24 @@ fn age_key(i: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, ObjectKey) {
 /// differs between Ingresses: annotations are parsed once, and a backend Service shared by
 /// many Ingresses is resolved once (see [`Backends`]).
 pub fn compile(inputs: &Inputs<'_>) -> Compiled {
+    // Ingresses with the same annotations (most often none) share one parsed config.
+    let mut parsed: HashMap<&BTreeMap<String, String>, (Arc<annotations::Config>, Vec<_>)> =
+        HashMap::new();
     let mut ingresses: Vec<_> = inputs
         .ingresses
         .iter()
         .map(|i| {
-            let (key, config) = (age_key(i), annotations::parse(annotations_of(i)));
-            (key, i, config)
+            let config = parsed
+                .entry(annotations_of(i))
+                .or_insert_with_key(|a| {
+                    let (config, warnings) = annotations::parse(a);
+                    (Arc::new(config), warnings)
+                })
+                .clone();
+            (age_key(i), i, config)
         })
         .collect();
+    drop(parsed);
     ingresses.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut builder = TableBuilder::new();
     let mut certs = CertStore::new(inputs.default_cert.clone());
@@ -190,7 +200,6 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
             };
             diags.insert(warn(reason, w.to_string()));
         }
-        let config = Arc::new(config);
         let Some(spec) = ing.spec.as_ref() else {
             continue;
         };

@@ -2,6 +2,14 @@
 
 use clap::Parser;
 
+// mimalloc rather than glibc's malloc: the controller rebuilds its routing table (thousands
+// of small allocations) on whichever runtime thread handles the change, and glibc keeps
+// what each thread's arena freed, so the resident set kept growing with every rebuild;
+// mimalloc returns freed pages to the system and is also faster on the proxy's
+// allocation-heavy request path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let options = ferrokube_ingress_controller::options::Options::parse();
