@@ -1068,6 +1068,60 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_backend_is_resolved_once_but_reported_on_every_ingress() {
+        let p = |path: &str, svc: &str| {
+            json!({"rules": [{"host": "a.com", "http": {"paths": [
+                {"path": path, "pathType": "Prefix", "backend": backend(svc, json!({"number": 80}))},
+            ]}}]})
+        };
+        let ings = vec![
+            ingress("one", 1, p("/m1", "missing"), json!({})),
+            ingress("two", 2, p("/m2", "missing"), json!({})),
+            ingress("three", 3, p("/w1", "web"), json!({})),
+            ingress("four", 4, p("/w2", "web"), json!({})),
+        ];
+        let services = |_: &str, n: &str| (n == "web").then(|| service("web"));
+        let slices = |_: &str, n: &str| {
+            if n == "web" {
+                vec![slice("web", Some("http"), 9000, &[("10.0.0.1", None)])]
+            } else {
+                vec![]
+            }
+        };
+        let c = compile(&Inputs {
+            ingresses: &ings,
+            services: &services,
+            slices: &slices,
+            secrets: &HashMap::new(),
+            default_cert: tls::self_signed().expect("cert"),
+            previous: &HashMap::new(),
+        });
+        for n in ["one", "two"] {
+            let reasons: Vec<_> = c.diagnostics[&ObjectKey::new("ns", n)]
+                .iter()
+                .map(|d| d.reason)
+                .collect();
+            assert_eq!(reasons, vec!["ServiceNotFound"], "{n}");
+        }
+        // The two Ingresses on `web` share one upstream.
+        let up = |path: &str| {
+            c.table
+                .lookup("a.com", path)
+                .expect("route")
+                .target
+                .upstream
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&up("/w1"), &up("/w2")));
+        assert_eq!(
+            up("/w1").endpoints(),
+            &["10.0.0.1:9000".parse().expect("addr")]
+        );
+        assert!(up("/m1").endpoints().is_empty());
+        assert_eq!(c.upstreams.len(), 2);
+    }
+
+    #[test]
     fn regex_hosts_invalid_regex_and_auth_fail_closed() {
         let p = |path: &str, t: &str| json!({"path": path, "pathType": t, "backend": backend("web", json!({"number": 80}))});
         let ings = vec![
