@@ -306,11 +306,7 @@ impl Sink {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &event.namespace);
         let patch = serde_json::json!({ "series": event.series });
         if let Err(e) = api
-            .patch(
-                &event.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch(&event.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             tracing::debug!(error = %e, "event series patch failed");
