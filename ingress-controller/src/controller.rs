@@ -129,34 +129,51 @@ pub struct Compiled {
     pub upstreams: HashMap<String, Arc<Upstream>>,
 }
 
-/// Oldest first, as upstream resolves conflicts; ties by namespace/name.
-fn age_order(a: &Arc<Ingress>, b: &Arc<Ingress>) -> std::cmp::Ordering {
-    let ts = |i: &Ingress| i.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    ts(a)
-        .cmp(&ts(b))
-        .then_with(|| ObjectKey::of(&**a).cmp(&ObjectKey::of(&**b)))
+/// Oldest first, as upstream resolves conflicts; ties by namespace/name. Computed once per
+/// Ingress (a comparator building keys would allocate on every comparison: thousands of
+/// Ingresses created within one second all tie on the timestamp).
+fn age_key(i: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, ObjectKey) {
+    (
+        i.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        ObjectKey::of(i),
+    )
 }
 
 /// Compiles our Ingresses into a routing table and certificate set.
+///
+/// This runs on every change, over every Ingress, so per-Ingress work is kept to what
+/// differs between Ingresses: annotations are parsed once, and a backend Service shared by
+/// many Ingresses is resolved once (see [`Backends`]).
 pub fn compile(inputs: &Inputs<'_>) -> Compiled {
-    let mut ingresses = inputs.ingresses.to_vec();
-    ingresses.sort_by(age_order);
+    // Ingresses with the same annotations (most often none) share one parsed config.
+    let mut parsed: HashMap<&BTreeMap<String, String>, (Arc<annotations::Config>, Vec<_>)> =
+        HashMap::new();
+    let mut ingresses: Vec<_> = inputs
+        .ingresses
+        .iter()
+        .map(|i| {
+            let config = parsed
+                .entry(annotations_of(i))
+                .or_insert_with_key(|a| {
+                    let (config, warnings) = annotations::parse(a);
+                    (Arc::new(config), warnings)
+                })
+                .clone();
+            (age_key(i), i, config)
+        })
+        .collect();
+    drop(parsed);
+    ingresses.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut builder = TableBuilder::new();
     let mut certs = CertStore::new(inputs.default_cert.clone());
     let mut secrets = BTreeSet::new();
     let mut diagnostics: BTreeMap<ObjectKey, BTreeSet<Diagnostic>> = BTreeMap::new();
-    let mut upstreams = HashMap::new();
+    let mut backends = Backends::default();
     let mut canaries = Vec::new();
 
     // A host switches to regex matching for every Ingress on it as soon as one of them
     // asks for it, so the hosts are known before any route is added.
-    for ing in &ingresses {
-        let (config, _) = annotations::parse(
-            ing.metadata
-                .annotations
-                .as_ref()
-                .unwrap_or(&BTreeMap::new()),
-        );
+    for (_, ing, (config, _)) in &ingresses {
         for rule in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
             // ingress-nginx's `enforceRegexModifier`: `use-regex`, or a `rewrite-target`
             // that differs from the path (one equal to it rewrites nothing).
@@ -172,15 +189,8 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
         }
     }
 
-    for ing in &ingresses {
-        let key = ObjectKey::of(&**ing);
+    for ((_, key), ing, (config, warnings)) in ingresses {
         let diags = diagnostics.entry(key.clone()).or_default();
-        let (config, warnings) = annotations::parse(
-            ing.metadata
-                .annotations
-                .as_ref()
-                .unwrap_or(&BTreeMap::new()),
-        );
         for w in warnings {
             let reason = match w.problem {
                 annotations::Problem::Invalid(_) | annotations::Problem::FailClosed(_) => {
@@ -190,7 +200,6 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
             };
             diags.insert(warn(reason, w.to_string()));
         }
-        let config = Arc::new(config);
         let Some(spec) = ing.spec.as_ref() else {
             continue;
         };
@@ -233,7 +242,7 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
             .as_ref()
             .map(|a| Arc::new(auth_gate(a, &key, inputs.secrets, &mut secrets, diags)));
         let mut target = |backend: &IngressBackend, diags: &mut BTreeSet<Diagnostic>| {
-            resolve_backend(inputs, &key, backend, diags, &mut upstreams).map(|upstream| Target {
+            resolve_backend(inputs, &key, backend, diags, &mut backends).map(|upstream| Target {
                 upstream,
                 ingress: key.clone(),
                 config: config.clone(),
@@ -364,8 +373,24 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
         certs,
         secrets,
         diagnostics,
-        upstreams,
+        upstreams: backends.upstreams,
     }
+}
+
+static NO_ANNOTATIONS: BTreeMap<String, String> = BTreeMap::new();
+
+fn annotations_of(ing: &Ingress) -> &BTreeMap<String, String> {
+    ing.metadata.annotations.as_ref().unwrap_or(&NO_ANNOTATIONS)
+}
+
+/// What one compile learned about each backend (`namespace/service:port`): its upstream
+/// (`None` when it cannot be served) and the problems to report on every Ingress that
+/// uses it. The answer depends only on the caches, so it is worked out once per compile
+/// however many Ingresses share the Service.
+#[derive(Default)]
+struct Backends {
+    resolved: HashMap<String, (Option<Arc<Upstream>>, Vec<Diagnostic>)>,
+    upstreams: HashMap<String, Arc<Upstream>>,
 }
 
 /// The gate of an Ingress with `auth-type`: its users, or 503 when they cannot be read.
@@ -423,7 +448,7 @@ fn resolve_backend(
     ingress: &ObjectKey,
     backend: &IngressBackend,
     diags: &mut BTreeSet<Diagnostic>,
-    upstreams: &mut HashMap<String, Arc<Upstream>>,
+    backends: &mut Backends,
 ) -> Option<Arc<Upstream>> {
     let Some(svc) = &backend.service else {
         diags.insert(warn(
@@ -443,80 +468,98 @@ fn resolve_backend(
         None => String::new(),
     };
     let name = format!("{ns}/{}:{port_desc}", svc.name);
+    if let Some((upstream, problems)) = backends.resolved.get(&name) {
+        diags.extend(problems.iter().cloned());
+        return upstream.clone();
+    }
+    let mut problems = Vec::new();
+    let upstream = resolve_service(inputs, ns, svc, &port_desc, &mut problems).map(|endpoints| {
+        let upstream = match inputs.previous.get(&name) {
+            Some(prev) if prev.same_endpoints(&endpoints) => prev.clone(),
+            _ => Arc::new(Upstream::new(name.clone(), endpoints)),
+        };
+        backends.upstreams.insert(name.clone(), upstream.clone());
+        upstream
+    });
+    diags.extend(problems.iter().cloned());
+    backends.resolved.insert(name, (upstream.clone(), problems));
+    upstream
+}
+
+/// The ready endpoints of a Service backend; `None` when it can never be served (an
+/// ExternalName Service).
+fn resolve_service(
+    inputs: &Inputs<'_>,
+    ns: &str,
+    svc: &k8s_openapi::api::networking::v1::IngressServiceBackend,
+    port_desc: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<Vec<SocketAddr>> {
+    let port_ref = svc.port.as_ref();
     let mut endpoints = Vec::new();
-    match (inputs.services)(ns, &svc.name) {
-        None => {
-            diags.insert(warn(
-                "ServiceNotFound",
-                format!("service {ns}/{} not found", svc.name),
-            ));
-        }
-        Some(service) => {
-            let spec = service.spec.clone().unwrap_or_default();
-            if spec.type_.as_deref() == Some("ExternalName") {
-                diags.insert(warn(
-                    "InvalidBackend",
-                    format!(
-                        "service {ns}/{}: ExternalName services are not supported",
-                        svc.name
-                    ),
-                ));
-                return None;
+    let Some(service) = (inputs.services)(ns, &svc.name) else {
+        problems.push(warn(
+            "ServiceNotFound",
+            format!("service {ns}/{} not found", svc.name),
+        ));
+        return Some(endpoints);
+    };
+    let Some(spec) = service.spec.as_ref() else {
+        problems.push(warn(
+            "ServicePortNotFound",
+            format!("service {ns}/{} has no port {port_desc}", svc.name),
+        ));
+        return Some(endpoints);
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        problems.push(warn(
+            "InvalidBackend",
+            format!(
+                "service {ns}/{}: ExternalName services are not supported",
+                svc.name
+            ),
+        ));
+        return None;
+    }
+    let sp: Option<&ServicePort> = spec.ports.iter().flatten().find(|sp| match port_ref {
+        Some(p) => match (&p.name, p.number) {
+            (Some(n), _) if !n.is_empty() => sp.name.as_deref() == Some(n),
+            (_, Some(num)) => sp.port == num,
+            _ => false,
+        },
+        None => false,
+    });
+    let Some(sp) = sp else {
+        problems.push(warn(
+            "ServicePortNotFound",
+            format!("service {ns}/{} has no port {port_desc}", svc.name),
+        ));
+        return Some(endpoints);
+    };
+    let port_name = sp.name.as_deref().unwrap_or_default();
+    for slice in (inputs.slices)(ns, &svc.name) {
+        let Some(port) = slice.ports.iter().flatten().find_map(|p| {
+            (p.name.as_deref().unwrap_or_default() == port_name)
+                .then_some(p.port)
+                .flatten()
+        }) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            // A nil `ready` means ready (discovery/v1 semantics).
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
             }
-            let sp: Option<&ServicePort> = spec.ports.iter().flatten().find(|sp| match port_ref {
-                Some(p) => match (&p.name, p.number) {
-                    (Some(n), _) if !n.is_empty() => sp.name.as_deref() == Some(n),
-                    (_, Some(num)) => sp.port == num,
-                    _ => false,
-                },
-                None => false,
-            });
-            match sp {
-                None => {
-                    diags.insert(warn(
-                        "ServicePortNotFound",
-                        format!("service {ns}/{} has no port {port_desc}", svc.name),
-                    ));
-                }
-                Some(sp) => {
-                    let port_name = sp.name.clone().unwrap_or_default();
-                    for slice in (inputs.slices)(ns, &svc.name) {
-                        let Some(port) = slice.ports.iter().flatten().find_map(|p| {
-                            (p.name.clone().unwrap_or_default() == port_name)
-                                .then_some(p.port)
-                                .flatten()
-                        }) else {
-                            continue;
-                        };
-                        let Ok(port) = u16::try_from(port) else {
-                            continue;
-                        };
-                        for ep in slice.endpoints.iter().flatten() {
-                            // A nil `ready` means ready (discovery/v1 semantics).
-                            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                                continue;
-                            }
-                            // Addresses of one endpoint are fungible: the first is enough.
-                            if let Some(ip) =
-                                ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok())
-                            {
-                                endpoints.push(SocketAddr::new(ip, port));
-                            }
-                        }
-                    }
-                }
+            // Addresses of one endpoint are fungible: the first is enough.
+            if let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) {
+                endpoints.push(SocketAddr::new(ip, port));
             }
         }
     }
-    let upstream = match inputs.previous.get(&name) {
-        Some(prev) if prev.same_endpoints(&endpoints) => prev.clone(),
-        _ => match upstreams.get(&name) {
-            Some(u) => u.clone(),
-            None => Arc::new(Upstream::new(name.clone(), endpoints)),
-        },
-    };
-    upstreams.insert(name, upstream.clone());
-    Some(upstream)
+    Some(endpoints)
 }
 
 /// Reads a TLS Secret's pair; never logs the contents.
@@ -808,10 +851,16 @@ impl Controller {
     ) {
         reported.retain(|k, _| diagnostics.contains_key(k));
         for (key, diags) in diagnostics {
+            let before = reported.get(&key);
+            // The common case, nothing new about an Ingress already seen, costs no cache
+            // read: this runs over every Ingress on every change.
+            if before.is_some_and(|b| diags.is_subset(b)) {
+                reported.insert(key, diags);
+                continue;
+            }
             let Some(ing) = ingresses.get_key(&key) else {
                 continue;
             };
-            let before = reported.get(&key);
             if before.is_none() {
                 self.recorder.publish(
                     events::reference(&*ing),
@@ -1016,6 +1065,60 @@ mod tests {
             .target
             .upstream;
         assert!(Arc::ptr_eq(a, b));
+    }
+
+    #[test]
+    fn a_shared_backend_is_resolved_once_but_reported_on_every_ingress() {
+        let p = |path: &str, svc: &str| {
+            json!({"rules": [{"host": "a.com", "http": {"paths": [
+                {"path": path, "pathType": "Prefix", "backend": backend(svc, json!({"number": 80}))},
+            ]}}]})
+        };
+        let ings = vec![
+            ingress("one", 1, p("/m1", "missing"), json!({})),
+            ingress("two", 2, p("/m2", "missing"), json!({})),
+            ingress("three", 3, p("/w1", "web"), json!({})),
+            ingress("four", 4, p("/w2", "web"), json!({})),
+        ];
+        let services = |_: &str, n: &str| (n == "web").then(|| service("web"));
+        let slices = |_: &str, n: &str| {
+            if n == "web" {
+                vec![slice("web", Some("http"), 9000, &[("10.0.0.1", None)])]
+            } else {
+                vec![]
+            }
+        };
+        let c = compile(&Inputs {
+            ingresses: &ings,
+            services: &services,
+            slices: &slices,
+            secrets: &HashMap::new(),
+            default_cert: tls::self_signed().expect("cert"),
+            previous: &HashMap::new(),
+        });
+        for n in ["one", "two"] {
+            let reasons: Vec<_> = c.diagnostics[&ObjectKey::new("ns", n)]
+                .iter()
+                .map(|d| d.reason)
+                .collect();
+            assert_eq!(reasons, vec!["ServiceNotFound"], "{n}");
+        }
+        // The two Ingresses on `web` share one upstream.
+        let up = |path: &str| {
+            c.table
+                .lookup("a.com", path)
+                .expect("route")
+                .target
+                .upstream
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&up("/w1"), &up("/w2")));
+        assert_eq!(
+            up("/w1").endpoints(),
+            &["10.0.0.1:9000".parse().expect("addr")]
+        );
+        assert!(up("/m1").endpoints().is_empty());
+        assert_eq!(c.upstreams.len(), 2);
     }
 
     #[test]

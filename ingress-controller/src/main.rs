@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+// mimalloc rather than glibc's malloc: the controller rebuilds its routing table (thousands
+// of small allocations) on whichever runtime thread handles the change, and glibc keeps
+// what each thread's arena freed. In the ingress benchmark the resident set after 5k
+// routes came out lower with mimalloc; the peak during bulk creation did not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let options = ferrokube_ingress_controller::options::Options::parse();

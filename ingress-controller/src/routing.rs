@@ -255,8 +255,11 @@ impl TableBuilder {
 
     /// Whether `host` matches by regex.
     pub fn is_regex(&self, host: Option<&str>) -> bool {
-        self.regex_hosts
-            .contains(&host.unwrap_or_default().to_ascii_lowercase())
+        // Checked on every route of every rebuild: no lower-casing when no host uses regex.
+        !self.regex_hosts.is_empty()
+            && self
+                .regex_hosts
+                .contains(&host.unwrap_or_default().to_ascii_lowercase())
     }
 
     /// Adds `route` under its host and path; an existing route for the same host, path and

@@ -217,8 +217,17 @@ fn ref_key(r: &ObjectReference) -> (String, String, String, String, String) {
     )
 }
 
+/// An event already written: only what a series patch needs (not the whole Event, since a
+/// controller touching thousands of objects keeps thousands of these for six minutes).
+#[derive(Clone)]
+struct Written {
+    namespace: String,
+    name: String,
+    series: Option<EventSeries>,
+}
+
 struct Cached {
-    event: Event,
+    event: Written,
     last_seen: Instant,
     /// The series count moved since it was last written.
     dirty: bool,
@@ -306,7 +315,11 @@ impl Sink {
             self.cache.insert(
                 key,
                 Cached {
-                    event,
+                    event: Written {
+                        namespace: event.namespace().unwrap_or_default(),
+                        name: event.name_any(),
+                        series: None,
+                    },
                     last_seen: now,
                     dirty: false,
                 },
@@ -371,16 +384,11 @@ impl Sink {
         false
     }
 
-    async fn patch_series(&self, event: &Event) {
-        let api: Api<Event> =
-            Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
+    async fn patch_series(&self, event: &Written) {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &event.namespace);
         let patch = serde_json::json!({ "series": event.series });
         if let Err(e) = api
-            .patch(
-                &event.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch(&event.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             tracing::debug!(error = %e, "event series patch failed");

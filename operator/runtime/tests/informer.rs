@@ -219,20 +219,7 @@ async fn resync_redelivers_cached_objects() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     factory.start(&mut tasks, &shutdown);
     let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?;
-    match &first {
-        // The apiserver recorded a manager for the create; the cache leaves it out.
-        Some(Notification::Added(o)) => assert_eq!(o.metadata.managed_fields, None),
-        other => panic!("expected an add, got {other:?}"),
-    }
-    let stored = Api::<ConfigMap>::namespaced(cp.client().await?, "default")
-        .get("one")
-        .await?;
-    assert!(
-        stored
-            .metadata
-            .managed_fields
-            .is_some_and(|m| !m.is_empty())
-    );
+    assert!(matches!(first, Some(Notification::Added(_))));
     let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await?;
     match next {
         Some(Notification::Updated { old, new }) => assert!(std::sync::Arc::ptr_eq(&old, &new)),
