@@ -85,17 +85,7 @@ async fn zero_failed_requests_while_the_backend_deployment_rolls() -> anyhow::Re
         eprintln!("{e:#}\n{report}\n{}", cp.logs(80));
     }
     let _ = kubectl.ok(["delete", "deployment", "web", "-n", NS]).await;
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .await;
+    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
     kubelet.teardown();
     result
 }

@@ -91,17 +91,7 @@ async fn kubectl_logs_and_exec_through_the_apiserver() -> anyhow::Result<()> {
     if let Err(e) = &result {
         eprintln!("{e:#}\n{}", cp.logs(80));
     }
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .await;
+    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
     kubelet.teardown();
     result
 }
@@ -521,17 +511,7 @@ async fn kubectl_exec_over_spdy_when_the_apiserver_translates() -> anyhow::Resul
     if let Err(e) = &result {
         eprintln!("{e:#}\n{}", cp.logs(80));
     }
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .await;
+    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
     kubelet.teardown();
     result
 }

@@ -71,17 +71,7 @@ async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
         eprintln!("{e:#}\n{pods}\n{events}\n{nodes}\n{}", cp.logs(60));
     }
     let _ = kubectl.ok(["delete", "deployment", "web", "-n", NS]).await;
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .await;
+    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
     kubelet.teardown();
     result
 }

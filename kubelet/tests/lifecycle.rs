@@ -48,17 +48,7 @@ async fn init_containers_probes_and_kubelet_restart() -> anyhow::Result<()> {
     if let Err(e) = &result {
         eprintln!("{e:#}\n{}", cp.logs(80));
     }
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .await;
+    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
     kubelet.teardown();
     result
 }

@@ -172,17 +172,7 @@ async fn host_ports_and_grpc_probes() -> anyhow::Result<()> {
                 .collect::<Vec<_>>(),
             cp.logs(80)
         );
-        let _ = kubectl
-            .ok([
-                "delete",
-                "pods",
-                "--all",
-                "-n",
-                NS,
-                "--wait=true",
-                "--timeout=60s",
-            ])
-            .await;
+        ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
     }
     // The last hostPort pod is left running: stopping the node and `ferrokube-kubelet
     // reset` (the teardown) must take its port mapping away too.

@@ -89,17 +89,7 @@ async fn pods_run_crash_fail_to_pull_and_delete() -> anyhow::Result<()> {
         eprintln!("{e:#}\n{}", cp.logs(80));
     }
     // Leave nothing behind even on failure: pods go first, through the kubelet.
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=60s",
-        ])
-        .await;
+    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
     kubelet.teardown();
     result
 }

@@ -538,6 +538,18 @@ pub async fn http_status(addr: &str, path: &str) -> Result<u16, String> {
     http_get(addr, path).await.map(|(status, _)| status)
 }
 
+/// Waits up to `timeout` until `GET /healthz` on `addr` answers 200 (`what` names the
+/// component in the timeout message).
+pub async fn wait_healthz(what: &str, addr: &str, timeout: Duration) -> Result<(), wait::Timeout> {
+    wait::until(what, timeout, Duration::from_millis(100), || async move {
+        match http_status(addr, "/healthz").await? {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await
+}
+
 /// `GET path` on `addr` over plain HTTP/1.1: the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::ControlPlane;
 use crate::process::Process;
-use crate::{ControlPlane, wait};
 
 /// The kubelet binary's file name.
 pub const KUBELET: &str = "ferrokube-kubelet";
@@ -178,21 +178,7 @@ impl Kubelet {
         self.process = Some(cp.spawn_component(component, &self.binary, &args)?);
         self.torn_down = false;
         let addr = format!("127.0.0.1:{}", self.healthz_port);
-        wait::until(
-            what,
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || {
-                let addr = addr.clone();
-                async move {
-                    match crate::cluster::http_status(&addr, "/healthz").await? {
-                        200 => Ok(()),
-                        s => Err(format!("status {s}")),
-                    }
-                }
-            },
-        )
-        .await?;
+        crate::cluster::wait_healthz(what, &addr, Duration::from_secs(30)).await?;
         Ok(())
     }
 
@@ -246,6 +232,23 @@ impl Drop for Kubelet {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// A test's clean-up: deletes every pod in `ns` and waits (up to 60 s) until the kubelets
+/// have stopped them, so their teardown finds nothing running. Failures are ignored: the
+/// teardown that follows removes whatever is left.
+pub async fn delete_all_pods(kubectl: &crate::Kubectl, ns: &str) {
+    let _ = kubectl
+        .ok([
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            ns,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .await;
 }
 
 /// Makes namespace `ns` usable for pods: the `default` ServiceAccount and the

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::POD_CIDR;
 use crate::process::Process;
-use crate::{ControlPlane, controlplane, procstat, wait};
+use crate::{ControlPlane, controlplane, procstat};
 
 /// The argument our kubelet re-executes itself with as a container's shim
 /// (`ferrokube_kubelet::runtime::SHIM_ARG`; the harness does not link the kubelet crate).
@@ -53,21 +53,8 @@ impl KubeletNode {
             _dir: dir,
         };
         let addr = format!("127.0.0.1:{healthz_port}");
-        let healthy = wait::until(
-            "kubelet /healthz",
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || {
-                let addr = addr.clone();
-                async move {
-                    match crate::cluster::http_status(&addr, "/healthz").await? {
-                        200 => Ok(()),
-                        s => Err(format!("status {s}")),
-                    }
-                }
-            },
-        )
-        .await;
+        let healthy =
+            crate::cluster::wait_healthz("kubelet /healthz", &addr, Duration::from_secs(30)).await;
         if let Err(e) = healthy {
             let tail = node.process.as_ref().map(|p| p.log_tail(30));
             node.teardown();

@@ -211,19 +211,10 @@ state = "{state}"
         let bin = upstream::binary("kubelet")?;
         node.kubelet = Some(cp.spawn_component(&format!("kubelet-{name}"), &bin, &args)?);
         let addr = format!("127.0.0.1:{healthz_port}");
-        let healthy = wait::until(
+        let healthy = crate::cluster::wait_healthz(
             "upstream kubelet /healthz",
+            &addr,
             Duration::from_secs(60),
-            Duration::from_millis(100),
-            || {
-                let addr = addr.clone();
-                async move {
-                    match crate::cluster::http_status(&addr, "/healthz").await? {
-                        200 => Ok(()),
-                        s => Err(format!("status {s}")),
-                    }
-                }
-            },
         )
         .await;
         if let Err(e) = healthy {
