@@ -206,25 +206,27 @@ impl Kubelet {
             return;
         }
         self.torn_down = true;
-        let out = std::process::Command::new(&self.binary)
-            .arg("reset")
-            .arg(format!("--root-dir={}", self.root.display()))
-            .arg(format!("--hostname-override={}", self.name))
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "teardown of kubelet {}: reset exited {}: {}",
-                self.name,
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!(
-                "teardown of kubelet {}: running {} reset: {e}",
-                self.name,
-                self.binary.display()
-            ),
-        }
+        reset(&self.binary, &self.root, &self.name);
+    }
+}
+
+/// Runs `<binary> reset` for the node `name` rooted at `root`, printing what failed: a
+/// test or benchmark cleaning up has nothing better to do with it.
+pub fn reset(binary: &Path, root: &Path, name: &str) {
+    let out = std::process::Command::new(binary)
+        .arg("reset")
+        .arg(format!("--root-dir={}", root.display()))
+        .arg(format!("--hostname-override={name}"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "ferrokube-kubelet reset for node {name} exited {}: {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("running {} reset for node {name}: {e}", binary.display()),
     }
 }
 

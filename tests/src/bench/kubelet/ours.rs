@@ -95,21 +95,7 @@ impl KubeletNode {
             return;
         };
         p.stop(Duration::from_secs(10));
-        let out = std::process::Command::new(&self.bin)
-            .arg("reset")
-            .arg(format!("--root-dir={}", self.root.display()))
-            .arg(format!("--hostname-override={}", self.name))
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "ferrokube-kubelet reset for {}: {}{}",
-                self.name,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("running ferrokube-kubelet reset for {}: {e}", self.name),
-        }
+        crate::node::reset(&self.bin, &self.root, &self.name);
     }
 }
 
