@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use tokio::time::Instant;
 
 use super::{Figure, Peer};
@@ -275,7 +275,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 async fn measure(cfg: &Config, peer: Peer, registry: &str, image: &str) -> Result<Run> {
     let cp = ControlPlane::start().await?;
     let client = cp.client().await?;
-    prepare_namespace(&client).await?;
+    crate::node::prepare_namespace(&cp, NS).await?;
     let node_name = format!("kbench-{peer}-{}", std::process::id());
     let mut node = match peer {
         Peer::Ferrokube => {
@@ -486,38 +486,6 @@ async fn delete_and_wait(
 ) -> Result<()> {
     pods.delete(name, &DeleteParams::default()).await?;
     seen.gone(name, timeout).await
-}
-
-/// The namespace and its `default` ServiceAccount, which the ServiceAccount admission
-/// plugin requires before it admits pods (no controller-manager runs here).
-async fn prepare_namespace(client: &kube::Client) -> Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(NS.into()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
-    accounts
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("default".into()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await?;
-    Ok(())
 }
 
 async fn wait_node_ready(client: &kube::Client, name: &str) -> Result<()> {
