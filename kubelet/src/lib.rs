@@ -18,6 +18,7 @@
 
 pub mod eviction;
 pub mod images;
+pub mod io_error;
 pub mod network;
 pub mod node_status;
 pub mod options;

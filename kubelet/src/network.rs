@@ -8,6 +8,7 @@
 //! their own bridge; `isGateway` gives it the range's first address, so the host reaches
 //! pod IPs directly and nothing is routed off the machine.
 
+use crate::io_error::io;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
@@ -57,14 +58,8 @@ pub enum Error {
     #[error("CNI configuration: {0}")]
     Config(String),
     /// A file could not be written.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was attempted.
-        what: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
 }
 
 /// An IPv4 CIDR such as `198.18.3.0/24`.
@@ -237,10 +232,8 @@ impl Network {
 
     /// Writes our conflist for `cidr` unless the config dir holds another one.
     pub fn ensure_config(&self, cidr: &Ipv4Cidr) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.conf_dir).map_err(|source| Error::Io {
-            what: format!("creating {}", self.conf_dir.display()),
-            source,
-        })?;
+        std::fs::create_dir_all(&self.conf_dir)
+            .map_err(io(format!("creating {}", self.conf_dir.display())))?;
         let ours = self.conf_dir.join("10-ferrokube.conflist");
         if self.find_conflist()?.is_some_and(|p| p != ours) {
             return Ok(());
@@ -252,10 +245,8 @@ impl Network {
         let tmp = self.conf_dir.join(".10-ferrokube.conflist.tmp");
         std::fs::write(&tmp, &text)
             .and_then(|()| std::fs::rename(&tmp, &ours))
-            .map_err(|source| Error::Io {
-                what: format!("writing {}", ours.display()),
-                source,
-            })
+            .map_err(io(format!("writing {}", ours.display())))?;
+        Ok(())
     }
 
     fn find_conflist(&self) -> Result<Option<PathBuf>, Error> {
@@ -292,46 +283,27 @@ impl Network {
         let path = self
             .find_conflist()?
             .ok_or_else(|| Error::Config("no conflist in the CNI config dir".into()))?;
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            what: format!("reading {}", path.display()),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
         let conflist: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let netns = netns_name(pod_uid);
         if !Path::new(NETNS_DIR).join(&netns).exists() {
             ip_netns("add", &netns).await?;
         }
-        let args = cni_args(pod_ns, pod_name, pod_uid);
-        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-        self.exec_plugin("ADD", &lo, pod_uid, &netns, "lo", &args)
-            .await?;
         let runtime_config = json!({ "portMappings": ports });
-        let result = match self
-            .run_list(
-                "ADD",
-                &conflist,
-                pod_uid,
-                &netns,
-                &args,
-                &runtime_config,
-                None,
-            )
-            .await
-        {
+        let rt = RuntimeConf {
+            container_id: pod_uid,
+            netns: &netns,
+            args: cni_args(pod_ns, pod_name, pod_uid),
+            capability_args: &runtime_config,
+        };
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        self.exec_plugin("ADD", &lo, &rt, "lo").await?;
+        let result = match self.run_list("ADD", &conflist, &rt, None).await {
             Ok(r) => r,
             Err(e) => {
-                let undo = self
-                    .run_list(
-                        "DEL",
-                        &conflist,
-                        pod_uid,
-                        &netns,
-                        &args,
-                        &runtime_config,
-                        None,
-                    )
-                    .await;
+                let undo = self.run_list("DEL", &conflist, &rt, None).await;
                 if let Err(d) = undo {
                     tracing::warn!(pod = %pod_name, error = %d, "undoing a failed CNI ADD");
                 }
@@ -368,19 +340,15 @@ impl Network {
         att: Option<&Attachment>,
     ) -> Result<(), Error> {
         let netns = netns_name(pod_uid);
-        let args = cni_args(pod_ns, pod_name, pod_uid);
         if let Some(att) = att {
-            let prev = Some(att.result.clone());
-            self.run_list(
-                "DEL",
-                &att.conflist,
-                pod_uid,
-                &netns,
-                &args,
-                &att.runtime_config,
-                prev,
-            )
-            .await?;
+            let rt = RuntimeConf {
+                container_id: pod_uid,
+                netns: &netns,
+                args: cni_args(pod_ns, pod_name, pod_uid),
+                capability_args: &att.runtime_config,
+            };
+            self.run_list("DEL", &att.conflist, &rt, Some(att.result.clone()))
+                .await?;
         }
         if Path::new(NETNS_DIR).join(&netns).exists() {
             ip_netns("delete", &netns).await?;
@@ -389,16 +357,12 @@ impl Network {
     }
 
     /// Runs each plugin of `conflist` (in reverse for DEL). A plugin gets the entries of
-    /// `runtime_config` it declares in its `capabilities`, as libcni does.
-    #[allow(clippy::too_many_arguments)]
+    /// the capability args it declares in its `capabilities`, as libcni does.
     async fn run_list(
         &self,
         command: &'static str,
         conflist: &Value,
-        container_id: &str,
-        netns: &str,
-        args: &str,
-        runtime_config: &Value,
+        rt: &RuntimeConf<'_>,
         prev: Option<Value>,
     ) -> Result<Value, Error> {
         let name = conflist["name"].clone();
@@ -424,14 +388,12 @@ impl Network {
                 .into_iter()
                 .flatten()
                 .filter(|(_, on)| on.as_bool() == Some(true))
-                .filter_map(|(cap, _)| Some((cap.clone(), runtime_config.get(cap)?.clone())))
+                .filter_map(|(cap, _)| Some((cap.clone(), rt.capability_args.get(cap)?.clone())))
                 .collect();
             if !wanted.is_empty() {
                 conf["runtimeConfig"] = Value::Object(wanted);
             }
-            let out = self
-                .exec_plugin(command, &conf, container_id, netns, "eth0", args)
-                .await?;
+            let out = self.exec_plugin(command, &conf, rt, "eth0").await?;
             if command == "ADD" {
                 prev_result = Some(out);
             }
@@ -443,10 +405,8 @@ impl Network {
         &self,
         command: &'static str,
         conf: &Value,
-        container_id: &str,
-        netns: &str,
+        rt: &RuntimeConf<'_>,
         ifname: &str,
-        args: &str,
     ) -> Result<Value, Error> {
         let plugin_type = conf["type"].as_str().unwrap_or_default().to_string();
         // Plugin names come from the config file; only a bare file name may pick a binary.
@@ -457,11 +417,11 @@ impl Network {
         let mut child = tokio::process::Command::new(&bin)
             .env_clear()
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_NETNS", Path::new(NETNS_DIR).join(netns))
+            .env("CNI_CONTAINERID", rt.container_id)
+            .env("CNI_NETNS", Path::new(NETNS_DIR).join(rt.netns))
             .env("CNI_IFNAME", ifname)
             .env("CNI_PATH", &self.bin_dir)
-            .env("CNI_ARGS", args)
+            .env("CNI_ARGS", &rt.args)
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -502,6 +462,16 @@ impl Network {
         }
         Ok(parsed)
     }
+}
+
+/// What a plugin is invoked for (libcni's RuntimeConf): the container, its netns, the
+/// `CNI_ARGS` string, and the capability args (`portMappings`) offered to plugins that
+/// declare them.
+struct RuntimeConf<'a> {
+    container_id: &'a str,
+    netns: &'a str,
+    args: String,
+    capability_args: &'a Value,
 }
 
 fn cni_args(ns: &str, name: &str, uid: &str) -> String {

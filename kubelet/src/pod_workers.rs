@@ -691,27 +691,27 @@ impl Worker {
         let reference = c.image.clone().unwrap_or_default();
         // A name that cannot be parsed is never pulled nor retried with backoff, as
         // upstream: the container waits with InvalidImageName until the spec changes.
-        if let Err(e) = crate::images::reference::parse(&reference) {
-            let message = format!(
-                "Failed to apply default image tag \"{reference}\": couldn't parse image name \"{reference}\": {e}"
-            );
-            let track = self.tracks.entry(c.name.clone()).or_default();
-            if track
-                .waiting
-                .as_ref()
-                .is_none_or(|(r, _)| r != "InvalidImageName")
-            {
-                self.k
-                    .event(pod, EventType::Warning, "InspectFailed", message.clone());
+        let parsed = match crate::images::reference::parse(&reference) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let message = format!(
+                    "Failed to apply default image tag \"{reference}\": couldn't parse image name \"{reference}\": {e}"
+                );
+                let track = self.tracks.entry(c.name.clone()).or_default();
+                if track
+                    .waiting
+                    .as_ref()
+                    .is_none_or(|(r, _)| r != "InvalidImageName")
+                {
+                    self.k
+                        .event(pod, EventType::Warning, "InspectFailed", message.clone());
+                }
+                track.waiting = Some(("InvalidImageName".into(), message));
+                return None;
             }
-            track.waiting = Some(("InvalidImageName".into(), message));
-            return None;
-        }
-        let tag_latest = !reference.contains('@')
-            && reference
-                .rsplit('/')
-                .next()
-                .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
+        };
+        // Upstream's default policy: Always for `:latest` (or no tag) without a digest.
+        let tag_latest = parsed.digest().is_none() && parsed.tag().is_none_or(|t| t == "latest");
         let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
             if tag_latest {
                 "Always".into()
@@ -750,8 +750,8 @@ impl Worker {
             format!("Pulling image \"{reference}\""),
         );
         let began = Instant::now();
-        let auth = self.pull_auth(pod, &reference).await;
-        match self.k.images.pull(&reference, &auth).await {
+        let auth = self.pull_auth(pod, parsed.registry()).await;
+        match self.k.images.pull(&reference, &parsed, &auth).await {
             Ok(img) => {
                 self.pulls.remove(&reference);
                 self.k.event(
@@ -789,9 +789,8 @@ impl Worker {
         }
     }
 
-    /// Credentials from the pod's imagePullSecrets (dockerconfigjson) for the image's registry.
-    async fn pull_auth(&self, pod: &Pod, reference: &str) -> RegistryAuth {
-        let registry = reference.split('/').next().unwrap_or_default().to_string();
+    /// Credentials (dockerconfigjson) for `registry` from the pod's imagePullSecrets, anonymous without a match.
+    async fn pull_auth(&self, pod: &Pod, registry: &str) -> RegistryAuth {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         for s in pod
             .spec
@@ -801,7 +800,7 @@ impl Worker {
         {
             if let Ok(Some(data)) = crate::volumes::secret_data(&self.k.client, &ns, &s.name).await
                 && let Some(cfg) = data.get(".dockerconfigjson")
-                && let Some(auth) = docker_config_auth(cfg, &registry)
+                && let Some(auth) = docker_config_auth(cfg, registry)
             {
                 return auth;
             }
@@ -2020,26 +2019,17 @@ async fn resolve_env(
     }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        let data = if let Some(r) = &from.config_map_ref {
-            match crate::volumes::configmap_data(client, &ns, &r.name)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Some(d) => d,
-                None if r.optional == Some(true) => BTreeMap::new(),
-                None => return Err(format!("configmap \"{}\" not found", r.name)),
-            }
+        let (source, name, optional) = if let Some(r) = &from.config_map_ref {
+            (EnvSource::ConfigMap, &r.name, r.optional)
         } else if let Some(r) = &from.secret_ref {
-            match crate::volumes::secret_data(client, &ns, &r.name)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Some(d) => d,
-                None if r.optional == Some(true) => BTreeMap::new(),
-                None => return Err(format!("secret \"{}\" not found", r.name)),
-            }
+            (EnvSource::Secret, &r.name, r.optional)
         } else {
-            BTreeMap::new()
+            continue;
+        };
+        let data = match source.data(client, &ns, name).await? {
+            Some(d) => d,
+            None if optional == Some(true) => BTreeMap::new(),
+            None => return Err(source.not_found(name)),
         };
         for (k, v) in data {
             set(
@@ -2056,37 +2046,25 @@ async fn resolve_env(
         } else if let Some(from) = &e.value_from {
             if let Some(f) = &from.field_ref {
                 field_value(&pod_with_ip, &f.field_path).unwrap_or_default()
-            } else if let Some(r) = &from.config_map_key_ref {
-                let data = crate::volumes::configmap_data(client, &ns, &r.name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match data.as_ref().and_then(|d| d.get(&r.key)) {
+            } else if let Some((source, r_name, key, optional)) = from
+                .config_map_key_ref
+                .as_ref()
+                .map(|r| (EnvSource::ConfigMap, &r.name, &r.key, r.optional))
+                .or_else(|| {
+                    from.secret_key_ref
+                        .as_ref()
+                        .map(|r| (EnvSource::Secret, &r.name, &r.key, r.optional))
+                })
+            {
+                let data = source.data(client, &ns, r_name).await?;
+                match data.as_ref().and_then(|d| d.get(key)) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
-                    None if r.optional == Some(true) => continue,
-                    None if data.is_none() => {
-                        return Err(format!("configmap \"{}\" not found", r.name));
-                    }
+                    None if optional == Some(true) => continue,
+                    None if data.is_none() => return Err(source.not_found(r_name)),
                     None => {
                         return Err(format!(
-                            "couldn't find key {} in ConfigMap {ns}/{}",
-                            r.key, r.name
-                        ));
-                    }
-                }
-            } else if let Some(r) = &from.secret_key_ref {
-                let data = crate::volumes::secret_data(client, &ns, &r.name)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match data.as_ref().and_then(|d| d.get(&r.key)) {
-                    Some(v) => String::from_utf8_lossy(v).into_owned(),
-                    None if r.optional == Some(true) => continue,
-                    None if data.is_none() => {
-                        return Err(format!("secret \"{}\" not found", r.name));
-                    }
-                    None => {
-                        return Err(format!(
-                            "couldn't find key {} in Secret {ns}/{}",
-                            r.key, r.name
+                            "couldn't find key {key} in {} {ns}/{r_name}",
+                            source.kind()
                         ));
                     }
                 }
@@ -2101,6 +2079,46 @@ async fn resolve_env(
         set(&mut vars, e.name.clone(), value);
     }
     Ok(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+/// Where an environment variable's data comes from: a ConfigMap or a Secret in the pod's
+/// namespace (`envFrom` or `valueFrom`).
+#[derive(Clone, Copy)]
+enum EnvSource {
+    ConfigMap,
+    Secret,
+}
+
+impl EnvSource {
+    /// The object's data, `None` when it does not exist.
+    async fn data(
+        self,
+        client: &kube::Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+        match self {
+            Self::ConfigMap => crate::volumes::configmap_data(client, ns, name).await,
+            Self::Secret => crate::volumes::secret_data(client, ns, name).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "ConfigMap",
+            Self::Secret => "Secret",
+        }
+    }
+
+    /// Upstream's message for a missing, non-optional source.
+    fn not_found(self, name: &str) -> String {
+        let noun = match self {
+            Self::ConfigMap => "configmap",
+            Self::Secret => "secret",
+        };
+        format!("{noun} \"{name}\" not found")
+    }
 }
 
 fn resource_field(c: &Container, resource: &str) -> Option<String> {
@@ -2130,7 +2148,7 @@ pub fn docker_config_auth(config: &[u8], registry: &str) -> Option<RegistryAuth>
             .trim_start_matches("https://")
             .trim_start_matches("http://");
         let host = host.split('/').next().unwrap_or(host);
-        (host == registry).then_some(e)
+        (docker_hub_alias(host) == docker_hub_alias(registry)).then_some(e)
     })?;
     if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
         return Some(RegistryAuth::Basic(u.to_string(), p.to_string()));
@@ -2141,6 +2159,15 @@ pub fn docker_config_auth(config: &[u8], registry: &str) -> Option<RegistryAuth>
     let text = String::from_utf8(decoded).ok()?;
     let (u, p) = text.split_once(':')?;
     Some(RegistryAuth::Basic(u.to_string(), p.to_string()))
+}
+
+/// Docker Hub's one name: its credentials are usually keyed by the legacy index address
+/// (`https://index.docker.io/v1/`), while references normalise to `docker.io`.
+fn docker_hub_alias(host: &str) -> &str {
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io",
+        h => h,
+    }
 }
 
 #[cfg(test)]
@@ -2251,5 +2278,9 @@ mod tests {
             matches!(docker_config_auth(cfg, "127.0.0.1:5000"), Some(RegistryAuth::Basic(u, p)) if u == "u" && p == "p")
         );
         assert!(docker_config_auth(cfg, "other").is_none());
+        let hub = br#"{"auths":{"https://index.docker.io/v1/":{"username":"h","password":"q"}}}"#;
+        assert!(
+            matches!(docker_config_auth(hub, "docker.io"), Some(RegistryAuth::Basic(u, p)) if u == "h" && p == "q")
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! process group, so a kubelet restart leaves containers running and a new kubelet reads
 //! their state from the bundle directory (adoption, as upstream does through the CRI).
 
+use crate::io_error::io;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,14 +40,8 @@ pub enum Error {
         message: String,
     },
     /// A bundle file could not be written.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was attempted.
-        what: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
 }
 
 /// How a container ended, as the shim records it.
@@ -161,19 +156,11 @@ impl Runtime for Runc {
     }
 
     fn start(&self, id: &str, bundle: &Path, log: &Path) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.root).map_err(|source| Error::Io {
-            what: format!("creating {}", self.root.display()),
-            source,
-        })?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(io(format!("creating {}", self.root.display())))?;
         let shim_log =
-            std::fs::File::create(bundle.join("shim.log")).map_err(|source| Error::Io {
-                what: "creating shim.log".into(),
-                source,
-            })?;
-        let shim_err = shim_log.try_clone().map_err(|source| Error::Io {
-            what: "creating shim.log".into(),
-            source,
-        })?;
+            std::fs::File::create(bundle.join("shim.log")).map_err(io("creating shim.log"))?;
+        let shim_err = shim_log.try_clone().map_err(io("creating shim.log"))?;
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(&self.shim)
             .arg(SHIM_ARG)
@@ -192,12 +179,8 @@ impl Runtime for Runc {
                 program: self.shim.display().to_string(),
                 source,
             })?;
-        std::fs::write(bundle.join("shim.pid"), child.id().to_string()).map_err(|source| {
-            Error::Io {
-                what: "writing shim.pid".into(),
-                source,
-            }
-        })?;
+        std::fs::write(bundle.join("shim.pid"), child.id().to_string())
+            .map_err(io("writing shim.pid"))?;
         // The shim outlives the kubelet if need be; while the kubelet lives, a thread reaps
         // it so no zombie is left behind.
         std::thread::spawn(move || {

@@ -5,6 +5,7 @@
 //! fresh timestamped directory, a `..data` symlink swapped to it with one rename, and each
 //! key a symlink through `..data`, so a container never sees a half-written update.
 
+use crate::io_error::io;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -32,19 +33,8 @@ pub enum Error {
     #[error("invalid path {0:?} in volume")]
     Path(String),
     /// Files could not be written.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was attempted.
-        what: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
 }
 
 /// The directory of volume `name` of plugin `plugin` in the pod dir (upstream's layout).

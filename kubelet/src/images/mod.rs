@@ -15,6 +15,7 @@
 
 pub mod reference;
 
+use crate::io_error::io;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
@@ -30,9 +31,6 @@ use sha2::{Digest, Sha256};
 /// Errors pulling or unpacking an image.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The reference does not parse.
-    #[error("invalid image reference {0:?}: {1}")]
-    Reference(String, String),
     /// The registry refused or failed.
     #[error("pulling {reference}: {message}")]
     Registry {
@@ -62,19 +60,8 @@ pub enum Error {
     #[error("image {0} is not present and pull policy is Never")]
     NotPresent(String),
     /// A file in the store could not be read or written.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was attempted.
-        what: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
+    #[error(transparent)]
+    Io(#[from] crate::io_error::IoError),
 }
 
 /// Why a layer's tar stream was refused.
@@ -230,7 +217,15 @@ impl ImageStore {
     /// Pulls `reference` (resolving manifest lists to this platform), verifying and
     /// unpacking each layer not in the store yet. Concurrent calls for one reference share
     /// one pull.
-    pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<Image, Error> {
+    ///
+    /// `reference` is the name as the pod spells it (the store's key, and what messages
+    /// quote); `parsed` is its normalised form, from [`reference::parse`].
+    pub async fn pull(
+        &self,
+        reference: &str,
+        parsed: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<Image, Error> {
         let lock = self
             .pulling
             .lock()
@@ -239,15 +234,13 @@ impl ImageStore {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        let parsed: Reference = reference::parse(reference)
-            .map_err(|e| Error::Reference(reference.to_string(), e.to_string()))?;
         let client = self.client_for(parsed.resolve_registry(), auth);
         let registry_err = |e: oci_client::errors::OciDistributionError| Error::Registry {
             reference: reference.to_string(),
             message: e.to_string(),
         };
         let (manifest, manifest_digest, config) = client
-            .pull_manifest_and_config(&parsed, auth)
+            .pull_manifest_and_config(parsed, auth)
             .await
             .map_err(registry_err)?;
         let run_config = serde_json::from_str::<ConfigFile>(&config)
@@ -270,7 +263,7 @@ impl ImageStore {
                     .await
                     .map_err(io(format!("creating {}", blob.display())))?;
                 client
-                    .pull_blob(&parsed, layer, file)
+                    .pull_blob(parsed, layer, file)
                     .await
                     .map_err(registry_err)?;
                 let (blob2, dir2, digest) = (blob.clone(), dir.clone(), layer.digest.clone());
@@ -435,7 +428,8 @@ fn verify_and_unpack(blob: &Path, dir: &Path, digest: &str) -> Result<(), Error>
             source,
         });
     }
-    std::fs::rename(&tmp, dir).map_err(io(format!("renaming into {}", dir.display())))
+    std::fs::rename(&tmp, dir).map_err(io(format!("renaming into {}", dir.display())))?;
+    Ok(())
 }
 
 /// Unpacks a (gzip, zstd or plain) tar layer into `dest` in overlayfs format.
