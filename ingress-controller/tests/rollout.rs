@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ferrokube_tests::images::ImageBuilder;
-use ferrokube_tests::registry::Registry;
 use ferrokube_tests::{ControlPlane, node, wait};
 use futures::StreamExt as _;
 use http_body_util::{BodyExt, Empty};
@@ -51,28 +50,24 @@ const ONE_UPDATE: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_failed_requests_while_the_backend_deployment_rolls() -> anyhow::Result<()> {
-    node::can_run_pods().map_err(anyhow::Error::msg)?;
-    node::sibling_binary(node::KUBELET)?;
-
-    let registry = Registry::start().await?;
-    for v in ["v1", "v2"] {
-        ImageBuilder::busybox()?
-            .file("version", format!("{v}\n").into_bytes(), 0o644)
-            .push(&registry.addr, "web", v)
-            .await?;
-    }
-    let cp = ControlPlane::start().await?;
-    node::prepare_namespace(&cp, NS).await?;
-    let mut kubelet = node::start(&cp, "node-rollout", "198.18.49.0/24").await?;
-    let _control = ferrokube_tests::node::start_control_components(
-        &cp,
+    let mut stack = node::Stack::builder(NS, "node-rollout", "198.18.49.0/24").controllers(
         "deployment,replicaset,endpointslice,serviceaccount,root-ca-cert-publisher,node-lifecycle-controller",
-    )?;
-    let ic = support::start_controller(&cp).await?;
+    );
+    for v in ["v1", "v2"] {
+        let version = format!("{v}\n").into_bytes();
+        stack = stack.image(
+            "web",
+            v,
+            ImageBuilder::busybox()?.file("version", version, 0o644),
+        );
+    }
+    let stack = stack.start().await?;
+    let (cp, registry) = (&stack.cp, &stack.registry);
+    let ic = support::start_controller(cp).await?;
     let kubectl = cp.kubectl()?.with_timeout(Duration::from_secs(240));
 
-    let result = scenario(&cp, &kubectl, &registry.addr, ic.http).await;
-    if let Err(e) = &result {
+    let result = scenario(cp, &kubectl, &registry.addr, ic.http).await;
+    if result.is_err() {
         let mut report = String::new();
         for args in [
             &["get", "pods", "-n", NS, "-o", "wide"][..],
@@ -82,12 +77,10 @@ async fn zero_failed_requests_while_the_backend_deployment_rolls() -> anyhow::Re
             let out = kubectl.run(args.iter().copied(), None).await;
             report.push_str(&out.map(|o| o.stdout).unwrap_or_default());
         }
-        eprintln!("{e:#}\n{report}\n{}", cp.logs(80));
+        eprintln!("{report}");
     }
     let _ = kubectl.ok(["delete", "deployment", "web", "-n", NS]).await;
-    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
-    kubelet.teardown();
-    result
+    stack.finish(result).await
 }
 
 /// The backend: 3 replicas of `<reg>/web:v1` behind Service `web` and Ingress `web`.

@@ -985,21 +985,8 @@ impl Worker {
                     format!("Started container {}", c.name),
                 );
                 if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    // The runtime's start returned once the process runs.
                     let cur = self.instance(&c.name, attempt);
-                    // The hook needs the container's process, not just its shim.
-                    let began = Instant::now();
-                    while began.elapsed() < Duration::from_secs(10) {
-                        let (rt, id) = (self.k.runtime.clone(), cur.id.clone());
-                        let started = tokio::task::spawn_blocking(move || rt.is_started(&id))
-                            .await
-                            .unwrap_or(false);
-                        if started
-                            || !matches!(self.instance(&c.name, attempt).state, State::Running)
-                        {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
                     if !self
                         .run_hook(pod, c, &cur.id, hook, Duration::from_secs(30))
                         .await

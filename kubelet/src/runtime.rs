@@ -2,8 +2,9 @@
 //! the OCI runtime spec (`config.json`) for a container.
 //!
 //! Each container runs under a small shim (this binary re-executed with [`SHIM_ARG`]) that
-//! holds `runc run` in the foreground: it turns the container's stdout/stderr into CRI log
-//! lines and writes the exit status to `exit.json` in the bundle. The shim lives in its own
+//! runs `runc create` and `runc start`, then reaps the container: it turns the container's
+//! stdout/stderr into CRI log lines, marks the bundle `started` once the process runs, and
+//! writes the exit status to `exit.json` in the bundle. The shim lives in its own
 //! process group, so a kubelet restart leaves containers running and a new kubelet reads
 //! their state from the bundle directory (adoption, as upstream does through the CRI).
 
@@ -77,7 +78,9 @@ pub trait Runtime: Send + Sync {
     fn version(&self) -> String;
     /// Whether containers can be run (the reason if not).
     fn ready(&self) -> Result<(), String>;
-    /// Starts container `id` from the bundle in `bundle`, logging to `log`.
+    /// Starts container `id` from the bundle in `bundle`, logging to `log`. Returns once
+    /// the container's process runs or its start failed (then [`Runtime::state`] says why),
+    /// as CRI StartContainer does: a container reported Running can be exec'd into.
     fn start(&self, id: &str, bundle: &Path, log: &Path) -> Result<(), Error>;
     /// The state of container `id` whose bundle is `bundle`.
     fn state(&self, id: &str, bundle: &Path) -> State;
@@ -85,9 +88,14 @@ pub trait Runtime: Send + Sync {
     fn signal(&self, id: &str, signal: &str) -> Result<(), Error>;
     /// Forgets the container (runc delete --force); safe when it is already gone.
     fn remove(&self, id: &str) -> Result<(), Error>;
-    /// Whether the container's process has been created and runs (not merely its shim).
-    fn is_started(&self, id: &str) -> bool;
 }
+
+/// The bundle file the shim creates once `runc start` succeeded.
+const STARTED: &str = "started";
+
+/// How long [`Runtime::start`] waits for the shim to report; past it the container is
+/// followed through [`Runtime::state`] as usual.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// runc, with its state under `root`.
 pub struct Runc {
@@ -181,6 +189,16 @@ impl Runtime for Runc {
             })?;
         std::fs::write(bundle.join("shim.pid"), child.id().to_string())
             .map_err(io("writing shim.pid"))?;
+        // Until the shim marks the start (or records a failure, or dies), the container's
+        // process may not exist yet: an exec or a postStart hook would find nothing.
+        let began = std::time::Instant::now();
+        while !bundle.join(STARTED).exists()
+            && !bundle.join("exit.json").exists()
+            && matches!(child.try_wait(), Ok(None))
+            && began.elapsed() < START_TIMEOUT
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         // The shim outlives the kubelet if need be; while the kubelet lives, a thread reaps
         // it so no zombie is left behind.
         std::thread::spawn(move || {
@@ -225,19 +243,6 @@ impl Runtime for Runc {
 
     fn signal(&self, id: &str, signal: &str) -> Result<(), Error> {
         self.runc("kill", &["kill", id, signal])
-    }
-
-    fn is_started(&self, id: &str) -> bool {
-        Command::new(&self.binary)
-            .arg("--root")
-            .arg(&self.root)
-            .args(["state", id])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .is_some_and(|v| v["status"] == "running")
     }
 
     fn remove(&self, id: &str) -> Result<(), Error> {
@@ -405,6 +410,9 @@ pub fn shim_main(args: &[std::ffi::OsString]) -> i32 {
         write_exit(&bundle, 128, Some("StartError"), Some(message));
         return 1;
     }
+    // Tells the kubelet, waiting in `Runtime::start`, that the process runs. A failure to
+    // write only makes it wait for its timeout.
+    let _ = std::fs::write(bundle.join(STARTED), b"");
     // Reap until the container's init is the one that exited.
     let code = loop {
         match rustix::process::wait(rustix::process::WaitOptions::empty()) {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use ferrokube_tests::ControlPlane;
 use ferrokube_tests::images::ImageBuilder;
-use ferrokube_tests::registry::Registry;
 use k8s_openapi::api::core::v1::Pod;
 
 const NODE: &str = "node-api";
@@ -78,22 +77,13 @@ async fn curl(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_and_exec_through_the_apiserver() -> anyhow::Result<()> {
-    common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let registry = Registry::start().await?;
-    let reg = registry.addr.clone();
-    ImageBuilder::busybox()?.push(&reg, "box", "1").await?;
-
-    let cp = ControlPlane::start().await?;
-    common::prepare_namespace(&cp, NS).await?;
-    let mut kubelet = common::start(&cp, NODE, "198.18.43.0/24").await?;
-    let kubectl = cp.kubectl()?;
-    let result = scenarios(&cp, &kubectl, &reg, &kubelet).await;
-    if let Err(e) = &result {
-        eprintln!("{e:#}\n{}", cp.logs(80));
-    }
-    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
-    kubelet.teardown();
-    result
+    let stack = common::stack(NS, NODE, "198.18.43.0/24")
+        .image("box", "1", ImageBuilder::busybox()?)
+        .start()
+        .await?;
+    let kubectl = stack.cp.kubectl()?;
+    let result = scenarios(&stack.cp, &kubectl, &stack.registry.addr, &stack.kubelet).await;
+    stack.finish(result).await
 }
 
 async fn scenarios(
@@ -494,26 +484,18 @@ async fn scenarios(
 /// WebSocket into SPDY/3.1 towards the kubelet (as every apiserver before 1.36 does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_over_spdy_when_the_apiserver_translates() -> anyhow::Result<()> {
-    common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let registry = Registry::start().await?;
-    let reg = registry.addr.clone();
-    ImageBuilder::busybox()?.push(&reg, "box", "1").await?;
-    let cp = ControlPlane::start_with(ferrokube_tests::controlplane::Options {
-        extra_apiserver_args: vec!["--feature-gates=ExtendWebSocketsToKubelet=false".into()],
-        ..Default::default()
-    })
-    .await?;
-    common::prepare_namespace(&cp, NS).await?;
     let node = "node-spdy";
-    let mut kubelet = common::start(&cp, node, "198.18.44.0/24").await?;
-    let kubectl = cp.kubectl()?;
-    let result = spdy_scenarios(&cp, &kubectl, &reg, node).await;
-    if let Err(e) = &result {
-        eprintln!("{e:#}\n{}", cp.logs(80));
-    }
-    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
-    kubelet.teardown();
-    result
+    let stack = common::stack(NS, node, "198.18.44.0/24")
+        .image("box", "1", ImageBuilder::busybox()?)
+        .control_plane(ferrokube_tests::controlplane::Options {
+            extra_apiserver_args: vec!["--feature-gates=ExtendWebSocketsToKubelet=false".into()],
+            ..Default::default()
+        })
+        .start()
+        .await?;
+    let kubectl = stack.cp.kubectl()?;
+    let result = spdy_scenarios(&stack.cp, &kubectl, &stack.registry.addr, node).await;
+    stack.finish(result).await
 }
 
 async fn spdy_scenarios(

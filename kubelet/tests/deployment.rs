@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use ferrokube_tests::ControlPlane;
 use ferrokube_tests::images::ImageBuilder;
-use ferrokube_tests::registry::Registry;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
@@ -25,26 +24,22 @@ const NS: &str = "default";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
-    // Root, runc, CNI and busybox are what these tests are about: their absence is a
-    // failure (hack/test.sh installs them), never a silent skip.
-    common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let registry = Registry::start().await?;
-    for v in ["1", "2"] {
-        ImageBuilder::busybox()?
-            .file("www/index.html", format!("v{v}\n").into_bytes(), 0o644)
-            .push(&registry.addr, "web", v)
-            .await?;
-    }
-    let cp = ControlPlane::start().await?;
-    common::prepare_namespace(&cp, NS).await?;
-    let mut kubelet = common::start(&cp, "node-deploy", "198.18.46.0/24").await?;
-    let _control = ferrokube_tests::node::start_control_components(
-        &cp,
+    let mut stack = common::stack(NS, "node-deploy", "198.18.46.0/24").controllers(
         "deployment,replicaset,serviceaccount,root-ca-cert-publisher,node-lifecycle-controller",
-    )?;
+    );
+    for v in ["1", "2"] {
+        let page = format!("v{v}\n").into_bytes();
+        stack = stack.image(
+            "web",
+            v,
+            ImageBuilder::busybox()?.file("www/index.html", page, 0o644),
+        );
+    }
+    let stack = stack.start().await?;
+    let (cp, registry) = (&stack.cp, &stack.registry);
     let kubectl = cp.kubectl()?.with_timeout(Duration::from_secs(120));
-    let result = scenario(&cp, &kubectl, &registry.addr).await;
-    if let Err(e) = &result {
+    let result = scenario(cp, &kubectl, &registry.addr).await;
+    if result.is_err() {
         let pods = kubectl
             .run(["get", "pods", "-n", NS, "-o", "wide"], None)
             .await
@@ -68,12 +63,10 @@ async fn deployment_runs_and_rolls_on_our_components() -> anyhow::Result<()> {
             .await
             .map(|o| o.stdout)
             .unwrap_or_default();
-        eprintln!("{e:#}\n{pods}\n{events}\n{nodes}\n{}", cp.logs(60));
+        eprintln!("{pods}\n{events}\n{nodes}");
     }
     let _ = kubectl.ok(["delete", "deployment", "web", "-n", NS]).await;
-    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
-    kubelet.teardown();
-    result
+    stack.finish(result).await
 }
 
 /// The IPs of `n` Running, Ready pods of app=web whose web server answers `body`.

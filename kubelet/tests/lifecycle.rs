@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use ferrokube_tests::ControlPlane;
 use ferrokube_tests::images::ImageBuilder;
-use ferrokube_tests::registry::Registry;
 use k8s_openapi::api::core::v1::Pod;
 
 const NODE: &str = "node-life";
@@ -34,23 +33,14 @@ fn is_ready(p: &Pod) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_containers_probes_and_kubelet_restart() -> anyhow::Result<()> {
-    // Root, runc, CNI and busybox are what these tests are about: their absence is a
-    // failure (hack/test.sh installs them), never a silent skip.
-    common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let registry = Registry::start().await?;
-    let reg = registry.addr.clone();
-    ImageBuilder::busybox()?.push(&reg, "bb", "1").await?;
-    let cp = ControlPlane::start().await?;
-    common::prepare_namespace(&cp, NS).await?;
-    let mut kubelet = common::start(&cp, NODE, "198.18.43.0/24").await?;
-    let kubectl = cp.kubectl()?;
-    let result = scenarios(&cp, &kubectl, &reg, &mut kubelet).await;
-    if let Err(e) = &result {
-        eprintln!("{e:#}\n{}", cp.logs(80));
-    }
-    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
-    kubelet.teardown();
-    result
+    let mut stack = common::stack(NS, NODE, "198.18.43.0/24")
+        .image("bb", "1", ImageBuilder::busybox()?)
+        .start()
+        .await?;
+    let kubectl = stack.cp.kubectl()?;
+    let reg = stack.registry.addr.clone();
+    let result = scenarios(&stack.cp, &kubectl, &reg, &mut stack.kubelet).await;
+    stack.finish(result).await
 }
 
 async fn scenarios(

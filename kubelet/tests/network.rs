@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use ferrokube_tests::ControlPlane;
 use ferrokube_tests::images::ImageBuilder;
-use ferrokube_tests::registry::Registry;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -143,21 +142,17 @@ impl HealthServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_ports_and_grpc_probes() -> anyhow::Result<()> {
-    // Root, runc, CNI and busybox are what these tests are about: their absence is a
-    // failure (hack/test.sh installs them), never a silent skip.
-    common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let registry = Registry::start().await?;
-    let reg = registry.addr.clone();
-    ImageBuilder::busybox()?.push(&reg, "bb", "1").await?;
-    let cp = ControlPlane::start().await?;
-    common::prepare_namespace(&cp, NS).await?;
-    let mut kubelet = common::start(&cp, NODE, "198.18.47.0/24").await?;
+    let mut stack = common::stack(NS, NODE, "198.18.47.0/24")
+        .image("bb", "1", ImageBuilder::busybox()?)
+        .start()
+        .await?;
+    let (cp, reg) = (&stack.cp, stack.registry.addr.clone());
     let kubectl = cp.kubectl()?;
     let health = HealthServer::default();
-    let mut result = grpc_probes(&cp, &kubectl, &reg, &health).await;
+    let mut result = grpc_probes(cp, &kubectl, &reg, &health).await;
     let mut published = None;
     if result.is_ok() {
-        match host_ports(&cp, &kubectl, &reg).await {
+        match host_ports(cp, &kubectl, &reg).await {
             Ok(addr) => published = Some(addr),
             Err(e) => result = Err(e),
         }
@@ -176,7 +171,7 @@ async fn host_ports_and_grpc_probes() -> anyhow::Result<()> {
     }
     // The last hostPort pod is left running: stopping the node and `ferrokube-kubelet
     // reset` (the teardown) must take its port mapping away too.
-    kubelet.teardown();
+    stack.kubelet.teardown();
     if let Some(addr) = published {
         let nat = std::process::Command::new("iptables")
             .args(["-t", "nat", "-S"])

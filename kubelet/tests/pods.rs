@@ -43,15 +43,6 @@ fn running_ready_ip(p: &Pod) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_crash_fail_to_pull_and_delete() -> anyhow::Result<()> {
-    // Root, runc, CNI and busybox are what these tests are about: their absence is a
-    // failure (hack/test.sh installs them), never a silent skip.
-    common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let registry = Registry::start().await?;
-    let reg = registry.addr.clone();
-    ImageBuilder::busybox()?
-        .file("www/index.html", b"hello from ferrokube\n".to_vec(), 0o644)
-        .push(&reg, "web", "1")
-        .await?;
     // A layer that tries to write outside the root file system.
     let mut evil = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -61,10 +52,6 @@ async fn pods_run_crash_fail_to_pull_and_delete() -> anyhow::Result<()> {
     h.as_old_mut().name[..13].copy_from_slice(b"../../escaped");
     h.set_cksum();
     evil.append(&h, &b"x"[..])?;
-    ImageBuilder::busybox()?
-        .raw_layer(evil.into_inner()?)
-        .push(&reg, "evil", "1")
-        .await?;
 
     // A registry that wants credentials, for imagePullSecrets.
     let private = Registry::start_with_basic_auth("puller", "s3cret").await?;
@@ -77,21 +64,30 @@ async fn pods_run_crash_fail_to_pull_and_delete() -> anyhow::Result<()> {
         )
         .await?;
 
-    let cp = ControlPlane::start().await?;
-    common::prepare_namespace(&cp, NS).await?;
-    let mut kubelet = common::start(&cp, NODE, "198.18.42.0/24").await?;
+    let stack = common::stack(NS, NODE, "198.18.42.0/24")
+        .image(
+            "web",
+            "1",
+            ImageBuilder::busybox()?.file(
+                "www/index.html",
+                b"hello from ferrokube\n".to_vec(),
+                0o644,
+            ),
+        )
+        .image(
+            "evil",
+            "1",
+            ImageBuilder::busybox()?.raw_layer(evil.into_inner()?),
+        )
+        .start()
+        .await?;
+    let (cp, reg) = (&stack.cp, &stack.registry.addr);
     let kubectl = cp.kubectl()?;
-    let mut result = run_scenarios(&cp, &kubectl, &reg, &kubelet).await;
+    let mut result = run_scenarios(cp, &kubectl, reg, &stack.kubelet).await;
     if result.is_ok() {
-        result = pull_secrets(&cp, &kubectl, &private.addr).await;
+        result = pull_secrets(cp, &kubectl, &private.addr).await;
     }
-    if let Err(e) = &result {
-        eprintln!("{e:#}\n{}", cp.logs(80));
-    }
-    // Leave nothing behind even on failure: pods go first, through the kubelet.
-    ferrokube_tests::node::delete_all_pods(&kubectl, NS).await;
-    kubelet.teardown();
-    result
+    stack.finish(result).await
 }
 
 async fn run_scenarios(
@@ -112,6 +108,17 @@ async fn run_scenarios(
         ])
         .await?;
     kubectl
+        .ok([
+            "create",
+            "secret",
+            "generic",
+            "web-secret",
+            "-n",
+            NS,
+            "--from-literal=token=t0k",
+        ])
+        .await?;
+    kubectl
         .apply(&pod_manifest(
             "web",
             serde_json::json!({
@@ -123,7 +130,9 @@ async fn run_scenarios(
                         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                         {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "web-config", "key": "greeting"}}},
                         {"name": "MSG", "value": "$(GREETING) from $(POD_NAME)"},
+                        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "web-secret", "key": "token"}}},
                     ],
+                    "envFrom": [{"configMapRef": {"name": "web-config"}, "prefix": "CFG_"}],
                     "ports": [{"name": "http", "containerPort": 8080}],
                     "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
                     "volumeMounts": [
@@ -159,7 +168,9 @@ async fn run_scenarios(
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json"))?)?;
     let env: Vec<String> = serde_json::from_value(spec["process"]["env"].clone())?;
-    assert!(env.contains(&"MSG=hi from web".to_string()), "{env:?}");
+    for want in ["MSG=hi from web", "TOKEN=t0k", "CFG_greeting=hi"] {
+        assert!(env.contains(&want.to_string()), "{want} not in {env:?}");
+    }
     assert_eq!(
         spec["linux"]["resources"]["memory"]["limit"],
         64 * 1024 * 1024
@@ -405,13 +416,42 @@ async fn run_scenarios(
             }]}),
         ))
         .await?;
-    common::pod_until(cp, NS, "badref", "CreateContainerConfigError", t, |p| {
-        match common::waiting_reason(p).as_deref() {
-            Some("CreateContainerConfigError") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await?;
+    // And a Secret without the key asked for. Each says which object (and key) is missing,
+    // in upstream's words.
+    kubectl
+        .apply(&pod_manifest(
+            "badkey",
+            serde_json::json!({"containers": [{
+                "name": "c", "image": format!("{reg}/web:1"), "command": ["sleep", "3600"],
+                "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "web-secret", "key": "nope"}}}],
+            }]}),
+        ))
+        .await?;
+    for (pod, message) in [
+        ("badref", "configmap \"absent\" not found".to_string()),
+        (
+            "badkey",
+            format!("couldn't find key nope in Secret {NS}/web-secret"),
+        ),
+    ] {
+        common::pod_until(cp, NS, pod, "CreateContainerConfigError", t, |p| {
+            let waiting = p.status.as_ref().and_then(|s| {
+                s.container_statuses
+                    .as_ref()?
+                    .first()?
+                    .state
+                    .clone()?
+                    .waiting
+            });
+            match waiting.map(|w| (w.reason, w.message)) {
+                Some((Some(r), Some(m))) if r == "CreateContainerConfigError" && m == message => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?;
+    }
 
     // The kubelet's events on the pod, with upstream reasons.
     let events = kubectl

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use ferrokube_tests::ControlPlane;
 use ferrokube_tests::images::ImageBuilder;
-use ferrokube_tests::registry::Registry;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
@@ -58,35 +57,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_host_network_and_startup_figures() -> anyhow::Result<()> {
-    // Root, runc, CNI and busybox are what these tests are about: their absence is a
-    // failure (hack/test.sh installs them), never a silent skip.
-    common::can_run_pods().map_err(anyhow::Error::msg)?;
-    let registry = Registry::start().await?;
-    let image = format!("{}/bb:1", registry.addr);
-    ImageBuilder::busybox()?
-        .push(&registry.addr, "bb", "1")
+    let stack = common::stack(NS, "node-a", "198.18.44.0/24")
+        .image("bb", "1", ImageBuilder::busybox()?)
+        .start()
         .await?;
-    let cp = ControlPlane::start().await?;
-    common::prepare_namespace(&cp, NS).await?;
-    let mut a = common::start(&cp, "node-a", "198.18.44.0/24").await?;
-    let mut b = common::start(&cp, "node-b", "198.18.45.0/24").await?;
-    let result = scenarios(&cp, &image, &a, &b).await;
-    if let Err(e) = &result {
-        eprintln!("{e:#}\n{}", cp.logs(60));
-    }
-    let kubectl = cp.kubectl()?;
-    let _ = kubectl
-        .ok([
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=120s",
-        ])
-        .await;
-    a.teardown();
+    let mut b = common::start(&stack.cp, "node-b", "198.18.45.0/24").await?;
+    let image = format!("{}/bb:1", stack.registry.addr);
+    let result = scenarios(&stack.cp, &image, &stack.kubelet, &b).await;
+    // Node b keeps running while the pods are deleted, so its pods stop through it.
+    let result = stack.finish(result).await;
     b.teardown();
     result
 }

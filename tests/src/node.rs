@@ -24,7 +24,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::ControlPlane;
+use crate::images::ImageBuilder;
 use crate::process::Process;
+use crate::registry::Registry;
 
 /// The kubelet binary's file name.
 pub const KUBELET: &str = "ferrokube-kubelet";
@@ -236,7 +238,7 @@ impl Drop for Kubelet {
     }
 }
 
-/// A test's clean-up: deletes every pod in `ns` and waits (up to 60 s) until the kubelets
+/// A test's clean-up: deletes every pod in `ns` and waits (up to 120 s) until the kubelets
 /// have stopped them, so their teardown finds nothing running. Failures are ignored: the
 /// teardown that follows removes whatever is left.
 pub async fn delete_all_pods(kubectl: &crate::Kubectl, ns: &str) {
@@ -248,7 +250,7 @@ pub async fn delete_all_pods(kubectl: &crate::Kubectl, ns: &str) {
             "-n",
             ns,
             "--wait=true",
-            "--timeout=60s",
+            "--timeout=120s",
         ])
         .await;
 }
@@ -304,4 +306,133 @@ pub fn start_control_components(
         ],
     )?;
     Ok((kcm, scheduler))
+}
+
+/// One node's worth of cluster for an end-to-end test, started the way every kubelet and
+/// Ingress test starts it: a registry holding the test's images, the control plane, the
+/// test namespace made usable for pods, one kubelet and, when asked, our controller-manager
+/// and scheduler.
+///
+/// ```no_run
+/// # async fn demo() -> anyhow::Result<()> {
+/// use ferrokube_tests::{images::ImageBuilder, node::Stack};
+/// let stack = Stack::builder("demo", "node-a", "198.18.40.0/24")
+///     .image("bb", "1", ImageBuilder::busybox()?)
+///     .start()
+///     .await?;
+/// let result: anyhow::Result<()> = Ok(()); // ... the scenario, on stack.cp ...
+/// stack.finish(result).await
+/// # }
+/// ```
+pub struct Stack {
+    /// Our controller-manager and scheduler, when asked for (stopped on drop). The fields
+    /// drop in this order: components first, the registry last.
+    _control: Option<(Process, Process)>,
+    /// The node.
+    pub kubelet: Kubelet,
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// The registry with the images pushed at start; image references begin with its `addr`.
+    pub registry: Registry,
+    /// Where the test's pods go.
+    pub ns: String,
+}
+
+/// What a [`Stack`] starts with.
+pub struct StackBuilder {
+    ns: String,
+    node: String,
+    cidr: String,
+    images: Vec<(String, String, ImageBuilder)>,
+    kubelet_binary: Option<PathBuf>,
+    options: Option<crate::controlplane::Options>,
+    controllers: Option<String>,
+}
+
+impl Stack {
+    /// A stack with namespace `ns` and one node `node` whose pods get addresses from `cidr`
+    /// (distinct per test: tests run side by side on one host).
+    pub fn builder(ns: &str, node: &str, cidr: &str) -> StackBuilder {
+        StackBuilder {
+            ns: ns.to_string(),
+            node: node.to_string(),
+            cidr: cidr.to_string(),
+            images: Vec::new(),
+            kubelet_binary: None,
+            options: None,
+            controllers: None,
+        }
+    }
+
+    /// Ends the test: on failure prints the error and the control plane's recent logs, then
+    /// deletes the namespace's pods and tears the node down. Returns `result`.
+    pub async fn finish(mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
+        if let Err(e) = &result {
+            eprintln!("{e:#}\n{}", self.cp.logs(80));
+        }
+        match self.cp.kubectl() {
+            Ok(kubectl) => delete_all_pods(&kubectl, &self.ns).await,
+            Err(e) => eprintln!("no kubectl for the clean-up: {e:#}"),
+        }
+        self.kubelet.teardown();
+        result
+    }
+}
+
+impl StackBuilder {
+    /// Pushes `image` as `<registry>/<repository>:<tag>` before anything else starts.
+    pub fn image(mut self, repository: &str, tag: &str, image: ImageBuilder) -> Self {
+        self.images
+            .push((repository.to_string(), tag.to_string(), image));
+        self
+    }
+
+    /// Runs the kubelet at `binary` instead of the one beside the test binary.
+    pub fn kubelet_binary(mut self, binary: &Path) -> Self {
+        self.kubelet_binary = Some(binary.to_path_buf());
+        self
+    }
+
+    /// Starts the control plane with `options`.
+    pub fn control_plane(mut self, options: crate::controlplane::Options) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// Also runs our controller-manager with `controllers`, and our scheduler.
+    pub fn controllers(mut self, controllers: &str) -> Self {
+        self.controllers = Some(controllers.to_string());
+        self
+    }
+
+    /// Starts everything, failing (never skipping) when this host cannot run pods or a
+    /// component binary is missing.
+    pub async fn start(self) -> anyhow::Result<Stack> {
+        can_run_pods().map_err(anyhow::Error::msg)?;
+        let binary = match self.kubelet_binary {
+            Some(b) => b,
+            None => sibling_binary(KUBELET)?,
+        };
+        let registry = Registry::start().await?;
+        for (repository, tag, image) in &self.images {
+            image.push(&registry.addr, repository, tag).await?;
+        }
+        let cp = match self.options {
+            Some(o) => ControlPlane::start_with(o).await?,
+            None => ControlPlane::start().await?,
+        };
+        prepare_namespace(&cp, &self.ns).await?;
+        let kubelet = start_binary(&cp, &binary, &self.node, &self.cidr, &[EVICTION_HARD]).await?;
+        let control = self
+            .controllers
+            .map(|c| start_control_components(&cp, &c))
+            .transpose()?;
+        Ok(Stack {
+            _control: control,
+            kubelet,
+            cp,
+            registry,
+            ns: self.ns,
+        })
+    }
 }

@@ -18,7 +18,14 @@ pub fn binary() -> &'static Path {
 
 // Each test binary uses its own subset.
 #[allow(unused_imports)]
-pub use ferrokube_tests::node::{EVICTION_HARD, Kubelet, can_run_pods, prepare_namespace};
+pub use ferrokube_tests::node::{
+    EVICTION_HARD, Kubelet, Stack, StackBuilder, can_run_pods, prepare_namespace,
+};
+
+/// A [`Stack`] whose node runs this crate's kubelet.
+pub fn stack(ns: &str, node: &str, cidr: &str) -> StackBuilder {
+    Stack::builder(ns, node, cidr).kubelet_binary(binary())
+}
 
 /// Starts this crate's kubelet for node `name` with pod range `cidr` and waits for /healthz.
 pub async fn start(cp: &ControlPlane, name: &str, cidr: &str) -> anyhow::Result<Kubelet> {
