@@ -286,3 +286,64 @@ async fn replicaset_quota_failure_sets_condition_and_recovers() -> anyhow::Resul
     .await?;
     Ok(())
 }
+
+/// client-go's spam filter, as upstream's controller-manager records through it: one
+/// object gets a burst of 25 events of a type, and the rest are dropped until the bucket
+/// refills (one per 5 minutes). 40 pod creations therefore leave exactly 25
+/// `SuccessfulCreate` events, while a Warning (its own bucket) still gets through. (Checked
+/// to fail with the filter off: 40 events.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicaset_events_are_capped_by_the_spam_filter() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let _cm = start(&cp).await?;
+    let kubectl = cp.kubectl()?;
+
+    // A quota one pod short of the replicas: the 41st creation fails with a Warning.
+    kubectl
+        .ok(["create", "quota", "pods", "--hard=pods=40"])
+        .await?;
+    kubectl
+        .ok([
+            "patch",
+            "resourcequota",
+            "pods",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"hard":{"pods":"40"},"used":{"pods":"0"}}}"#,
+        ])
+        .await?;
+    kubectl
+        .apply(&RS.replace("replicas: 3", "replicas: 41"))
+        .await?;
+    web_pods(&cp, 40).await?;
+    let events = |type_: &'static str| {
+        [
+            "get",
+            "events",
+            "--field-selector",
+            match type_ {
+                "Normal" => "involvedObject.kind=ReplicaSet,involvedObject.name=web,type=Normal",
+                _ => "involvedObject.kind=ReplicaSet,involvedObject.name=web,type=Warning",
+            },
+            "-o",
+            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+        ]
+    };
+    // The Warning was published after every creation's event was filtered or let through.
+    common::kubectl_until(&cp, "FailedCreate event", T, &events("Warning"), |o| {
+        o.lines().any(|l| l == "FailedCreate")
+    })
+    .await?;
+    let created = common::kubectl_until(
+        &cp,
+        "25 SuccessfulCreate events",
+        T,
+        &events("Normal"),
+        |o| o.lines().filter(|l| *l == "SuccessfulCreate").count() >= 25,
+    )
+    .await?;
+    let n = created.lines().filter(|l| *l == "SuccessfulCreate").count();
+    assert_eq!(n, 25, "SuccessfulCreate events for 40 pods:\n{created}");
+    Ok(())
+}
