@@ -27,17 +27,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_hosts_paths_default_backend_class_and_status() -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
-    base(&cp).await?;
-    let (a, b, d) = (
-        backend("a").await?,
-        backend("b").await?,
-        backend("d").await?,
-    );
-    service(&cp, "a", &[a]).await?;
-    service(&cp, "b", &[b]).await?;
-    service(&cp, "d", &[d]).await?;
-    let ic = start_controller(&cp).await?;
+    let (cp, ic) = serving(&["a", "b", "d"]).await?;
     let kubectl = cp.kubectl()?;
     kubectl
         .apply(
@@ -71,55 +61,19 @@ async fn routes_hosts_paths_default_backend_class_and_status() -> anyhow::Result
     assert!(r.body.contains("fhost=foo.example.com"), "{}", r.body);
     assert!(!r.body.contains("rid=-"), "{}", r.body);
     // Element-wise prefixes, Exact, host precedence, wildcard one label deep.
-    assert!(
-        get(p, "foo.example.com", "/apix")
-            .await
-            .map_err(anyhow::Error::msg)?
-            .body
-            .starts_with("a ")
-    );
-    assert!(
-        get(p, "FOO.example.com:80", "/api")
-            .await
-            .map_err(anyhow::Error::msg)?
-            .body
-            .starts_with("b ")
-    );
-    assert!(
-        get(p, "foo.example.com", "/exact")
-            .await
-            .map_err(anyhow::Error::msg)?
-            .body
-            .starts_with("b ")
-    );
-    assert!(
-        get(p, "foo.example.com", "/exact/x")
-            .await
-            .map_err(anyhow::Error::msg)?
-            .body
-            .starts_with("a ")
-    );
-    assert!(
-        get(p, "x.wild.example.com", "/")
-            .await
-            .map_err(anyhow::Error::msg)?
-            .body
-            .starts_with("b ")
-    );
-    assert_eq!(
-        get(p, "y.x.wild.example.com", "/")
-            .await
-            .map_err(anyhow::Error::msg)?
-            .status,
-        404
-    );
-    assert_eq!(
-        get(p, "other.example.com", "/")
-            .await
-            .map_err(anyhow::Error::msg)?
-            .status,
-        404
-    );
+    expect_routes(
+        p,
+        &[
+            ("foo.example.com", "/apix", Want::Backend("a")),
+            ("FOO.example.com:80", "/api", Want::Backend("b")),
+            ("foo.example.com", "/exact", Want::Backend("b")),
+            ("foo.example.com", "/exact/x", Want::Backend("a")),
+            ("x.wild.example.com", "/", Want::Backend("b")),
+            ("y.x.wild.example.com", "/", Want::Status(404)),
+            ("other.example.com", "/", Want::Status(404)),
+        ],
+    )
+    .await?;
 
     // Not ours: another controller's class, and no class while our class is not default.
     kubectl
@@ -480,12 +434,7 @@ async fn tls_redirect_upgrades_invalid_ingress_and_endpoint_removal() -> anyhow:
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotations_canary_rewrite_redirects_body_size_and_allowlist() -> anyhow::Result<()> {
-    let cp = ControlPlane::start().await?;
-    base(&cp).await?;
-    let (a, b) = (backend("a").await?, backend("b").await?);
-    service(&cp, "a", &[a]).await?;
-    service(&cp, "b", &[b]).await?;
-    let ic = start_controller(&cp).await?;
+    let (cp, ic) = serving(&["a", "b"]).await?;
     let kubectl = cp.kubectl()?;
     let root = json!([path("/", "Prefix", "a")]);
     let to_b = json!([path("/", "Prefix", "b")]);

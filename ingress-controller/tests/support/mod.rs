@@ -195,6 +195,36 @@ pub async fn get(port: u16, host: &str, path: &str) -> Result<Resp, String> {
     request_on(s, host, path, &[]).await
 }
 
+/// What a request through the proxy should get.
+#[derive(Debug)]
+pub enum Want {
+    /// An answer from the test backend of this name (its body starts with the name).
+    Backend(&'static str),
+    /// This status from the proxy itself.
+    Status(u16),
+}
+
+/// Sends each `GET host path` once (the routes are in place already) and fails naming
+/// every request that got something else than wanted.
+pub async fn expect_routes(port: u16, cases: &[(&str, &str, Want)]) -> anyhow::Result<()> {
+    let mut misses = Vec::new();
+    for (host, path, want) in cases {
+        let got = get(port, host, path).await.map_err(anyhow::Error::msg)?;
+        let ok = match want {
+            Want::Backend(name) => got.body.starts_with(&format!("{name} ")),
+            Want::Status(code) => got.status == *code,
+        };
+        if !ok {
+            misses.push(format!(
+                "{host}{path}: wanted {want:?}, got {} {:?}",
+                got.status, got.body
+            ));
+        }
+    }
+    anyhow::ensure!(misses.is_empty(), "{}", misses.join("\n"));
+    Ok(())
+}
+
 /// Waits until `GET host path` satisfies `pred`.
 pub async fn get_until(
     port: u16,
@@ -222,6 +252,19 @@ pub struct Controller {
     pub process: Process,
     pub http: u16,
     pub https: u16,
+}
+
+/// A control plane with the base objects, for each name a test backend answering with that
+/// name behind a Service of that name, and our controller: what most tests start from.
+pub async fn serving(services: &[&'static str]) -> anyhow::Result<(ControlPlane, Controller)> {
+    let cp = ControlPlane::start().await?;
+    base(&cp).await?;
+    for name in services {
+        let addr = backend(name).await?;
+        service(&cp, name, &[addr]).await?;
+    }
+    let ic = start_controller(&cp).await?;
+    Ok((cp, ic))
 }
 
 pub async fn start_controller(cp: &ControlPlane) -> anyhow::Result<Controller> {
