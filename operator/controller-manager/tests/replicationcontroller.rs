@@ -235,94 +235,10 @@ async fn replicationcontroller_creates_scales_adopts_and_reports_status() -> any
 async fn replicationcontroller_quota_failure_sets_condition_and_recovers() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let (_cm, _kwok) = start(&cp).await?;
-    let kubectl = cp.kubectl()?;
-
-    // No resourcequota controller runs here, so the quota's status is written by hand;
-    // the quota admission plugin then counts each new pod against it.
-    kubectl
-        .ok(["create", "quota", "pods", "--hard=pods=2"])
-        .await?;
-    kubectl
-        .ok([
-            "patch",
-            "resourcequota",
-            "pods",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"hard":{"pods":"2"},"used":{"pods":"0"}}}"#,
-        ])
-        .await?;
-    kubectl
-        .apply(&RC.replace("replicas: 3", "replicas: 4"))
-        .await?;
-
-    web_pods(&cp, 2).await?;
-    common::kubectl_until(
-        &cp,
-        "ReplicaFailure condition",
-        T,
-        &[
-            "get",
-            "rc",
-            "web",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"ReplicaFailure\")].status}/{.status.conditions[?(@.type==\"ReplicaFailure\")].reason}/{.status.conditions[?(@.type==\"ReplicaFailure\")].message}",
-        ],
-        |o| o.starts_with("True/FailedCreate/") && o.contains("exceeded quota: pods"),
-    )
-    .await?;
-    common::kubectl_until(
-        &cp,
-        "FailedCreate event",
-        T,
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=ReplicationController,involvedObject.name=web,type=Warning",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}:{.message}{\"\\n\"}{end}",
-        ],
-        |o| o.contains("FailedCreate:Error creating: ") && o.contains("exceeded quota"),
-    )
-    .await?;
-    rc_jsonpath(&cp, "replicas", "{.status.replicas}", "2").await?;
-    // `kubectl describe` shows the condition as upstream's does.
-    let described = kubectl.ok(["describe", "rc", "web"]).await?;
-    assert!(described.contains("ReplicaFailure"), "{described}");
-
-    // Raise the quota: the controller keeps retrying with backoff and completes.
-    for (sub, patch) in [
-        (None, r#"{"spec":{"hard":{"pods":"10"}}}"#),
-        (
-            Some("--subresource=status"),
-            r#"{"status":{"hard":{"pods":"10"}}}"#,
-        ),
-    ] {
-        let mut args = vec![
-            "patch",
-            "resourcequota",
-            "pods",
-            "--type=merge",
-            "-p",
-            patch,
-        ];
-        if let Some(s) = sub {
-            args.push(s);
-        }
-        kubectl.ok(args).await?;
-    }
-    web_pods(&cp, 4).await?;
-    rc_counts(&cp, "4/4/4/4").await?;
-    rc_jsonpath(
-        &cp,
-        "ReplicaFailure removed",
-        "{.status.conditions[?(@.type==\"ReplicaFailure\")].status}",
-        "",
-    )
-    .await?;
-    Ok(())
+    let manifest = RC.replace("replicas: 3", "replicas: 4");
+    common::quota_failure_and_recovery(&cp, "rc", "ReplicationController", &manifest).await?;
+    // Ready and available too, on the kwok node.
+    rc_counts(&cp, "4/4/4/4").await
 }
 
 /// Under `--use-service-account-credentials` the controller acts as

@@ -148,3 +148,94 @@ pub async fn pods_ready(cp: &ControlPlane, pods: &[&str], timeout: Duration) -> 
     }
     Ok(())
 }
+
+/// The quota scenario of the replicaset and replicationcontroller tests. `manifest` is a
+/// controller named `web` of 4 replicas labelled `app=web`, of kind `kind` (kubectl short
+/// name `short`). With a quota of 2 pods it stops at 2, with the ReplicaFailure condition
+/// (shown by `kubectl describe`) and a FailedCreate Warning; once the quota is raised the
+/// controller, retrying with backoff, completes and clears the condition.
+pub async fn quota_failure_and_recovery(
+    cp: &ControlPlane,
+    short: &str,
+    kind: &str,
+    manifest: &str,
+) -> anyhow::Result<()> {
+    const T: Duration = Duration::from_secs(60);
+    let kubectl = cp.kubectl()?;
+    // No resourcequota controller runs here, so the quota's status is written by hand;
+    // the quota admission plugin then counts each new pod against it.
+    kubectl
+        .ok(["create", "quota", "pods", "--hard=pods=2"])
+        .await?;
+    let patch_quota = |patch: &'static str, status: bool| {
+        let kubectl = kubectl.clone();
+        async move {
+            let mut args = vec![
+                "patch",
+                "resourcequota",
+                "pods",
+                "--type=merge",
+                "-p",
+                patch,
+            ];
+            if status {
+                args.push("--subresource=status");
+            }
+            kubectl.ok(args).await
+        }
+    };
+    patch_quota(
+        r#"{"status":{"hard":{"pods":"2"},"used":{"pods":"0"}}}"#,
+        true,
+    )
+    .await?;
+    kubectl.apply(manifest).await?;
+
+    let pods = ["get", "pods", "-l", "app=web", "-o", "name"];
+    let count = |want: usize| move |o: &str| o.lines().filter(|l| !l.is_empty()).count() == want;
+    kubectl_until(cp, "2 pods app=web", T, &pods, count(2)).await?;
+    let condition = "jsonpath={.status.conditions[?(@.type==\"ReplicaFailure\")].status}/{.status.conditions[?(@.type==\"ReplicaFailure\")].reason}/{.status.conditions[?(@.type==\"ReplicaFailure\")].message}";
+    kubectl_until(
+        cp,
+        "ReplicaFailure condition",
+        T,
+        &["get", short, "web", "-o", condition],
+        |o| o.starts_with("True/FailedCreate/") && o.contains("exceeded quota: pods"),
+    )
+    .await?;
+    let selector = format!("involvedObject.kind={kind},involvedObject.name=web,type=Warning");
+    kubectl_until(
+        cp,
+        "FailedCreate event",
+        T,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            &selector,
+            "-o",
+            "jsonpath={range .items[*]}{.reason}:{.message}{\"\\n\"}{end}",
+        ],
+        |o| o.contains("FailedCreate:Error creating: ") && o.contains("exceeded quota"),
+    )
+    .await?;
+    let replicas = ["get", short, "web", "-o", "jsonpath={.status.replicas}"];
+    kubectl_until(cp, "status.replicas 2", T, &replicas, |o| o.trim() == "2").await?;
+    let described = kubectl.ok(["describe", short, "web"]).await?;
+    assert!(described.contains("ReplicaFailure"), "{described}");
+
+    // Raise the quota: spec and status, as the resourcequota controller would.
+    patch_quota(r#"{"spec":{"hard":{"pods":"10"}}}"#, false).await?;
+    patch_quota(r#"{"status":{"hard":{"pods":"10"}}}"#, true).await?;
+    kubectl_until(cp, "4 pods app=web", T, &pods, count(4)).await?;
+    kubectl_until(cp, "status.replicas 4", T, &replicas, |o| o.trim() == "4").await?;
+    kubectl_until(
+        cp,
+        "ReplicaFailure removed",
+        T,
+        &["get", short, "web", "-o", condition],
+        |o| o.trim() == "//",
+    )
+    .await?;
+    Ok(())
+}
