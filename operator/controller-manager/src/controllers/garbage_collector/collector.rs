@@ -121,7 +121,9 @@ impl Collector {
         }
     }
 
-    /// Spawns `count` workers for each queue.
+    /// Spawns `count` workers for each queue (attempt-to-delete, attempt-to-orphan). Not
+    /// `runtime::controller::Workers`: upstream's collector requeues an item with backoff
+    /// for as long as it needs (waiting on dependents is not an error), never dropping it.
     pub(super) fn spawn_workers(
         self: &Arc<Self>,
         tasks: &mut JoinSet<()>,
@@ -129,38 +131,34 @@ impl Collector {
         shutdown: &CancellationToken,
     ) {
         for _ in 0..count.max(1) {
-            let gc = self.clone();
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                loop {
-                    let uid = tokio::select! {
-                        () = stop.cancelled() => return,
-                        uid = gc.attempt_to_delete.get() => uid,
+            for orphan in [false, true] {
+                let gc = self.clone();
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    let queue = if orphan {
+                        &gc.attempt_to_orphan
+                    } else {
+                        &gc.attempt_to_delete
                     };
-                    let Some(uid) = uid else { return };
-                    match gc.attempt_to_delete_worker(&uid).await {
-                        ItemAction::Forget => gc.attempt_to_delete.forget(&uid),
-                        ItemAction::Requeue => gc.attempt_to_delete.add_rate_limited(uid.clone()),
+                    loop {
+                        let uid = tokio::select! {
+                            () = stop.cancelled() => return,
+                            uid = queue.get() => uid,
+                        };
+                        let Some(uid) = uid else { return };
+                        let action = if orphan {
+                            gc.attempt_to_orphan_worker(&uid).await
+                        } else {
+                            gc.attempt_to_delete_worker(&uid).await
+                        };
+                        match action {
+                            ItemAction::Forget => queue.forget(&uid),
+                            ItemAction::Requeue => queue.add_rate_limited(uid.clone()),
+                        }
+                        queue.done(&uid);
                     }
-                    gc.attempt_to_delete.done(&uid);
-                }
-            });
-            let gc = self.clone();
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                loop {
-                    let uid = tokio::select! {
-                        () = stop.cancelled() => return,
-                        uid = gc.attempt_to_orphan.get() => uid,
-                    };
-                    let Some(uid) = uid else { return };
-                    match gc.attempt_to_orphan_worker(&uid).await {
-                        ItemAction::Forget => gc.attempt_to_orphan.forget(&uid),
-                        ItemAction::Requeue => gc.attempt_to_orphan.add_rate_limited(uid.clone()),
-                    }
-                    gc.attempt_to_orphan.done(&uid);
-                }
-            });
+                });
+            }
         }
     }
 
