@@ -328,46 +328,7 @@ async fn scenarios(
 
     // exec: output, exit code, stdin, stderr.
     common::pod_until(cp, NS, "shell", "shell running", t, running).await?;
-    let began = Instant::now();
-    let out = kubectl
-        .run(["exec", "shell", "--", "sh", "-c", "echo hi; exit 3"], None)
-        .await?;
-    eprintln!("kubectl exec took {:?}", began.elapsed());
-    anyhow::ensure!(
-        out.code == Some(3) && out.stdout == "hi\n",
-        "exec exit 3: {out:?}"
-    );
-    let out = kubectl
-        .run(
-            ["exec", "-i", "shell", "--", "sh", "-c", "tr a-z A-Z"],
-            Some("hello stdin\n"),
-        )
-        .await?;
-    anyhow::ensure!(
-        out.success() && out.stdout == "HELLO STDIN\n",
-        "exec -i: {out:?}"
-    );
-    // -t needs a terminal on kubectl's side too: script(1) gives it one.
-    let line = format!(
-        "{} --kubeconfig {} exec -it shell -- sh -c 'test -t 0 && test -t 1 && echo tty-yes; exit 5'",
-        ferrokube_tests::upstream::binary("kubectl")?.display(),
-        cp.kubeconfig_path().display()
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await??;
-    let printed = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(
-        out.status.code() == Some(5) && printed.contains("tty-yes"),
-        "exec -it: {:?} {printed:?} {:?}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exec_basics(cp, kubectl, "WebSocket").await?;
     let out = kubectl
         .run(["exec", "shell", "--", "sh", "-c", "echo to-err >&2"], None)
         .await?;
@@ -526,6 +487,23 @@ async fn spdy_scenarios(
         running,
     )
     .await?;
+    exec_basics(cp, kubectl, "SPDY").await?;
+    let log = std::fs::read_to_string(cp.log_dir().join(format!("kubelet-{node}.log")))?;
+    anyhow::ensure!(
+        log.contains("exec over SPDY/3.1") && !log.contains("over WebSocket"),
+        "the kubelet did not serve these execs over SPDY"
+    );
+    Ok(())
+}
+
+/// `kubectl exec` into pod `shell` (running `sh`) as a user types it, over whichever
+/// protocol the apiserver speaks to the kubelet (`proto`, for messages): the exit code and
+/// both streams, stdin with `-i`, and a terminal with `-it`.
+async fn exec_basics(
+    cp: &ControlPlane,
+    kubectl: &ferrokube_tests::Kubectl,
+    proto: &str,
+) -> anyhow::Result<()> {
     let began = Instant::now();
     let out = kubectl
         .run(
@@ -540,21 +518,22 @@ async fn spdy_scenarios(
             None,
         )
         .await?;
-    eprintln!("kubectl exec over SPDY took {:?}", began.elapsed());
+    eprintln!("kubectl exec over {proto} took {:?}", began.elapsed());
     anyhow::ensure!(
         out.code == Some(3) && out.stdout == "hi\n" && out.stderr.contains("oops"),
-        "spdy exec exit 3: {out:?}"
+        "{proto} exec exit 3: {out:?}"
     );
     let out = kubectl
         .run(
             ["exec", "-i", "shell", "--", "sh", "-c", "tr a-z A-Z"],
-            Some("hello spdy\n"),
+            Some("hello stdin\n"),
         )
         .await?;
     anyhow::ensure!(
-        out.success() && out.stdout == "HELLO SPDY\n",
-        "spdy exec -i: {out:?}"
+        out.success() && out.stdout == "HELLO STDIN\n",
+        "{proto} exec -i: {out:?}"
     );
+    // -t needs a terminal on kubectl's side too: script(1) gives it one.
     let line = format!(
         "{} --kubeconfig {} exec -it shell -- sh -c 'test -t 0 && test -t 1 && echo tty-yes; exit 5'",
         ferrokube_tests::upstream::binary("kubectl")?.display(),
@@ -571,13 +550,9 @@ async fn spdy_scenarios(
     let printed = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.code() == Some(5) && printed.contains("tty-yes"),
-        "spdy exec -it: {:?} {printed:?}",
-        out.status
-    );
-    let log = std::fs::read_to_string(cp.log_dir().join(format!("kubelet-{node}.log")))?;
-    anyhow::ensure!(
-        log.contains("exec over SPDY/3.1") && !log.contains("over WebSocket"),
-        "the kubelet did not serve these execs over SPDY"
+        "{proto} exec -it: {:?} {printed:?} {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }
