@@ -3,10 +3,8 @@
 //! skipping endpoints a retry already tried and endpoints passively ejected after connect
 //! failures.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long an endpoint that refused a connection is left out of the rotation. Short, so
@@ -46,8 +44,11 @@ pub struct Upstream {
     /// Requests in flight per endpoint (same order as `endpoints`).
     in_flight: Vec<AtomicUsize>,
     next: AtomicUsize,
-    /// Endpoint -> when its ejection ends.
-    ejected: Mutex<HashMap<SocketAddr, Instant>>,
+    /// When each endpoint's ejection ends (same order as `endpoints`), in milliseconds
+    /// since `epoch`; 0 for never ejected. Atomics rather than a locked map: every request
+    /// consults them, from every proxy worker thread at once.
+    ejected_until: Vec<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Upstream {
@@ -58,10 +59,21 @@ impl Upstream {
         Self {
             name,
             in_flight: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
+            ejected_until: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
             endpoints,
             next: AtomicUsize::new(0),
-            ejected: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Milliseconds since `epoch`, the clock of `ejected_until`.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the `i`-th endpoint is ejected at `now` (see [`Upstream::now_ms`]).
+    fn ejected(&self, i: usize, now: u64) -> bool {
+        self.ejected_until[i].load(Ordering::Relaxed) > now
     }
 
     /// The endpoints.
@@ -77,20 +89,18 @@ impl Upstream {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = self.now_ms();
         let mut fallback = None;
         for i in 0..n {
-            let ep = self.endpoints[(start + i) % n];
+            let at = (start + i) % n;
+            let ep = self.endpoints[at];
             if tried.contains(&ep) {
                 continue;
             }
-            match ejected.get(&ep) {
-                Some(until) if *until > now => {
-                    fallback.get_or_insert(ep);
-                }
-                _ => return Some(ep),
+            if !self.ejected(at, now) {
+                return Some(ep);
             }
+            fallback.get_or_insert(ep);
         }
         fallback
     }
@@ -100,16 +110,10 @@ impl Upstream {
         if policy == Policy::RoundRobin || self.endpoints.len() < 2 {
             return self.pick(tried);
         }
-        let now = Instant::now();
-        let eligible: Vec<usize> = {
-            let ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
-            (0..self.endpoints.len())
-                .filter(|&i| {
-                    let ep = &self.endpoints[i];
-                    !tried.contains(ep) && ejected.get(ep).is_none_or(|until| *until <= now)
-                })
-                .collect()
-        };
+        let now = self.now_ms();
+        let eligible: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| !tried.contains(&self.endpoints[i]) && !self.ejected(i, now))
+            .collect();
         match eligible.len() {
             // Nothing healthy and untried: round robin knows the last resort.
             0 => self.pick(tried),
@@ -138,12 +142,15 @@ impl Upstream {
         InFlight(counter)
     }
 
-    /// Records a connect failure: `ep` leaves the rotation for [`EJECTION`].
+    /// Records a connect failure: `ep` leaves the rotation for [`EJECTION`]. An address
+    /// that is not one of the endpoints is never picked, so there is nothing to record.
     pub fn eject(&self, ep: SocketAddr) {
-        let mut ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        ejected.retain(|_, until| *until > now);
-        ejected.insert(ep, now + EJECTION);
+        if let Ok(i) = self.endpoints.binary_search(&ep) {
+            let until = self
+                .now_ms()
+                .saturating_add(u64::try_from(EJECTION.as_millis()).unwrap_or(u64::MAX));
+            self.ejected_until[i].store(until, Ordering::Relaxed);
+        }
     }
 
     /// Whether this upstream has the same endpoints as `other` (then the controller keeps

@@ -31,6 +31,7 @@ pub mod ratelimit;
 pub mod routing;
 pub mod status;
 pub mod tls;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,7 +46,6 @@ use ferrokube_runtime::leader_election::{self, LeaderElector};
 use ferrokube_runtime::metrics::Metrics;
 use ferrokube_runtime::server::{self, Health, Kind};
 use ferrokube_runtime::shutdown;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::class::Selection;
@@ -80,6 +80,9 @@ pub enum Error {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    /// The proxy's worker threads could not be started.
+    #[error("starting proxy workers: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 fn object_key(flag: &str, value: &str) -> Result<ObjectKey, Error> {
@@ -249,44 +252,27 @@ pub async fn run(options: Options) -> Result<(), Error> {
         },
         requests,
     ));
-    let mut listeners = JoinSet::new();
     let http_addr = SocketAddr::new(options.bind_address, options.http_port);
-    let http = TcpListener::bind(http_addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: http_addr,
-            source,
-        })?;
     let https_addr = SocketAddr::new(options.bind_address, options.https_port);
-    let https = TcpListener::bind(https_addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: https_addr,
-            source,
-        })?;
+    let workers = workers::count(options.worker_threads);
+    let listen =
+        |addr| workers::bind(addr, workers).map_err(|source| Error::Listen { addr, source });
+    let listeners = listen(http_addr)?
+        .into_iter()
+        .zip(listen(https_addr)?)
+        .map(|(http, https)| workers::Listeners { http, https })
+        .collect();
     let acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(shared.certs.clone())?));
-    tracing::info!(http = %http_addr, https = %https_addr, "proxy listening");
+    tracing::info!(http = %http_addr, https = %https_addr, workers, "proxy listening");
     let grace = options.shutdown_grace_period;
-    listeners.spawn(proxy::serve(
-        http,
-        None,
-        proxy.clone(),
-        shutdown.clone(),
-        grace,
-    ));
-    listeners.spawn(proxy::serve(
-        https,
-        Some(acceptor),
-        proxy,
-        shutdown.clone(),
-        grace,
-    ));
+    let drained =
+        workers::start(listeners, &acceptor, &proxy, &shutdown, grace).map_err(Error::Workers)?;
 
     shutdown.cancelled().await;
     tracing::info!(?grace, "draining connections");
     ready.store(false, Ordering::SeqCst);
-    while listeners.join_next().await.is_some() {}
+    drained.await;
     stop_rest.cancel();
     shutdown::drain(tasks, Duration::from_secs(5)).await;
     Ok(())

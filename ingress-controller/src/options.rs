@@ -118,6 +118,11 @@ pub struct Options {
     #[arg(long, default_value = "round_robin", value_parser = load_balance)]
     pub load_balance: crate::balancer::Policy,
 
+    /// Proxy worker threads, each with its own listening sockets and upstream connections
+    /// (ingress-nginx's `worker-processes`); 0 is one per CPU.
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// klog-style verbosity (0-10).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     pub verbosity: u8,

@@ -62,7 +62,6 @@ pub type RequestCounter = Family<Vec<(String, String)>, Counter>;
 pub struct Proxy {
     shared: Shared,
     settings: Settings,
-    clients: Mutex<HashMap<(Duration, bool), Client<HttpConnector, Body>>>,
     requests: RequestCounter,
     /// Per-client limits; outlives table swaps.
     limiters: Arc<ratelimit::Limiters>,
@@ -205,21 +204,16 @@ fn wants_canary(config: &Config, headers: &HeaderMap) -> bool {
     c.weight > 0 && rand::random_range(0..c.weight_total) < c.weight
 }
 
-impl Proxy {
-    /// A proxy serving `shared`'s table.
-    pub fn new(shared: Shared, settings: Settings, requests: RequestCounter) -> Self {
-        Self {
-            shared,
-            settings,
-            clients: Mutex::new(HashMap::new()),
-            requests,
-            limiters: Arc::default(),
-        }
-    }
+/// One worker thread's upstream connections: a pooled client per connect timeout and
+/// protocol. Each worker has its own, so a connection's task runs on the thread that
+/// sends requests on it (see [`crate::workers`]).
+#[derive(Default)]
+pub struct Pools(Mutex<HashMap<(Duration, bool), Client<HttpConnector, Body>>>);
 
+impl Pools {
     /// The pooled client for a connect timeout and protocol (one pool each).
     fn client(&self, connect_timeout: Duration, h2: bool) -> Client<HttpConnector, Body> {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut clients = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         clients
             .entry((connect_timeout, h2))
             .or_insert_with(|| {
@@ -234,8 +228,25 @@ impl Proxy {
             })
             .clone()
     }
+}
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+impl Proxy {
+    /// A proxy serving `shared`'s table.
+    pub fn new(shared: Shared, settings: Settings, requests: RequestCounter) -> Self {
+        Self {
+            shared,
+            settings,
+            requests,
+            limiters: Arc::default(),
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Conn,
+        pools: &Pools,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -250,7 +261,7 @@ impl Proxy {
         let route = self.shared.table.load().lookup(&host, &path).cloned();
         let (resp, upstream) = match &route {
             None => (full(StatusCode::NOT_FOUND, "404 page not found\n"), None),
-            Some(route) => self.forward(req, conn, &host, route, &id).await,
+            Some(route) => self.forward(req, conn, pools, &host, route, &id).await,
         };
         let status = resp.status().as_u16();
         let (ns, ing) = route
@@ -289,6 +300,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         conn: Conn,
+        pools: &Pools,
         host: &str,
         route: &Route,
         id: &HeaderValue,
@@ -463,7 +475,7 @@ impl Proxy {
             None => path_and_query,
         };
         let h2 = config.backend_protocol == BackendProtocol::H2c;
-        let client = self.client(
+        let client = pools.client(
             config
                 .connect_timeout
                 .unwrap_or(self.settings.connect_timeout),
@@ -610,11 +622,13 @@ impl Proxy {
 
 /// Accepts connections on `listener` (TLS when `tls` is set) until `shutdown`, then lets
 /// open connections finish for up to `grace` (idle keep-alive connections close at once,
-/// HTTP/2 ones get GOAWAY).
+/// HTTP/2 ones get GOAWAY). Upstream connections come from `pools`, which should belong
+/// to the runtime thread this runs on.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
+    pools: Arc<Pools>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -639,13 +653,14 @@ pub async fn serve(
             tls: tls.is_some(),
         };
         let proxy = proxy.clone();
+        let pools = pools.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+                let (proxy, pools) = (proxy.clone(), pools.clone());
+                async move { Ok::<_, Infallible>(proxy.handle(req, conn, &pools).await) }
             });
             match tls {
                 None => {

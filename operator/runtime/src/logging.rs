@@ -1,7 +1,10 @@
 //! Log set-up shared by every ferrokube binary: klog's `-v` levels mapped onto tracing,
 //! text or JSON (`--logging-format`).
 
+use std::os::fd::AsFd;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Log output format (`--logging-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,9 +48,25 @@ pub fn filter_for(verbosity: u8) -> &'static str {
 pub fn init(verbosity: u8, format: Format) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter_for(verbosity)));
+    // Each event is formatted into a buffer and written with one write(2). std's `Stderr`
+    // takes a process-wide lock around that write, which threads logging often (the Ingress
+    // proxy's workers log every request) contend on and sleep in. A duplicate of fd 2 has
+    // no such lock; the kernel keeps each write whole, as it does for nginx's workers
+    // sharing one access log.
+    match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(fd) => install(filter, format, std::fs::File::from(fd)),
+        // Out of descriptors this early: the locked handle still works.
+        Err(_) => install(filter, format, std::io::stderr),
+    }
+}
+
+fn install<W>(filter: EnvFilter, format: Format, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         Format::Text => builder.try_init(),
         Format::Json => builder.json().try_init(),

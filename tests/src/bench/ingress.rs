@@ -476,6 +476,14 @@ struct Nginx {
     https: u16,
 }
 
+impl Drop for Nginx {
+    /// SIGTERM, nginx's fast shutdown, before the handle's own SIGKILL: a killed master
+    /// leaves its workers (and every generation a reload started) running, orphaned.
+    fn drop(&mut self) {
+        self.process.stop(Duration::from_secs(5));
+    }
+}
+
 impl Nginx {
     fn start(
         cfg: &Config,
