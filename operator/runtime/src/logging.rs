@@ -1,6 +1,7 @@
 //! Log set-up shared by every ferrokube binary: klog's `-v` levels mapped onto tracing,
 //! text or JSON (`--logging-format`).
 
+use std::io::IsTerminal as _;
 use std::os::fd::AsFd;
 
 use tracing_subscriber::EnvFilter;
@@ -64,8 +65,11 @@ fn install<W>(filter: EnvFilter, format: Format, writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    // Colour only for a person at a terminal: log files (a component's stderr redirected,
+    // as every test and the local cluster do) get plain text, as klog writes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let _ = match format {
         Format::Text => builder.try_init(),
