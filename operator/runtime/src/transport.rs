@@ -75,9 +75,8 @@ fn h2_service(
     if let Some(name) = &config.tls_server_name {
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|_| Error::ServerName(name.clone()))?;
-        https = https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-            server_name,
-        ));
+        https = https
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(server_name));
     }
     let https = https.enable_all_versions().wrap_connector(http);
 
@@ -105,8 +104,7 @@ fn h2_service(
         .map_err(BoxError::from)
         .map_response(|res: http::Response<hyper::body::Incoming>| {
             res.map(|body| {
-                Box::new(http_body_util::BodyExt::map_err(body, BoxError::from))
-                    as Box<DynBody>
+                Box::new(http_body_util::BodyExt::map_err(body, BoxError::from)) as Box<DynBody>
             })
         })
         .service(client))
