@@ -155,7 +155,7 @@ impl PluginSet {
 
     /// Whether `name` is in the set.
     pub fn contains(&self, name: &str) -> bool {
-        self.0.iter().any(|n| *n == name)
+        self.0.contains(&name)
     }
 
     /// Whether the set is empty.
