@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use kube::client::ClientBuilder;
 use tower::{Layer, Service};
 
 use crate::ratelimit::TokenBucket;
@@ -31,7 +30,7 @@ pub enum Error {
     Infer(#[source] kube::config::InferConfigError),
     /// The configuration could not be turned into a client.
     #[error("building the client")]
-    Build(#[source] kube::Error),
+    Build(#[source] crate::transport::Error),
 }
 
 /// How to reach and how hard to use the apiserver.
@@ -97,7 +96,7 @@ pub fn from_config(mut config: kube::Config, opts: &ClientOptions) -> Result<kub
     // caller for minutes, each attempt taking a QPS token. client-go does not do that;
     // controllers retry through their work queues instead.
     config.default_retry = false;
-    let builder = ClientBuilder::try_from(config).map_err(Error::Build)?;
+    let builder = crate::transport::client_builder(&config).map_err(Error::Build)?;
     let bucket = TokenBucket::new(opts.qps, opts.burst);
     Ok(builder.with_layer(&RateLimitLayer { bucket }).build())
 }

@@ -25,4 +25,5 @@ pub mod ratelimit;
 pub mod server;
 pub mod shutdown;
 pub mod taints;
+pub mod transport;
 pub mod workqueue;

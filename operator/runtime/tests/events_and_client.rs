@@ -137,3 +137,28 @@ async fn client_reports_an_unreadable_kubeconfig() {
     };
     assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_multiplexes_over_http2() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = client::build(&ClientOptions {
+        kubeconfig: Some(cp.kubeconfig_path().to_path_buf()),
+        qps: 0.0,
+        ..ClientOptions::default()
+    })
+    .await?;
+    // The apiserver offers h2 by ALPN; kube's own stack would answer HTTP/1.1 here.
+    let req = http::Request::get("/version").body(kube::client::Body::from(Vec::new()))?;
+    let res = client.send(req).await?;
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert!(res.status().is_success(), "{}", res.status());
+
+    // Many requests at once, as a scheduler's bindings, all answered over that transport.
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let lp = ListParams::default().limit(1);
+    let lists = (0..100).map(|_| api.list(&lp));
+    for r in futures::future::join_all(lists).await {
+        r?;
+    }
+    Ok(())
+}

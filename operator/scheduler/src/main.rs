@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+// mimalloc rather than glibc's malloc: pods are decoded by the informer on one runtime
+// thread and dropped (replaced by their bound version) on another, and glibc keeps what
+// each thread's arena freed; in the scheduler benchmark the peak resident set came out
+// lower with mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let options = ferrokube_scheduler::options::Options::parse();

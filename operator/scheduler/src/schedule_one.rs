@@ -7,7 +7,7 @@
 //! [`crate::scheduler`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use rand::Rng as _;
 
@@ -412,24 +412,30 @@ fn weighted_totals(
         .iter()
         .filter(|(p, _)| !state.skip_score.contains(p.name()))
         .collect();
-    // Raw scores: one row per node, one column per plugin.
+    // Raw scores in one buffer, node-major (node i, plugin j at i * width + j): one
+    // allocation per cycle rather than a row per node. Each slot is written by the one
+    // thread scoring its node; the atomics only make sharing the buffer safe.
     let state_ref = &*state;
+    let width = plugins.len();
+    let raw: Vec<AtomicI64> = (0..feasible.len() * width)
+        .map(|_| AtomicI64::new(0))
+        .collect();
     let stop = AtomicBool::new(false);
-    let rows = parallelize::for_each(feasible.len(), fwk.parallelism, &stop, |i| {
-        Some(
-            plugins
-                .iter()
-                .map(|(p, _)| p.score(state_ref, pod, &feasible[i], snapshot))
-                .collect::<Vec<_>>(),
-        )
-    });
-    let mut columns: Vec<Vec<i64>> = vec![Vec::with_capacity(feasible.len()); plugins.len()];
-    for (_, row) in rows {
-        for (j, r) in row.into_iter().enumerate() {
-            let score =
-                r.map_err(|s| ScheduleError::Internal(s.with_plugin(plugins[j].0.name())))?;
-            columns[j].push(score);
+    // Only failures come back: (node, (plugin, status)).
+    let failed = parallelize::for_each(feasible.len(), fwk.parallelism, &stop, |i| {
+        for (j, (p, _)) in plugins.iter().enumerate() {
+            match p.score(state_ref, pod, &feasible[i], snapshot) {
+                Ok(score) => raw[i * width + j].store(score, Ordering::Relaxed),
+                Err(s) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Some((j, s));
+                }
+            }
         }
+        None
+    });
+    if let Some((_, (j, s))) = failed.into_iter().next() {
+        return Err(ScheduleError::Internal(s.with_plugin(plugins[j].0.name())));
     }
     let mut scratch: Vec<NodeScore> = feasible
         .iter()
@@ -440,8 +446,8 @@ fn weighted_totals(
         .collect();
     let mut totals = vec![0i64; feasible.len()];
     for (j, (pl, weight)) in plugins.iter().enumerate() {
-        for (ns, raw) in scratch.iter_mut().zip(&columns[j]) {
-            ns.score = *raw;
+        for (i, ns) in scratch.iter_mut().enumerate() {
+            ns.score = raw[i * width + j].load(Ordering::Relaxed);
         }
         let s = pl.normalize_score(state, pod, &mut scratch);
         if !s.is_success() {

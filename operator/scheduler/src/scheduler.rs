@@ -59,12 +59,13 @@ pub struct Scheduler {
     binding_slots: tokio::sync::Semaphore,
 }
 
-/// How many bindings may be in flight at once. Upstream's binding goroutines share one
-/// HTTP/2 connection; this client speaks HTTP/1.1, where every concurrent request holds a
-/// connection of its own, so thousands of unbounded binds would each open (and
-/// TLS-handshake) a connection and keep its buffers. 64 keeps the apiserver saturated while
-/// the pool reuses its connections.
-const MAX_BINDINGS_IN_FLIGHT: usize = 64;
+/// How many bindings may be in flight at once. Upstream's binding goroutines are
+/// unbounded and share one HTTP/2 connection; ours share one too (the runtime's
+/// transport), where the apiserver allows 250 concurrent streams per connection (Go's
+/// default) and the informers' watches hold some. 128 keeps the apiserver saturated and
+/// leaves the rest of the streams to watches and status updates; on an HTTP/1.1 fallback
+/// it also bounds the connections the pool opens.
+const MAX_BINDINGS_IN_FLIGHT: usize = 128;
 
 /// Event recorders, one per profile, whose sink tasks join `tasks`.
 pub fn recorders(

@@ -57,3 +57,38 @@ impl fmt::Display for Figure {
         )
     }
 }
+
+/// Both peers' rate against the machine's own ceiling for the same work (for example raw
+/// `pods/binding` writes per second), as ours over the ceiling.
+#[derive(Clone, Debug)]
+pub struct Ceiling {
+    /// What was measured.
+    pub what: String,
+    /// The peers' unit (`pods/s`).
+    pub unit: &'static str,
+    /// Upstream's rate.
+    pub upstream: f64,
+    /// Ours.
+    pub ferrokube: f64,
+    /// The ceiling, in the same unit.
+    pub ceiling: f64,
+}
+
+impl fmt::Display for Ceiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ratio = if self.ceiling > 0.0 {
+            format!("{:.2}", self.ferrokube / self.ceiling)
+        } else {
+            "n/a".into()
+        };
+        write!(
+            f,
+            "{}: ferrokube {:.2} {u}, upstream {:.2} {u}, ceiling {:.2} {u}, ratio ferrokube/ceiling {ratio}",
+            self.what,
+            self.ferrokube,
+            self.upstream,
+            self.ceiling,
+            u = self.unit
+        )
+    }
+}

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Figure, Peer};
+use super::{Ceiling, Figure, Peer};
 use crate::{ControlPlane, procstat, upstream};
 
 /// The pods' shape.
@@ -67,6 +67,10 @@ pub struct Config {
     pub ferrokube_bin: PathBuf,
     /// How long one run may take before it is abandoned.
     pub timeout: Duration,
+    /// Clients posting raw `pods/binding` for the ceiling (0: no ceiling run).
+    pub ceiling_clients: usize,
+    /// Requests each ceiling client keeps in flight.
+    pub ceiling_in_flight: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -83,6 +87,16 @@ const ZONES: usize = 10;
 pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for &shape in &cfg.shapes {
+        let ceiling = if cfg.ceiling_clients > 0 {
+            let binds = ceiling(cfg, shape).await?;
+            println!(
+                "scheduler binding ceiling ({shape}, {} nodes, {} pods, {} clients x {} in flight): {binds:.2} binds/s",
+                cfg.nodes, cfg.pods, cfg.ceiling_clients, cfg.ceiling_in_flight
+            );
+            Some(binds)
+        } else {
+            None
+        };
         for &(qps, burst) in &cfg.limits {
             let up = one(cfg, Peer::Upstream, shape, qps, burst).await?;
             let ours = one(cfg, Peer::Ferrokube, shape, qps, burst).await?;
@@ -112,6 +126,20 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                 };
                 println!("{fig}");
                 figures.push(fig);
+            }
+            if let Some(binds) = ceiling {
+                println!(
+                    "{}",
+                    Ceiling {
+                        what: format!(
+                            "scheduler throughput against the binding ceiling ({setting})"
+                        ),
+                        unit: "pods/s",
+                        upstream: rate(&up),
+                        ferrokube: rate(&ours),
+                        ceiling: binds,
+                    }
+                );
             }
         }
     }
@@ -153,7 +181,9 @@ fn pod(i: usize, shape: Shape) -> Result<Pod> {
     }))?)
 }
 
-async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Result<Run> {
+/// A fresh control plane holding the bench namespace, `cfg.nodes` ready nodes and
+/// `cfg.pods` pending pods of `shape`: what every run, peer or ceiling, starts from.
+async fn prepare(cfg: &Config, shape: Shape) -> Result<(ControlPlane, Api<Pod>)> {
     let cp = ControlPlane::start().await?;
     let client = cp.client().await?;
     let pp = PostParams::default();
@@ -209,6 +239,50 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
         .collect()
         .await;
     created.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok((cp, pods))
+}
+
+/// The machine's binding ceiling for `shape`, in binds/s: against the same kind of control
+/// plane, nodes and pending pods the peers get, `cfg.ceiling_clients` clients (each its own
+/// connection pool) post raw `pods/binding` for every pod as fast as the apiserver takes
+/// them, timed from the first request until the last answer.
+async fn ceiling(cfg: &Config, shape: Shape) -> Result<f64> {
+    let (cp, _) = prepare(cfg, shape).await?;
+    let mut clients = Vec::with_capacity(cfg.ceiling_clients);
+    for _ in 0..cfg.ceiling_clients {
+        clients.push(Api::<Pod>::namespaced(cp.client().await?, NAMESPACE));
+    }
+    let nodes = cfg.nodes.max(1);
+    let started = Instant::now();
+    let bound: Vec<Result<()>> = futures::stream::iter(0..cfg.pods)
+        .map(|i| {
+            let pods = clients[i % clients.len()].clone();
+            async move {
+                let name = format!("pod-{i}");
+                let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                    "metadata": {"name": name},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": format!("node-{}", i % nodes)}});
+                pods.create_subresource::<_, serde_json::Value>(
+                    "binding",
+                    &name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await
+                .with_context(|| format!("binding {name}"))?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(cfg.ceiling_clients * cfg.ceiling_in_flight.max(1))
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    bound.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(cfg.pods as f64 / seconds.max(1e-9))
+}
+
+async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Result<Run> {
+    let (cp, pods) = prepare(cfg, shape).await?;
 
     // Count bound pods from a watch.
     let (count_tx, mut count) = watch::channel(0usize);

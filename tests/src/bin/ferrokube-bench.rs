@@ -55,6 +55,12 @@ enum Command {
         /// Give up on a run after this many seconds.
         #[arg(long, default_value_t = 1800)]
         timeout_seconds: u64,
+        /// Clients posting raw `pods/binding` for the machine's binding ceiling (0 skips it).
+        #[arg(long, default_value_t = 16)]
+        ceiling_clients: usize,
+        /// Requests each ceiling client keeps in flight.
+        #[arg(long, default_value_t = 8)]
+        ceiling_in_flight: usize,
     },
     /// The Ingress controller against nginx: wrk throughput and latency (HTTP and TLS),
     /// route propagation at growing Ingress counts, resident memory.
@@ -141,6 +147,8 @@ async fn main() -> anyhow::Result<()> {
             shapes,
             binary,
             timeout_seconds,
+            ceiling_clients,
+            ceiling_in_flight,
         } => {
             let cfg = bench::scheduler::Config {
                 nodes,
@@ -155,6 +163,8 @@ async fn main() -> anyhow::Result<()> {
                     None => beside_this_program("ferrokube-scheduler")?,
                 },
                 timeout: Duration::from_secs(timeout_seconds),
+                ceiling_clients,
+                ceiling_in_flight,
             };
             bench::scheduler::run(&cfg).await?;
         }

@@ -2,7 +2,6 @@
 //! and one trait with a method per extension point.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -111,22 +110,57 @@ impl Status {
 /// (the PreFilter extensions during preemption's dry run) writes a new value.
 #[derive(Clone, Default)]
 pub struct CycleState {
-    data: HashMap<&'static str, Arc<dyn Any + Send + Sync>>,
+    /// A handful of entries (one per plugin at most), read for every node a cycle
+    /// visits: a linear scan over `&'static str` keys beats hashing the key each time.
+    data: Vec<(&'static str, Arc<dyn Any + Send + Sync>)>,
     /// Score plugins whose PreScore returned Skip for this pod.
-    pub skip_score: std::collections::HashSet<&'static str>,
+    pub skip_score: PluginSet,
     /// Filter plugins whose PreFilter returned Skip for this pod.
-    pub skip_filter: std::collections::HashSet<&'static str>,
+    pub skip_filter: PluginSet,
 }
 
 impl CycleState {
     /// Stores `value` under `key`.
     pub fn write<T: Any + Send + Sync>(&mut self, key: &'static str, value: T) {
-        self.data.insert(key, Arc::new(value));
+        let value: Arc<dyn Any + Send + Sync> = Arc::new(value);
+        match self.data.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.data.push((key, value)),
+        }
     }
 
     /// The value under `key`, if it has type `T`.
     pub fn read<T: Any + Send + Sync>(&self, key: &'static str) -> Option<&T> {
-        self.data.get(key).and_then(|v| v.downcast_ref::<T>())
+        self.data
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.downcast_ref::<T>())
+    }
+}
+
+/// A set of plugin names (those skipped in one cycle). It holds a few names and is asked
+/// once per plugin for every node a cycle filters, so a scan beats hashing each name.
+#[derive(Clone, Debug, Default)]
+pub struct PluginSet(Vec<&'static str>);
+
+impl PluginSet {
+    /// Adds `name`; false when it was there already.
+    pub fn insert(&mut self, name: &'static str) -> bool {
+        if self.contains(name) {
+            return false;
+        }
+        self.0.push(name);
+        true
+    }
+
+    /// Whether `name` is in the set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(&name)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
