@@ -16,9 +16,13 @@ use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodSt
 ///
 /// - metadata: all of it (managedFields are already gone);
 /// - spec: `nodeName` (pod GC, node lifecycle, taint eviction, endpoints, deletion ranking),
-///   `hostname` and `subdomain` (endpoints), `tolerations` (taint eviction), and the
-///   containers' and init containers' `name`, `ports` and `restartPolicy` (named target
-///   ports of Services, sidecar restarts in deletion ranking);
+///   `hostname` and `subdomain` (endpoints), `tolerations` (taint eviction), and of the
+///   containers and init containers only those that declare ports (named target ports of
+///   Services) or are sidecars (`restartPolicy: Always`: their restarts count in deletion
+///   ranking), each with just `name`, `ports` and `restartPolicy`. A container struct is
+///   over a kilobyte even when empty, so the others are not kept at all: **the cached
+///   `spec.containers` is not the pod's container list**, only what the controllers look
+///   up in it;
 /// - status: `phase`, `conditions`, `podIP(s)`, `reason`, `message`, `startTime`, and per
 ///   container status only `name`, `ready` and `restartCount`.
 pub fn pod(mut pod: Pod) -> Pod {
@@ -29,16 +33,27 @@ pub fn pod(mut pod: Pod) -> Pod {
 
 fn spec(s: PodSpec) -> PodSpec {
     PodSpec {
-        containers: s.containers.into_iter().map(container).collect(),
-        init_containers: s
-            .init_containers
-            .map(|cs| cs.into_iter().map(container).collect()),
+        containers: containers(s.containers),
+        init_containers: s.init_containers.map(containers),
         node_name: s.node_name,
         hostname: s.hostname,
         subdomain: s.subdomain,
         tolerations: s.tolerations,
         ..PodSpec::default()
     }
+}
+
+fn containers(cs: Vec<Container>) -> Vec<Container> {
+    let kept: Vec<Container> = cs
+        .into_iter()
+        .filter(|c| {
+            c.ports.as_ref().is_some_and(|p| !p.is_empty())
+                || c.restart_policy.as_deref() == Some("Always")
+        })
+        .map(container)
+        .collect();
+    // An empty list holds no allocation; a filtered one may hold the original's.
+    if kept.is_empty() { Vec::new() } else { kept }
 }
 
 fn container(c: Container) -> Container {
@@ -105,7 +120,7 @@ mod tests {
                                   "effect": "NoExecute", "tolerationSeconds": 300 }],
                 "initContainers": [{ "name": "side", "image": "side:1", "restartPolicy": "Always",
                                      "ports": [{ "name": "metrics", "containerPort": 9000 }] }],
-                "containers": [{
+                "containers": [{ "name": "plain", "image": "plain:1" }, {
                     "name": "c", "image": "web:1",
                     "env": [{ "name": "A", "value": "b" }],
                     "ports": [{ "name": "http", "containerPort": 8080, "protocol": "TCP" }],
@@ -148,6 +163,11 @@ mod tests {
                 .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
                 .collect::<Vec<_>>()
         };
+        assert_eq!(
+            spec.containers.len(),
+            1,
+            "only containers with ports are kept"
+        );
         assert_eq!(spec.containers[0].name, "c");
         assert_eq!(port(&spec.containers[0]), vec![("http".into(), 8080)]);
         let sidecar = &spec.init_containers.unwrap_or_default()[0];
@@ -185,8 +205,17 @@ mod tests {
         assert!(spec.volumes.is_none());
         assert!(spec.service_account_name.is_none());
         assert!(spec.scheduler_name.is_none());
+        assert!(spec.containers.iter().all(|c| c.name != "plain"));
         let c = &spec.containers[0];
         assert!(c.image.is_none() && c.env.is_none() && c.volume_mounts.is_none());
+        // A pod none of whose containers has ports or is a sidecar keeps none.
+        let mut plain = admitted()?;
+        if let Some(s) = plain.spec.as_mut() {
+            s.containers.retain(|c| c.name == "plain");
+            s.init_containers = None;
+        }
+        let spec = pod(plain).spec.unwrap_or_default();
+        assert!(spec.containers.is_empty() && spec.init_containers.is_none());
         let status = kept.status.unwrap_or_default();
         assert!(status.host_ip.is_none() && status.qos_class.is_none());
         let cs = &status.container_statuses.unwrap_or_default()[0];
