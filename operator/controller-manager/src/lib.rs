@@ -23,6 +23,7 @@ pub mod node_util;
 pub mod options;
 pub mod selection;
 pub mod status_writer;
+pub mod transform;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,7 +197,8 @@ pub async fn run(options: Options) -> Result<(), Error> {
         client: client.clone(),
         informers: Arc::new(
             InformerFactory::new(informer_client)
-                .with_resync(resync_period(options.min_resync_period)),
+                .with_resync(resync_period(options.min_resync_period))
+                .with_transform(transform::pod),
         ),
         metrics,
         options: options.clone(),

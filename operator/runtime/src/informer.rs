@@ -18,7 +18,7 @@
 //! vanished ones as `Deleted`. Subscribers that join late first receive the whole cache as
 //! `Added`, as a client-go handler added to a running informer does.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -256,9 +256,15 @@ impl<K> State<K> {
     }
 }
 
+/// A function applied to every object an informer receives before it is cached and handed
+/// to subscribers (client-go's `TransformFunc`): it drops what no reader of the cache
+/// needs, so that neither the cache nor the notifications keep it alive.
+pub type TransformFn<K> = Arc<dyn Fn(K) -> K + Send + Sync>;
+
 struct Shared<K> {
     state: RwLock<State<K>>,
     synced: watch::Sender<bool>,
+    transform: Option<TransformFn<K>>,
 }
 
 /// A read-only view of an informer's cache. Cheap to clone.
@@ -436,11 +442,12 @@ impl<K> Informer<K> {
 // === Dispatch ===
 
 impl<K> Shared<K> {
-    fn new() -> Self {
+    fn new(transform: Option<TransformFn<K>>) -> Self {
         let (synced, _) = watch::channel(false);
         Self {
             state: RwLock::new(State::new()),
             synced,
+            transform,
         }
     }
 }
@@ -454,12 +461,21 @@ fn trim<K: Resource>(mut obj: K) -> K {
 }
 
 impl<K: Resource> Shared<K> {
+    /// What is kept of a received object: [`trim`], then the factory's transform for `K`.
+    fn keep(&self, obj: K) -> K {
+        let obj = trim(obj);
+        match &self.transform {
+            Some(f) => f(obj),
+            None => obj,
+        }
+    }
+
     fn apply(&self, event: watcher::Event<K>) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         match event {
             watcher::Event::Init => state.relist = Some(HashMap::new()),
             watcher::Event::InitApply(obj) => {
-                let obj = trim(obj);
+                let obj = self.keep(obj);
                 let key = ObjectKey::of(&obj);
                 state
                     .relist
@@ -494,7 +510,7 @@ impl<K: Resource> Shared<K> {
                 self.synced.send_replace(true);
             }
             watcher::Event::Apply(obj) => {
-                let new = Arc::new(trim(obj));
+                let new = Arc::new(self.keep(obj));
                 let n = match state.insert(ObjectKey::of(&*new), new.clone()) {
                     Some(old) => Notification::Updated { old, new },
                     None => Notification::Added(new),
@@ -503,7 +519,9 @@ impl<K: Resource> Shared<K> {
             }
             watcher::Event::Delete(obj) => {
                 let key = ObjectKey::of(&obj);
-                let last = state.remove(&key).unwrap_or_else(|| Arc::new(trim(obj)));
+                let last = state
+                    .remove(&key)
+                    .unwrap_or_else(|| Arc::new(self.keep(obj)));
                 state.notify(Notification::Deleted(last));
             }
         }
@@ -542,6 +560,8 @@ struct Registered {
 pub struct InformerFactory {
     client: Client,
     resync: Option<Duration>,
+    /// Transforms by object type: `TypeId` of `K` -> `TransformFn<K>`.
+    transforms: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
     inner: Mutex<FactoryInner>,
 }
 
@@ -557,8 +577,23 @@ impl InformerFactory {
         Self {
             client,
             resync: None,
+            transforms: HashMap::new(),
             inner: Mutex::new(FactoryInner::default()),
         }
+    }
+
+    /// Every informer of `K` this factory makes passes what it receives through
+    /// `transform` before caching it (client-go's `informers.WithTransform`, per type). The
+    /// transform must keep whatever any reader of the cache looks at, and the name,
+    /// namespace and resourceVersion, by which the cache keys and compares objects.
+    #[must_use]
+    pub fn with_transform<K: 'static>(
+        mut self,
+        transform: impl Fn(K) -> K + Send + Sync + 'static,
+    ) -> Self {
+        let f: TransformFn<K> = Arc::new(transform);
+        self.transforms.insert(TypeId::of::<K>(), Box::new(f));
+        self
     }
 
     /// Re-delivers every cached object to subscribers every `period` (client-go's
@@ -626,7 +661,12 @@ impl InformerFactory {
         {
             return existing.clone();
         }
-        let shared = Arc::new(Shared::new());
+        let transform = self
+            .transforms
+            .get(&TypeId::of::<K>())
+            .and_then(|f| f.downcast_ref::<TransformFn<K>>())
+            .cloned();
+        let shared = Arc::new(Shared::new(transform));
         let informer = Informer {
             store: Store {
                 shared: shared.clone(),
@@ -762,7 +802,7 @@ mod tests {
     }
 
     fn store() -> (Arc<Shared<ConfigMap>>, Store<ConfigMap>) {
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(None));
         let store = Store {
             shared: shared.clone(),
         };
@@ -857,6 +897,63 @@ mod tests {
         shared.apply(watcher::Event::Delete(cm("a", "1", "", "1")));
         assert_eq!(names(store.list_in("a")), vec!["a/2"]);
         assert_eq!(store.len(), 3);
+    }
+
+    /// Drops the labels, as a transform drops what no reader needs.
+    fn without_labels(mut o: ConfigMap) -> ConfigMap {
+        o.metadata.labels = None;
+        o
+    }
+
+    #[test]
+    fn transform_applies_to_everything_cached_and_notified() {
+        let shared = Arc::new(Shared::new(Some(
+            Arc::new(without_labels) as TransformFn<ConfigMap>
+        )));
+        let informer = Informer {
+            store: Store {
+                shared: shared.clone(),
+            },
+        };
+        let mut rx = informer.subscribe();
+        shared.apply(watcher::Event::Init);
+        shared.apply(watcher::Event::InitApply(cm("a", "listed", "x", "1")));
+        shared.apply(watcher::Event::InitDone);
+        shared.apply(watcher::Event::Apply(cm("a", "watched", "x", "2")));
+        // Deleted before it was ever cached: the notification carries the transformed object.
+        shared.apply(watcher::Event::Delete(cm("a", "unseen", "x", "3")));
+        let store = informer.store();
+        assert_eq!(store.len(), 2);
+        assert!(store.list().iter().all(|o| o.metadata.labels.is_none()));
+        let mut seen = 0;
+        while let Ok(n) = rx.try_recv() {
+            assert!(n.object().metadata.labels.is_none(), "{n:?}");
+            seen += 1;
+        }
+        assert_eq!(seen, 3);
+        // The managedFields trim still runs first.
+        let mut with_fields = cm("a", "fields", "x", "4");
+        with_fields.metadata.managed_fields = Some(vec![Default::default()]);
+        shared.apply(watcher::Event::Apply(with_fields));
+        let cached = store.get("a", "fields");
+        assert!(cached.is_some_and(|o| o.metadata.managed_fields.is_none()));
+    }
+
+    #[tokio::test]
+    async fn factory_transform_is_per_type() -> anyhow::Result<()> {
+        let config = kube::Config::new("http://127.0.0.1:1".parse()?);
+        let factory = InformerFactory::new(Client::try_from(config)?)
+            .with_transform::<ConfigMap>(without_labels);
+        let cms = factory.informer::<ConfigMap>();
+        let selected = factory.informer_with::<ConfigMap>(Selectors {
+            namespace: Some("a".into()),
+            ..Selectors::default()
+        });
+        let secrets = factory.informer::<k8s_openapi::api::core::v1::Secret>();
+        assert!(cms.store.shared.transform.is_some());
+        assert!(selected.store.shared.transform.is_some());
+        assert!(secrets.store.shared.transform.is_none());
+        Ok(())
     }
 
     #[test]

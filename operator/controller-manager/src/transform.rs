@@ -1,0 +1,225 @@
+//! What the shared informers keep of the objects they cache (the transform given to the
+//! factory, client-go's `informers.WithTransform`).
+//!
+//! A typed Pod is large: its containers carry image, env, volume mounts, probes and
+//! resources, and admission adds a projected service-account volume to every pod. No
+//! controller here reads any of that from the cache, yet it made up most of the memory of
+//! the pod informer, which every pod in the cluster passes through. The pod transform keeps
+//! what the controllers read, listed field by field below; everything else is dropped
+//! before the object is cached or handed to any controller. Controllers never write a
+//! cached pod back (they patch, delete or evict by name), so nothing dropped here can be
+//! lost on the server.
+
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
+
+/// The pod as the controllers read it:
+///
+/// - metadata: all of it (managedFields are already gone);
+/// - spec: `nodeName` (pod GC, node lifecycle, taint eviction, endpoints, deletion ranking),
+///   `hostname` and `subdomain` (endpoints), `tolerations` (taint eviction), and of the
+///   containers and init containers only those that declare ports (named target ports of
+///   Services) or are sidecars (`restartPolicy: Always`: their restarts count in deletion
+///   ranking), each with just `name`, `ports` and `restartPolicy`. A container struct is
+///   over a kilobyte even when empty, so the others are not kept at all: **the cached
+///   `spec.containers` is not the pod's container list**, only what the controllers look
+///   up in it;
+/// - status: `phase`, `conditions`, `podIP(s)`, `reason`, `message`, `startTime`, and per
+///   container status only `name`, `ready` and `restartCount`.
+pub fn pod(mut pod: Pod) -> Pod {
+    pod.spec = pod.spec.map(spec);
+    pod.status = pod.status.map(status);
+    pod
+}
+
+fn spec(s: PodSpec) -> PodSpec {
+    PodSpec {
+        containers: containers(s.containers),
+        init_containers: s.init_containers.map(containers),
+        node_name: s.node_name,
+        hostname: s.hostname,
+        subdomain: s.subdomain,
+        tolerations: s.tolerations,
+        ..PodSpec::default()
+    }
+}
+
+fn containers(cs: Vec<Container>) -> Vec<Container> {
+    let kept: Vec<Container> = cs
+        .into_iter()
+        .filter(|c| {
+            c.ports.as_ref().is_some_and(|p| !p.is_empty())
+                || c.restart_policy.as_deref() == Some("Always")
+        })
+        .map(container)
+        .collect();
+    // An empty list holds no allocation; a filtered one may hold the original's.
+    if kept.is_empty() { Vec::new() } else { kept }
+}
+
+fn container(c: Container) -> Container {
+    Container {
+        name: c.name,
+        ports: c.ports,
+        restart_policy: c.restart_policy,
+        ..Container::default()
+    }
+}
+
+fn status(s: PodStatus) -> PodStatus {
+    PodStatus {
+        phase: s.phase,
+        conditions: s.conditions,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        reason: s.reason,
+        message: s.message,
+        start_time: s.start_time,
+        container_statuses: s
+            .container_statuses
+            .map(|cs| cs.into_iter().map(container_status).collect()),
+        init_container_statuses: s
+            .init_container_statuses
+            .map(|cs| cs.into_iter().map(container_status).collect()),
+        ..PodStatus::default()
+    }
+}
+
+fn container_status(c: ContainerStatus) -> ContainerStatus {
+    ContainerStatus {
+        name: c.name,
+        ready: c.ready,
+        restart_count: c.restart_count,
+        ..ContainerStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod as the apiserver returns it after admission, with a sidecar, a named port and
+    /// a running container.
+    fn admitted() -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "web-1", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                "labels": { "app": "web" },
+                "annotations": { "a": "b" },
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                    "uid": "rs1", "controller": true
+                }],
+                "deletionTimestamp": "2026-01-01T00:00:00Z"
+            },
+            "spec": {
+                "nodeName": "n1", "hostname": "h", "subdomain": "s",
+                "serviceAccountName": "default", "schedulerName": "default-scheduler",
+                "tolerations": [{ "key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                                  "effect": "NoExecute", "tolerationSeconds": 300 }],
+                "initContainers": [{ "name": "side", "image": "side:1", "restartPolicy": "Always",
+                                     "ports": [{ "name": "metrics", "containerPort": 9000 }] }],
+                "containers": [{ "name": "plain", "image": "plain:1" }, {
+                    "name": "c", "image": "web:1",
+                    "env": [{ "name": "A", "value": "b" }],
+                    "ports": [{ "name": "http", "containerPort": 8080, "protocol": "TCP" }],
+                    "volumeMounts": [{ "name": "kube-api-access-x",
+                                       "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" }]
+                }],
+                "volumes": [{ "name": "kube-api-access-x", "projected": { "sources": [
+                    { "serviceAccountToken": { "path": "token", "expirationSeconds": 3607 } }
+                ] } }]
+            },
+            "status": {
+                "phase": "Running", "podIP": "10.0.0.1", "podIPs": [{ "ip": "10.0.0.1" }],
+                "hostIP": "192.168.0.1", "qosClass": "BestEffort",
+                "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{ "type": "Ready", "status": "True",
+                                 "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+                "containerStatuses": [{ "name": "c", "ready": true, "restartCount": 3,
+                                        "image": "web:1", "imageID": "sha256:x",
+                                        "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } } }],
+                "initContainerStatuses": [{ "name": "side", "ready": true, "restartCount": 5,
+                                            "image": "side:1", "imageID": "sha256:y" }]
+            }
+        }))?)
+    }
+
+    #[test]
+    fn keeps_what_controllers_read() -> anyhow::Result<()> {
+        let full = admitted()?;
+        let kept = pod(full.clone());
+        assert_eq!(kept.metadata, full.metadata);
+        let spec = kept.spec.unwrap_or_default();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.hostname.as_deref(), Some("h"));
+        assert_eq!(spec.subdomain.as_deref(), Some("s"));
+        assert_eq!(spec.tolerations.map(|t| t.len()), Some(1));
+        let port = |c: &Container| {
+            c.ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            spec.containers.len(),
+            1,
+            "only containers with ports are kept"
+        );
+        assert_eq!(spec.containers[0].name, "c");
+        assert_eq!(port(&spec.containers[0]), vec![("http".into(), 8080)]);
+        let sidecar = &spec.init_containers.unwrap_or_default()[0];
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(port(sidecar), vec![("metrics".into(), 9000)]);
+
+        let status = kept.status.unwrap_or_default();
+        let was = full.status.unwrap_or_default();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.conditions, was.conditions);
+        assert_eq!(status.pod_ip, was.pod_ip);
+        assert_eq!(status.pod_ips, was.pod_ips);
+        assert_eq!(status.start_time, was.start_time);
+        let restarts = |cs: Option<Vec<ContainerStatus>>| {
+            cs.unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.name, c.ready, c.restart_count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            restarts(status.container_statuses),
+            vec![("c".into(), true, 3)]
+        );
+        assert_eq!(
+            restarts(status.init_container_statuses),
+            vec![("side".into(), true, 5)]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn drops_what_no_controller_reads() -> anyhow::Result<()> {
+        let kept = pod(admitted()?);
+        let spec = kept.spec.unwrap_or_default();
+        assert!(spec.volumes.is_none());
+        assert!(spec.service_account_name.is_none());
+        assert!(spec.scheduler_name.is_none());
+        assert!(spec.containers.iter().all(|c| c.name != "plain"));
+        let c = &spec.containers[0];
+        assert!(c.image.is_none() && c.env.is_none() && c.volume_mounts.is_none());
+        // A pod none of whose containers has ports or is a sidecar keeps none.
+        let mut plain = admitted()?;
+        if let Some(s) = plain.spec.as_mut() {
+            s.containers.retain(|c| c.name == "plain");
+            s.init_containers = None;
+        }
+        let spec = pod(plain).spec.unwrap_or_default();
+        assert!(spec.containers.is_empty() && spec.init_containers.is_none());
+        let status = kept.status.unwrap_or_default();
+        assert!(status.host_ip.is_none() && status.qos_class.is_none());
+        let cs = &status.container_statuses.unwrap_or_default()[0];
+        assert!(cs.image.is_empty() && cs.image_id.is_empty() && cs.state.is_none());
+        Ok(())
+    }
+}
