@@ -482,8 +482,41 @@ pub fn dump_logs(dir: &Path, lines: usize) -> String {
     out
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel's pick, released at once).
+/// A free TCP port on 127.0.0.1, for a component a test starts.
+///
+/// Not the kernel's pick (`bind(0)`): that comes from the ephemeral range, the same range
+/// outgoing connections take their source ports from, so between the pick and the
+/// component's own bind a client connection elsewhere on the machine can take it (seen as
+/// kube-apiserver's "bind: address already in use"). Ports below the ephemeral range are
+/// only ever taken by a listener; starting at 20000 also stays clear of the components'
+/// default ports (10250, 10257, 10259, ...). Each process starts at a random point and walks on, so
+/// concurrent tests in one process never get the same port, and different processes rarely.
 pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let low = 20_000u32;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|h| *h > low + 1_000)
+        .unwrap_or(32_768);
+    let span = high - low;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::random_range(0..span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(low + offset) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // Everything below the ephemeral range is taken: fall back to the kernel's pick.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
