@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::images::reference::canonical_registry;
 use crate::images::{Image, ImageStore};
 use crate::network::{Attachment, Ipv4Cidr, Network};
 use crate::options::Config;
@@ -2135,7 +2136,7 @@ pub fn docker_config_auth(config: &[u8], registry: &str) -> Option<RegistryAuth>
             .trim_start_matches("https://")
             .trim_start_matches("http://");
         let host = host.split('/').next().unwrap_or(host);
-        (docker_hub_alias(host) == docker_hub_alias(registry)).then_some(e)
+        (canonical_registry(host) == canonical_registry(registry)).then_some(e)
     })?;
     if let (Some(u), Some(p)) = (entry["username"].as_str(), entry["password"].as_str()) {
         return Some(RegistryAuth::Basic(u.to_string(), p.to_string()));
@@ -2146,15 +2147,6 @@ pub fn docker_config_auth(config: &[u8], registry: &str) -> Option<RegistryAuth>
     let text = String::from_utf8(decoded).ok()?;
     let (u, p) = text.split_once(':')?;
     Some(RegistryAuth::Basic(u.to_string(), p.to_string()))
-}
-
-/// Docker Hub's one name: its credentials are usually keyed by the legacy index address
-/// (`https://index.docker.io/v1/`), while references normalise to `docker.io`.
-fn docker_hub_alias(host: &str) -> &str {
-    match host {
-        "index.docker.io" | "registry-1.docker.io" => "docker.io",
-        h => h,
-    }
 }
 
 #[cfg(test)]

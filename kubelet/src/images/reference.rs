@@ -58,11 +58,7 @@ pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
             ReferenceError("bad repository name")
         });
     }
-    let registry = if registry == "index.docker.io" {
-        DOCKER_HUB
-    } else {
-        registry
-    };
+    let registry = canonical_registry(registry);
     let repository = if registry == DOCKER_HUB && !path.contains('/') {
         format!("library/{path}")
     } else {
@@ -95,6 +91,16 @@ pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
 }
 
 /// `host[:port]`: dot-separated labels of letters, digits and inner dashes.
+/// Docker Hub's one name: its legacy index address (`index.docker.io`, under which Docker
+/// also keys its credentials) is `docker.io`, as the distribution project normalises it.
+pub fn canonical_registry(host: &str) -> &str {
+    if host == "index.docker.io" {
+        DOCKER_HUB
+    } else {
+        host
+    }
+}
+
 fn valid_registry(s: &str) -> bool {
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
