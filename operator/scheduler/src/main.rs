@@ -2,10 +2,9 @@
 
 use clap::Parser;
 
-// mimalloc rather than glibc's malloc: pods are decoded by the informer on one runtime
-// thread and dropped (replaced by their bound version) on another, and glibc keeps what
-// each thread's arena freed; in the scheduler benchmark the peak resident set came out
-// lower with mimalloc.
+// mimalloc rather than glibc's malloc, for CPU: glibc's malloc and free were 15-20% of the
+// scheduler's CPU in the benchmark's profile (every cycle allocates per node). It costs
+// memory: peak RSS at 5000 nodes / 10000 pods went from about 282 to 301-309 MiB.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
