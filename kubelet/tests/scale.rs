@@ -36,6 +36,17 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// The pod's IP once it is Ready.
+fn ready_ip(p: &Pod) -> Result<String, String> {
+    if !ready(p) {
+        return Err("not ready".into());
+    }
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .ok_or_else(|| "no ip".into())
+}
+
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
@@ -87,39 +98,9 @@ async fn scenarios(
         api.create(&PostParams::default(), &pod(name, node, image, host)?)
             .await?;
     }
-    let ip_a = common::pod_until(cp, NS, "on-a", "on-a Ready", t, |p| {
-        if ready(p) {
-            p.status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .ok_or_else(|| "no ip".into())
-        } else {
-            Err("not ready".into())
-        }
-    })
-    .await?;
-    let ip_b = common::pod_until(cp, NS, "on-b", "on-b Ready", t, |p| {
-        if ready(p) {
-            p.status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .ok_or_else(|| "no ip".into())
-        } else {
-            Err("not ready".into())
-        }
-    })
-    .await?;
-    let ip_h = common::pod_until(cp, NS, "host", "host Ready", t, |p| {
-        if ready(p) {
-            p.status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .ok_or_else(|| "no ip".into())
-        } else {
-            Err("not ready".into())
-        }
-    })
-    .await?;
+    let ip_a = common::pod_until(cp, NS, "on-a", "on-a Ready", t, ready_ip).await?;
+    let ip_b = common::pod_until(cp, NS, "on-b", "on-b Ready", t, ready_ip).await?;
+    let ip_h = common::pod_until(cp, NS, "host", "host Ready", t, ready_ip).await?;
     assert!(ip_a.starts_with("198.18.44."), "{ip_a}");
     assert!(ip_b.starts_with("198.18.45."), "{ip_b}");
     assert_eq!(ip_h, "127.0.0.1");

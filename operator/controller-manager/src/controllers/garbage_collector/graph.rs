@@ -703,6 +703,16 @@ mod tests {
         }
     }
 
+    /// ConfigMap `ns/child` (uid c1) owned by `ns/parent` (uid p1).
+    fn child(block_owner_deletion: bool) -> ObjectMeta {
+        meta(
+            "ns",
+            "child",
+            "c1",
+            vec![oref("ConfigMap", "parent", "p1", block_owner_deletion)],
+        )
+    }
+
     fn ev(t: EventType, m: ObjectMeta) -> GraphEvent {
         GraphEvent {
             event_type: t,
@@ -717,15 +727,7 @@ mod tests {
     #[test]
     fn dependent_before_owner_makes_a_virtual_owner() {
         let mut g = Graph::default();
-        let fx = g.process(&ev(
-            EventType::Add,
-            meta(
-                "ns",
-                "child",
-                "c1",
-                vec![oref("ConfigMap", "parent", "p1", false)],
-            ),
-        ));
+        let fx = g.process(&ev(EventType::Add, child(false)));
         assert_eq!(fx, vec![Effect::AttemptToDelete("p1".into())]);
         let owner = g.get("p1").expect("virtual owner");
         assert!(owner.virtual_);
@@ -743,15 +745,7 @@ mod tests {
     fn deleting_the_owner_queues_dependents_and_remembers_absence() {
         let mut g = Graph::default();
         g.process(&ev(EventType::Add, meta("ns", "parent", "p1", vec![])));
-        g.process(&ev(
-            EventType::Add,
-            meta(
-                "ns",
-                "child",
-                "c1",
-                vec![oref("ConfigMap", "parent", "p1", false)],
-            ),
-        ));
+        g.process(&ev(EventType::Add, child(false)));
         let fx = g.process(&ev(EventType::Delete, meta("ns", "parent", "p1", vec![])));
         assert_eq!(fx, vec![Effect::AttemptToDelete("c1".into())]);
         assert!(g.get("p1").is_none());
@@ -759,15 +753,7 @@ mod tests {
         let [_, namespaced] = absent_keys(&r, "ns");
         assert!(g.absent_owners.has(&namespaced));
         // The child is removed too; the owner link goes with it.
-        g.process(&ev(
-            EventType::Delete,
-            meta(
-                "ns",
-                "child",
-                "c1",
-                vec![oref("ConfigMap", "parent", "p1", false)],
-            ),
-        ));
+        g.process(&ev(EventType::Delete, child(false)));
         assert!(g.is_empty());
     }
 
@@ -775,15 +761,7 @@ mod tests {
     fn foreground_deletion_marks_and_queues() {
         let mut g = Graph::default();
         g.process(&ev(EventType::Add, meta("ns", "parent", "p1", vec![])));
-        g.process(&ev(
-            EventType::Add,
-            meta(
-                "ns",
-                "child",
-                "c1",
-                vec![oref("ConfigMap", "parent", "p1", true)],
-            ),
-        ));
+        g.process(&ev(EventType::Add, child(true)));
         let mut m = meta("ns", "parent", "p1", vec![]);
         m.deletion_timestamp = Some(Time(Timestamp::now()));
         m.finalizers = Some(vec![FINALIZER_DELETE_DEPENDENTS.into()]);
@@ -800,15 +778,7 @@ mod tests {
         assert!(g.get("p1").expect("owner").deleting_dependents);
         assert_eq!(g.blocking_dependents("p1").len(), 1);
         // The dependent goes: the owner is looked at again.
-        let fx = g.process(&ev(
-            EventType::Delete,
-            meta(
-                "ns",
-                "child",
-                "c1",
-                vec![oref("ConfigMap", "parent", "p1", true)],
-            ),
-        ));
+        let fx = g.process(&ev(EventType::Delete, child(true)));
         assert_eq!(fx, vec![Effect::AttemptToDelete("p1".into())]);
         assert!(g.blocking_dependents("p1").is_empty());
     }
@@ -831,24 +801,8 @@ mod tests {
     fn unblocking_a_reference_requeues_the_owner() {
         let mut g = Graph::default();
         g.process(&ev(EventType::Add, meta("ns", "parent", "p1", vec![])));
-        g.process(&ev(
-            EventType::Add,
-            meta(
-                "ns",
-                "child",
-                "c1",
-                vec![oref("ConfigMap", "parent", "p1", true)],
-            ),
-        ));
-        let fx = g.process(&ev(
-            EventType::Update,
-            meta(
-                "ns",
-                "child",
-                "c1",
-                vec![oref("ConfigMap", "parent", "p1", false)],
-            ),
-        ));
+        g.process(&ev(EventType::Add, child(true)));
+        let fx = g.process(&ev(EventType::Update, child(false)));
         assert_eq!(fx, vec![Effect::AttemptToDelete("p1".into())]);
         // Dropping the reference unlinks the dependent.
         let fx = g.process(&ev(EventType::Update, meta("ns", "child", "c1", vec![])));
