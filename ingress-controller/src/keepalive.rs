@@ -46,9 +46,16 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections per backend address, and when expired ones were last closed.
+#[derive(Default)]
+struct Lists {
+    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    pruned: Option<Instant>,
+}
+
 /// One worker's idle upstream connections, per backend address.
 pub struct Keepalive {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<Lists>,
     /// Idle connections kept per address (nginx's `keepalive`); more are closed.
     max_idle: usize,
     /// How long a connection may stay idle (nginx's `keepalive_timeout`).
@@ -97,7 +104,7 @@ impl Keepalive {
         loop {
             let idle = {
                 let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let list = all.get_mut(&addr)?;
+                let list = all.by_addr.get_mut(&addr)?;
                 let now = Instant::now();
                 // The oldest are at the front.
                 let expired = list
@@ -145,36 +152,51 @@ impl Keepalive {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
+        let now = Instant::now();
         let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = all.entry(addr).or_default();
+        let list = all.by_addr.entry(addr).or_default();
         if list.len() >= self.max_idle {
             list.remove(0);
         }
-        list.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        list.push(Idle { sender, since: now });
+        // Expired connections to other addresses are closed here, at most once per idle
+        // timeout, rather than by a timer: a worker's pending timers change how tokio
+        // parks it, and a timer that fires every few seconds measured slower under load.
+        // A worker without traffic keeps its idle connections until their backends close
+        // them.
+        if all
+            .pruned
+            .is_none_or(|t| now.duration_since(t) >= self.idle_timeout)
+        {
+            all.pruned = Some(now);
+            prune(&mut all.by_addr, now, self.idle_timeout);
+        }
     }
 
     /// Closes connections idle longer than the idle timeout or closed by their backend,
     /// and forgets addresses left without any.
     pub fn prune(&self) {
-        let now = Instant::now();
         let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        all.retain(|_, list| {
-            list.retain(|i| {
-                !i.sender.is_closed() && now.duration_since(i.since) < self.idle_timeout
-            });
-            !list.is_empty()
-        });
+        let now = Instant::now();
+        all.pruned = Some(now);
+        prune(&mut all.by_addr, now, self.idle_timeout);
     }
 
     /// Idle connections kept, all addresses together.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         let all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        all.values().map(Vec::len).sum()
+        all.by_addr.values().map(Vec::len).sum()
     }
+}
+
+/// Drops the connections idle for `timeout` or closed by their backend, and the addresses
+/// left without any.
+fn prune(by_addr: &mut HashMap<SocketAddr, Vec<Idle>>, now: Instant, timeout: Duration) {
+    by_addr.retain(|_, list| {
+        list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+        !list.is_empty()
+    });
 }
 
 /// A new connection to `addr`, its task spawned on the current (worker) runtime.

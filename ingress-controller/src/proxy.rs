@@ -282,12 +282,6 @@ impl Pools {
         c
     }
 
-    /// Closes idle HTTP/1.1 connections past their idle timeout (the h2c clients expire
-    /// their own).
-    pub fn prune(&self) {
-        self.http1.prune();
-    }
-
     /// Sends `req` to `ep`: `path` is the request target (origin form); h2c requests get
     /// the absolute URI hyper-util's client routes on.
     async fn send(

@@ -63,23 +63,6 @@ pub struct Listeners {
     pub https: std::net::TcpListener,
 }
 
-/// How often a worker closes its expired idle upstream connections.
-const PRUNE_EVERY: Duration = Duration::from_secs(5);
-
-/// Closes `pools`' expired idle upstream connections every [`PRUNE_EVERY`], for as long as
-/// the worker's runtime runs. Its timer, always due within seconds, has a second use: each
-/// proxied request arms a timeout (the upstream read timeout, a minute by default), and
-/// tokio wakes its driver with an eventfd write whenever a timer is armed earlier than the
-/// driver's next wake-up; with no nearer timer pending that was nearly every request.
-async fn prune(pools: Arc<Pools>) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        pools.prune();
-    }
-}
-
 /// Starts a worker thread per element of `listeners`, each serving until `shutdown` and
 /// then draining for up to `grace` (see [`proxy::serve`]). The returned future ends when
 /// every worker has.
@@ -110,7 +93,6 @@ pub fn start(
             .spawn(move || {
                 runtime.block_on(async move {
                     let pools = Arc::new(Pools::default());
-                    tokio::spawn(prune(pools.clone()));
                     tokio::join!(
                         proxy::serve(
                             http,
