@@ -25,6 +25,7 @@ pub mod balancer;
 pub mod class;
 pub mod controller;
 pub mod cors;
+pub mod keepalive;
 pub mod options;
 pub mod proxy;
 pub mod ratelimit;

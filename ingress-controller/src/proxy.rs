@@ -28,10 +28,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::annotations::{BackendProtocol, Config};
 use crate::controller::Shared;
+use crate::keepalive::{self, Keepalive};
 use crate::routing::{Route, Target, normalize_host};
 use crate::{auth, cors, ratelimit};
+use ferrokube_runtime::informer::ObjectKey;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of the bodies the proxy produces.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the proxy produces.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -88,7 +91,8 @@ fn full(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn empty() -> Body {
+/// An empty body.
+pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
@@ -204,30 +208,133 @@ fn wants_canary(config: &Config, headers: &HeaderMap) -> bool {
     c.weight > 0 && rand::random_range(0..c.weight_total) < c.weight
 }
 
-/// One worker thread's upstream connections: a pooled client per connect timeout and
-/// protocol. Each worker has its own, so a connection's task runs on the thread that
-/// sends requests on it (see [`crate::workers`]).
-#[derive(Default)]
-pub struct Pools(Mutex<HashMap<(Duration, bool), Client<HttpConnector, Body>>>);
+/// How long an upstream connection may stay idle (nginx's `keepalive_timeout` default).
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request counter handles a worker keeps (see [`Pools::counter`]).
+const MAX_CACHED_COUNTERS: usize = 4096;
+/// Idle upstream connections a worker keeps per backend address.
+const UPSTREAM_MAX_IDLE: usize = 256;
+
+/// One worker thread's upstream connections: HTTP/1.1 keep-alive connections per backend
+/// address, and a pooled client per connect timeout for h2c backends. Each worker has its
+/// own, so a connection's task runs on the thread that sends requests on it (see
+/// [`crate::workers`]).
+pub struct Pools {
+    http1: Arc<Keepalive>,
+    h2c: Mutex<HashMap<Duration, Client<HttpConnector, Body>>>,
+    /// Request counters by status and Ingress (see [`Pools::counter`]).
+    counters: Mutex<HashMap<u16, HashMap<ObjectKey, Counter>>>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Self {
+            http1: Arc::new(Keepalive::new(UPSTREAM_MAX_IDLE, UPSTREAM_IDLE_TIMEOUT)),
+            h2c: Mutex::default(),
+            counters: Mutex::default(),
+        }
+    }
+}
 
 impl Pools {
-    /// The pooled client for a connect timeout and protocol (one pool each).
-    fn client(&self, connect_timeout: Duration, h2: bool) -> Client<HttpConnector, Body> {
-        let mut clients = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The pooled h2c client for a connect timeout (one pool each).
+    fn h2c(&self, connect_timeout: Duration) -> Client<HttpConnector, Body> {
+        let mut clients = self.h2c.lock().unwrap_or_else(PoisonError::into_inner);
         clients
-            .entry((connect_timeout, h2))
+            .entry(connect_timeout)
             .or_insert_with(|| {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(connect_timeout));
                 connector.set_nodelay(true);
                 Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(256)
-                    .http2_only(h2)
+                    .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(UPSTREAM_MAX_IDLE)
+                    .http2_only(true)
                     .build(connector)
             })
             .clone()
     }
+
+    /// The request counter for `ingress` and `status`. The family's own lookup builds
+    /// six label strings and hashes them per request; the handles it returns share the
+    /// family's counts, so each worker keeps the ones it has used.
+    fn counter(&self, family: &RequestCounter, ingress: &ObjectKey, status: u16) -> Counter {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = counters.get(&status).and_then(|m| m.get(ingress)) {
+            return c.clone();
+        }
+        // Label sets of deleted Ingresses stay in the family too; this only bounds the
+        // copies.
+        if counters.values().map(HashMap::len).sum::<usize>() >= MAX_CACHED_COUNTERS {
+            counters.clear();
+        }
+        let c = family
+            .get_or_create(&vec![
+                ("namespace".into(), ingress.namespace.clone()),
+                ("ingress".into(), ingress.name.clone()),
+                ("status".into(), status.to_string()),
+            ])
+            .clone();
+        counters
+            .entry(status)
+            .or_default()
+            .insert(ingress.clone(), c.clone());
+        c
+    }
+
+    /// Sends `req` to `ep`: `path` is the request target (origin form); h2c requests get
+    /// the absolute URI hyper-util's client routes on.
+    async fn send(
+        &self,
+        ep: SocketAddr,
+        path: &Uri,
+        h2: bool,
+        connect_timeout: Duration,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        if h2 {
+            let uri = format!("http://{ep}{path}")
+                .parse::<Uri>()
+                .map_err(|_| UpstreamError::BadTarget)?;
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_2;
+            return match self.h2c(connect_timeout).request(req).await {
+                Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                Err(e) if e.is_connect() => Err(UpstreamError::Connect(Box::new(e))),
+                Err(e) => Err(UpstreamError::Request(Box::new(e))),
+            };
+        }
+        *req.uri_mut() = path.clone();
+        *req.version_mut() = Version::HTTP_11;
+        match self.http1.send(ep, connect_timeout, req).await {
+            Ok(resp) => Ok(resp),
+            Err(e @ keepalive::Error::Connect { .. }) => Err(UpstreamError::Connect(Box::new(e))),
+            Err(e) => Err(UpstreamError::Request(Box::new(e))),
+        }
+    }
+}
+
+/// `Display` of an optional value: nothing when absent.
+struct OrEmpty<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How sending to an upstream failed.
+#[derive(Debug)]
+enum UpstreamError {
+    /// No connection: another endpoint may be tried.
+    Connect(BoxError),
+    /// The exchange failed on a connection.
+    Request(BoxError),
+    /// The request target does not make a URI.
+    BadTarget,
 }
 
 impl Proxy {
@@ -264,22 +371,12 @@ impl Proxy {
             Some(route) => self.forward(req, conn, pools, &host, route, &id).await,
         };
         let status = resp.status().as_u16();
-        let (ns, ing) = route
-            .as_ref()
-            .map(|r| {
-                (
-                    r.target.ingress.namespace.clone(),
-                    r.target.ingress.name.clone(),
-                )
-            })
-            .unwrap_or_default();
-        self.requests
-            .get_or_create(&vec![
-                ("namespace".into(), ns.clone()),
-                ("ingress".into(), ing.clone()),
-                ("status".into(), status.to_string()),
-            ])
-            .inc();
+        let unrouted = ObjectKey {
+            namespace: String::new(),
+            name: String::new(),
+        };
+        let ingress = route.as_ref().map_or(&unrouted, |r| &r.target.ingress);
+        pools.counter(&self.requests, ingress, status).inc();
         tracing::info!(
             target: "access",
             remote = %conn.remote,
@@ -287,8 +384,8 @@ impl Proxy {
             host = %host,
             path = %path,
             status,
-            upstream = upstream.map(|u| u.to_string()).unwrap_or_default(),
-            ingress = %format!("{ns}/{ing}"),
+            upstream = %OrEmpty(upstream),
+            ingress = %format_args!("{}/{}", ingress.namespace, ingress.name),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             request_id = id.to_str().unwrap_or_default(),
             "request"
@@ -475,12 +572,12 @@ impl Proxy {
             None => path_and_query,
         };
         let h2 = config.backend_protocol == BackendProtocol::H2c;
-        let client = pools.client(
-            config
-                .connect_timeout
-                .unwrap_or(self.settings.connect_timeout),
-            h2,
-        );
+        let connect_timeout = config
+            .connect_timeout
+            .unwrap_or(self.settings.connect_timeout);
+        let Ok(target_uri) = upstream_path.parse::<Uri>() else {
+            return (full(StatusCode::BAD_REQUEST, "400 bad request\n"), None);
+        };
         // Waiting for response headers covers sending the request too (hyper streams the
         // body while waiting), so the send timeout extends the read timeout.
         let wait = config.read_timeout.unwrap_or(self.settings.read_timeout)
@@ -511,26 +608,26 @@ impl Proxy {
                 };
             };
             tried.push(ep);
-            let Ok(uri) = format!("http://{ep}{upstream_path}").parse::<Uri>() else {
-                return (full(StatusCode::BAD_REQUEST, "400 bad request\n"), None);
-            };
             let mut out = Request::new(if retriable {
                 empty()
             } else {
                 body.take().unwrap_or_else(empty)
             });
             *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = uri;
-            *out.version_mut() = if h2 {
-                Version::HTTP_2
+            // An attempt that cannot be followed by another takes the headers; one that may
+            // be (a connect failure with endpoints left to try) sends a copy.
+            let may_retry =
+                retriable && tried.len() < MAX_TRIES.min(target.upstream.endpoints().len());
+            *out.headers_mut() = if may_retry {
+                headers.clone()
             } else {
-                Version::HTTP_11
+                std::mem::take(&mut headers)
             };
-            *out.headers_mut() = headers.clone();
             // In flight until the response headers arrive: the backend's think time is
             // what least-request balancing compares.
             let _in_flight = target.upstream.start(ep);
-            match tokio::time::timeout(wait, client.request(out)).await {
+            let sent = pools.send(ep, &target_uri, h2, connect_timeout, out);
+            match tokio::time::timeout(wait, sent).await {
                 Err(_) => {
                     return (
                         full(StatusCode::GATEWAY_TIMEOUT, "504 gateway timeout\n"),
@@ -538,7 +635,10 @@ impl Proxy {
                     );
                 }
                 Ok(Ok(resp)) => break (resp, ep),
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(UpstreamError::BadTarget)) => {
+                    return (full(StatusCode::BAD_REQUEST, "400 bad request\n"), None);
+                }
+                Ok(Err(UpstreamError::Connect(e))) => {
                     target.upstream.eject(ep);
                     tracing::debug!(upstream = %ep, error = %e, "connect failed");
                     if retriable && tried.len() < MAX_TRIES {
@@ -546,12 +646,12 @@ impl Proxy {
                     }
                     return (full(StatusCode::BAD_GATEWAY, "502 bad gateway\n"), Some(ep));
                 }
-                Ok(Err(e)) => {
+                Ok(Err(UpstreamError::Request(e))) => {
                     tracing::debug!(upstream = %ep, error = %e, "upstream request failed");
                     // The limit error sits a few levels down (client error -> hyper error
                     // -> body error), so the whole chain is searched.
                     let too_large = std::iter::successors(
-                        Some(&e as &(dyn std::error::Error + 'static)),
+                        Some(&*e as &(dyn std::error::Error + 'static)),
                         |e| e.source(),
                     )
                     .any(|s| s.is::<http_body_util::LengthLimitError>());

@@ -1,0 +1,397 @@
+//! Upstream keep-alive connections, as nginx's `ngx_http_upstream_keepalive_module`: a
+//! worker keeps its idle HTTP/1.1 connections to each backend address and sends the next
+//! request to that address on one of them.
+//!
+//! hyper-util's pooled client does the same job with more machinery per request: a pool key
+//! built from the request's absolute URI, a checkout racing a new connect, and a task
+//! spawned per request to put the connection back once the response body is done. Here a
+//! connection goes back when the response body that came on it is dropped after its end
+//! (the body carries the connection's handle), which is one push onto a per-worker list.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::proxy::Body;
+
+/// Why a request did not get a response.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection to the backend (refused, unreachable, timed out): nothing was sent, so
+    /// another endpoint may be tried.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The backend.
+        addr: SocketAddr,
+        /// What connecting said.
+        source: std::io::Error,
+    },
+    /// The connection was made but the exchange failed.
+    #[error("upstream request: {0}")]
+    Request(#[source] hyper::Error),
+}
+
+/// An idle connection and when it became idle.
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// Idle connections per backend address, and when expired ones were last closed.
+#[derive(Default)]
+struct Lists {
+    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    pruned: Option<Instant>,
+}
+
+/// One worker's idle upstream connections, per backend address.
+pub struct Keepalive {
+    idle: Mutex<Lists>,
+    /// Idle connections kept per address (nginx's `keepalive`); more are closed.
+    max_idle: usize,
+    /// How long a connection may stay idle (nginx's `keepalive_timeout`).
+    idle_timeout: Duration,
+}
+
+impl Keepalive {
+    /// Keeps up to `max_idle` idle connections per address, each for up to `idle_timeout`.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::default(),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Sends `req` (origin-form URI, Host header set) to `addr` on an idle connection, or a
+    /// new one made within `connect_timeout`. A request that an idle connection closed
+    /// under before taking it is sent once more on a new connection, as hyper-util's client
+    /// retries it.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Error> {
+        let mut req = req;
+        if let Some(mut sender) = self.checkout(addr).await {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.track(addr, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(Error::Request(e.into_error())),
+                },
+            }
+        }
+        let mut sender = connect(addr, connect_timeout).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.track(addr, sender, resp)),
+            Err(e) => Err(Error::Request(e)),
+        }
+    }
+
+    /// The most recently idle open connection to `addr`, once it is ready for a request.
+    async fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+        loop {
+            let idle = {
+                let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let list = all.by_addr.get_mut(&addr)?;
+                let now = Instant::now();
+                // The oldest are at the front.
+                let expired = list
+                    .iter()
+                    .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                    .count();
+                list.drain(..expired);
+                list.pop()?
+            };
+            let mut sender = idle.sender;
+            if sender.is_closed() {
+                continue;
+            }
+            // Given back at the end of a response body, a connection may not have finished
+            // its own bookkeeping yet; that takes at most a turn of its task.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Wraps the response body so that the connection comes back here when the body is
+    /// dropped after its end. A 101 response hands the connection to the upgrade instead.
+    fn track(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sender: SendRequest<Body>,
+        resp: Response<Incoming>,
+    ) -> Response<Body> {
+        let home = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Home {
+            pool: self.clone(),
+            addr,
+            sender,
+        });
+        resp.map(|inner| {
+            http_body_util::BodyExt::boxed_unsync(Tracked {
+                inner,
+                home,
+                ended: false,
+            })
+        })
+    }
+
+    fn give_back(&self, addr: SocketAddr, sender: SendRequest<Body>) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = all.by_addr.entry(addr).or_default();
+        if list.len() >= self.max_idle {
+            list.remove(0);
+        }
+        list.push(Idle { sender, since: now });
+        // Expired connections to other addresses are closed here, at most once per idle
+        // timeout, rather than by a timer: a worker's pending timers change how tokio
+        // parks it, and a timer that fires every few seconds measured slower under load.
+        // A worker without traffic keeps its idle connections until their backends close
+        // them.
+        if all
+            .pruned
+            .is_none_or(|t| now.duration_since(t) >= self.idle_timeout)
+        {
+            all.pruned = Some(now);
+            prune(&mut all.by_addr, now, self.idle_timeout);
+        }
+    }
+
+    /// Closes connections idle longer than the idle timeout or closed by their backend,
+    /// and forgets addresses left without any.
+    pub fn prune(&self) {
+        let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        all.pruned = Some(now);
+        prune(&mut all.by_addr, now, self.idle_timeout);
+    }
+
+    /// Idle connections kept, all addresses together.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        let all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        all.by_addr.values().map(Vec::len).sum()
+    }
+}
+
+/// Drops the connections idle for `timeout` or closed by their backend, and the addresses
+/// left without any.
+fn prune(by_addr: &mut HashMap<SocketAddr, Vec<Idle>>, now: Instant, timeout: Duration) {
+    by_addr.retain(|_, list| {
+        list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+        !list.is_empty()
+    });
+}
+
+/// A new connection to `addr`, its task spawned on the current (worker) runtime.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Body>, Error> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(Error::Connect { addr, source }),
+        Err(_) => {
+            return Err(Error::Connect {
+                addr,
+                source: std::io::ErrorKind::TimedOut.into(),
+            });
+        }
+    };
+    // Requests are small and each is written whole: waiting to coalesce only adds latency.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(Error::Request)?;
+    tokio::spawn(async move {
+        // Upgrades: a 101 response hands the socket to `hyper::upgrade::on`.
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Where a response's connection goes back to.
+struct Home {
+    pool: Arc<Keepalive>,
+    addr: SocketAddr,
+    sender: SendRequest<Body>,
+}
+
+/// A response body that returns its connection to the pool when dropped after its end; a
+/// body dropped before its end leaves the connection unusable, and it is closed.
+struct Tracked {
+    inner: Incoming,
+    home: Option<Home>,
+    /// The inner body said it had no more frames (a chunked body says so only this way).
+    ended: bool,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = crate::proxy::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take()
+            && (self.ended || self.inner.is_end_stream())
+        {
+            home.pool.give_back(home.addr, home.sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A backend answering every request on a connection with `body`, counting connections.
+    async fn backend(body: &'static str) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut have = Vec::new();
+                    loop {
+                        while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                            have.drain(..end + 4);
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if s.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => have.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    fn get() -> Request<Body> {
+        let mut r = Request::new(crate::proxy::empty());
+        *r.uri_mut() = http::Uri::from_static("/");
+        r.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("b"));
+        r
+    }
+
+    #[tokio::test]
+    async fn reuses_a_connection_once_its_body_is_read() {
+        let (addr, conns) = backend("hello").await;
+        let pool = Arc::new(Keepalive::new(4, Duration::from_secs(60)));
+        for _ in 0..3 {
+            let resp = pool
+                .send(addr, Duration::from_secs(1), get())
+                .await
+                .expect("response");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(body, "hello");
+        }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_does_not_come_back() {
+        let (addr, conns) = backend("hello").await;
+        let pool = Arc::new(Keepalive::new(4, Duration::from_secs(60)));
+        let resp = pool
+            .send(addr, Duration::from_secs(1), get())
+            .await
+            .expect("response");
+        drop(resp);
+        assert_eq!(pool.idle_count(), 0);
+        let resp = pool
+            .send(addr, Duration::from_secs(1), get())
+            .await
+            .expect("response");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, "hello");
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire_and_are_capped() {
+        let (addr, _) = backend("x").await;
+        let pool = Arc::new(Keepalive::new(1, Duration::from_millis(50)));
+        // Two bodies read while both are open: only one connection is kept.
+        let a = pool
+            .send(addr, Duration::from_secs(1), get())
+            .await
+            .expect("a");
+        let b = pool
+            .send(addr, Duration::from_secs(1), get())
+            .await
+            .expect("b");
+        a.into_body().collect().await.expect("body a");
+        b.into_body().collect().await.expect("body b");
+        assert_eq!(pool.idle_count(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        pool.prune();
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_connect_errors() {
+        // A port just bound and released: nothing listens there.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let pool = Arc::new(Keepalive::new(4, Duration::from_secs(60)));
+        let err = pool
+            .send(addr, Duration::from_secs(1), get())
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+    }
+}
