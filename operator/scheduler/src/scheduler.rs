@@ -109,12 +109,16 @@ fn assigned(pod: &Pod) -> bool {
         .is_some_and(|n| !n.is_empty())
 }
 
+/// The pod's key in the cache and queue: its uid, or `namespace/name` without one, as
+/// [`PodInfo::new`] computes it (without building a `PodInfo` for it).
 fn uid_of(pod: &Pod) -> String {
-    PodInfo::new(Arc::new(Pod {
-        metadata: pod.metadata.clone(),
-        ..Pod::default()
-    }))
-    .uid
+    pod.metadata.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )
+    })
 }
 
 /// Whether a node change can make a pod fit that did not (upstream's node update
