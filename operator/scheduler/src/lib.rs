@@ -28,6 +28,7 @@ pub mod plugins;
 pub mod queue;
 pub mod schedule_one;
 pub mod scheduler;
+pub mod transform;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -248,8 +249,11 @@ async fn run_scheduler(
         events: event_client,
     } = clients;
     let mut tasks = JoinSet::new();
-    // The scheduler never reads managedFields; they are most of a created pod's size.
-    let informers = InformerFactory::new(client.clone());
+    // The informers keep only what the scheduler reads of pods and nodes (managedFields are
+    // dropped for every type): see `transform`.
+    let informers = InformerFactory::new(client.clone())
+        .with_transform::<Pod>(transform::pod)
+        .with_transform::<Node>(transform::node);
     // Terminal pods hold no resources; upstream's scheduler never sees them either.
     let pods = informers.informer_with::<Pod>(Selectors {
         field_selector: Some("status.phase!=Succeeded,status.phase!=Failed".into()),

@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -55,16 +56,23 @@ pub struct Scheduler {
     /// Metric families.
     pub metrics: SchedulerMetrics,
     next_start: AtomicUsize,
-    /// Bindings allowed on the wire at once.
-    binding_slots: tokio::sync::Semaphore,
+    /// Binding cycles allowed at once; a slot is taken before a pod is popped.
+    binding_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many bindings may be in flight at once. Upstream's binding goroutines are
-/// unbounded and share one HTTP/2 connection; ours share one too (the runtime's
-/// transport), where the apiserver allows 250 concurrent streams per connection (Go's
-/// default) and the informers' watches hold some. 128 keeps the apiserver saturated and
-/// leaves the rest of the streams to watches and status updates; on an HTTP/1.1 fallback
-/// it also bounds the connections the pool opens.
+/// How many binding cycles may run at once. Upstream's binding goroutines are unbounded
+/// and share one HTTP/2 connection; ours share one too (the runtime's transport), where the
+/// apiserver allows 250 concurrent streams per connection (Go's default) and the informers'
+/// watches hold some. 128 keeps the apiserver saturated and leaves the rest of the streams
+/// to watches and status updates; on an HTTP/1.1 fallback it also bounds the connections
+/// the pool opens.
+///
+/// The scheduling loop takes a slot before it pops the next pod, so when bindings are
+/// slower than scheduling (a low client QPS) the loop waits instead of assuming the whole
+/// queue ahead of the apiserver: memory then holds 128 binding tasks rather than one per
+/// pending pod (at 50 QPS, 10000 of them), and each pod is placed against a cache at most
+/// 128 bindings ahead of the apiserver. Throughput is unchanged: the bindings, not the
+/// scheduling, are the bottleneck then.
 const MAX_BINDINGS_IN_FLIGHT: usize = 128;
 
 /// Event recorders, one per profile, whose sink tasks join `tasks`.
@@ -109,12 +117,16 @@ fn assigned(pod: &Pod) -> bool {
         .is_some_and(|n| !n.is_empty())
 }
 
+/// The pod's key in the cache and queue: its uid, or `namespace/name` without one, as
+/// [`PodInfo::new`] computes it (without building a `PodInfo` for it).
 fn uid_of(pod: &Pod) -> String {
-    PodInfo::new(Arc::new(Pod {
-        metadata: pod.metadata.clone(),
-        ..Pod::default()
-    }))
-    .uid
+    pod.metadata.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )
+    })
 }
 
 /// Whether a node change can make a pod fit that did not (upstream's node update
@@ -150,7 +162,7 @@ impl Scheduler {
             pods,
             metrics,
             next_start: AtomicUsize::new(0),
-            binding_slots: tokio::sync::Semaphore::new(MAX_BINDINGS_IN_FLIGHT),
+            binding_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BINDINGS_IN_FLIGHT)),
         }
     }
 
@@ -227,11 +239,20 @@ impl Scheduler {
         self.queue.on_event(ClusterEvent::StorageChange);
     }
 
-    /// Pops and schedules pods until `shutdown`; bindings run as tasks in `binds`.
+    /// Pops and schedules pods until `shutdown`, each once a binding slot is free;
+    /// bindings run as tasks in `binds`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut binds = JoinSet::new();
-        while let Some((info, cycle)) = self.queue.pop(&shutdown).await {
-            self.clone().schedule_one(info, cycle, &mut binds);
+        loop {
+            let slot = tokio::select! {
+                () = shutdown.cancelled() => break,
+                // The semaphore is never closed.
+                slot = self.binding_slots.clone().acquire_owned() => slot.ok(),
+            };
+            let Some((info, cycle)) = self.queue.pop(&shutdown).await else {
+                break;
+            };
+            self.clone().schedule_one(info, cycle, &mut binds, slot);
             // Reap finished binding tasks so the set does not grow without bound.
             while binds.try_join_next().is_some() {}
         }
@@ -242,8 +263,15 @@ impl Scheduler {
         .await;
     }
 
-    /// One scheduling cycle; the binding cycle continues in a task.
-    fn schedule_one(self: Arc<Self>, info: QueuedPodInfo, cycle: u64, binds: &mut JoinSet<()>) {
+    /// One scheduling cycle; the binding cycle continues in a task, which holds `slot`
+    /// until its binding is written.
+    fn schedule_one(
+        self: Arc<Self>,
+        info: QueuedPodInfo,
+        cycle: u64,
+        binds: &mut JoinSet<()>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
         let started = Instant::now();
         let pod = info.pod.clone();
         let Some(fwk) = self.profiles.get(scheduler_name(&pod.pod)).cloned() else {
@@ -279,7 +307,9 @@ impl Scheduler {
                 self.queue.done(&pod.uid);
                 tracing::debug!(pod = %pod.key, node = %r.node, evaluated = r.evaluated_nodes, feasible = r.feasible_nodes, "pod assumed");
                 let this = self.clone();
-                binds.spawn(async move { this.bind(fwk, info, cycle, r.node, started).await });
+                binds.spawn(async move {
+                    this.bind(fwk, info, cycle, r.node, started, slot).await;
+                });
             }
             Err(ScheduleError::Fit(e)) => {
                 let mut info = info;
@@ -340,10 +370,9 @@ impl Scheduler {
         cycle: u64,
         node: String,
         started: Instant,
+        slot: Option<OwnedSemaphorePermit>,
     ) {
         let pod = info.pod.clone();
-        // The semaphore is never closed; without a slot the bind still goes ahead.
-        let slot = self.binding_slots.acquire().await.ok();
         let bound = self.binder.bind(&pod, &node).await;
         drop(slot);
         match bound {

@@ -1,0 +1,366 @@
+//! What the scheduler's informers keep of the Pods and Nodes they cache (the transform given
+//! to the informer factory, client-go's `informers.WithTransform`).
+//!
+//! A typed Pod is large: a container carries env, volume mounts, probes, lifecycle hooks and
+//! a security context, and admission adds a projected service-account volume to every pod.
+//! Every pod in the cluster passes through the scheduler's pod informer, and the cache and
+//! queue share what it keeps, so the fields no plugin reads made up most of the scheduler's
+//! memory. The transforms keep what the queue, the cache and the default plugins read,
+//! listed field by field below; everything else is dropped before the object is cached or
+//! handed on. The scheduler never writes a cached object back: bindings are POSTed by name,
+//! the PodScheduled condition and nominatedNodeName go in a strategic-merge patch of only
+//! those fields, and victims are patched and deleted by name, so nothing dropped here can be
+//! lost on the server.
+
+use k8s_openapi::api::core::v1::{Container, Node, NodeStatus, Pod, PodSpec, PodStatus, Volume};
+
+/// The pod as the scheduler reads it:
+///
+/// - metadata: all but annotations (no plugin reads a pod's annotations, and
+///   `kubectl apply`'s last-applied-configuration can be the largest part of a pod);
+///   labels, namespace, uid, ownerReferences (PodTopologySpread's default selector),
+///   deletionTimestamp and generation are kept;
+/// - spec: `nodeName`, `schedulerName`, `schedulingGates` (queue, SchedulingGates),
+///   `priority`, `preemptionPolicy` (queue sort, preemption), `nodeSelector`, `affinity`
+///   (NodeAffinity, InterPodAffinity), `tolerations` (TaintToleration, NodeUnschedulable,
+///   PodTopologySpread), `topologySpreadConstraints`, `overhead` and pod-level `resources`
+///   (NodeResourcesFit), and the containers and init containers with only `name`, `image`
+///   (ImageLocality), `resources` (NodeResourcesFit, BalancedAllocation), `ports` (NodePorts)
+///   and `restartPolicy` (sidecars); of the volumes only those a plugin reads, with only
+///   those fields: `persistentVolumeClaim`, `ephemeral` (VolumeBinding) and `image`
+///   (ImageLocality);
+/// - status: `phase`, `conditions` (the PodScheduled condition is compared before it is
+///   patched; DisruptionTarget marks preemption victims), `nominatedNodeName` and
+///   `startTime` (preemption).
+pub fn pod(mut pod: Pod) -> Pod {
+    pod.metadata.annotations = None;
+    pod.spec = pod.spec.map(pod_spec);
+    pod.status = pod.status.map(pod_status);
+    pod
+}
+
+fn pod_spec(s: PodSpec) -> PodSpec {
+    PodSpec {
+        node_name: s.node_name,
+        scheduler_name: s.scheduler_name,
+        scheduling_gates: s.scheduling_gates,
+        priority: s.priority,
+        preemption_policy: s.preemption_policy,
+        node_selector: s.node_selector,
+        affinity: s.affinity,
+        tolerations: s.tolerations,
+        topology_spread_constraints: s.topology_spread_constraints,
+        overhead: s.overhead,
+        resources: s.resources,
+        containers: s.containers.into_iter().map(container).collect(),
+        init_containers: s
+            .init_containers
+            .map(|cs| cs.into_iter().map(container).collect()),
+        volumes: s.volumes.and_then(volumes),
+        ..PodSpec::default()
+    }
+}
+
+fn container(c: Container) -> Container {
+    Container {
+        name: c.name,
+        image: c.image,
+        resources: c.resources,
+        ports: c.ports,
+        restart_policy: c.restart_policy,
+        ..Container::default()
+    }
+}
+
+/// The volumes VolumeBinding and ImageLocality look at; `None` when there are none, so a
+/// pod with only a service-account volume keeps no list at all.
+fn volumes(vs: Vec<Volume>) -> Option<Vec<Volume>> {
+    let kept: Vec<Volume> = vs
+        .into_iter()
+        .filter(|v| {
+            v.persistent_volume_claim.is_some() || v.ephemeral.is_some() || v.image.is_some()
+        })
+        .map(|v| Volume {
+            name: v.name,
+            persistent_volume_claim: v.persistent_volume_claim,
+            ephemeral: v.ephemeral,
+            image: v.image,
+            ..Volume::default()
+        })
+        .collect();
+    (!kept.is_empty()).then_some(kept)
+}
+
+fn pod_status(s: PodStatus) -> PodStatus {
+    PodStatus {
+        phase: s.phase,
+        conditions: s.conditions,
+        nominated_node_name: s.nominated_node_name,
+        start_time: s.start_time,
+        ..PodStatus::default()
+    }
+}
+
+/// The node as the scheduler reads it: metadata but annotations and all of `spec` (taints,
+/// unschedulable) are kept; of the status only `allocatable` (NodeResourcesFit) and `images`
+/// (ImageLocality). Conditions, addresses, nodeInfo, capacity and the volume lists are
+/// dropped: the kubelet rewrites conditions every heartbeat, and no plugin reads them
+/// (upstream filters on the taints the node lifecycle controller derives from them).
+pub fn node(mut node: Node) -> Node {
+    node.metadata.annotations = None;
+    node.status = node.status.map(|s| NodeStatus {
+        allocatable: s.allocatable,
+        images: s.images,
+        ..NodeStatus::default()
+    });
+    node
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framework::types::{NodeInfo, PodInfo};
+    use std::sync::Arc;
+
+    /// A pod as the apiserver returns it after admission, with what every plugin reads and
+    /// much that none does.
+    fn admitted() -> anyhow::Result<Pod> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "web-1", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                "generation": 2,
+                "labels": { "app": "web" },
+                "annotations": { "kubectl.kubernetes.io/last-applied-configuration": "{}" },
+                "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                      "name": "web", "uid": "rs1", "controller": true }],
+                "deletionTimestamp": "2026-01-01T00:00:00Z"
+            },
+            "spec": {
+                "nodeName": "n1", "schedulerName": "default-scheduler",
+                "schedulingGates": [{ "name": "gate" }],
+                "priority": 10, "priorityClassName": "high", "preemptionPolicy": "Never",
+                "nodeSelector": { "disk": "ssd" },
+                "affinity": { "podAntiAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [
+                    { "labelSelector": { "matchLabels": { "app": "web" } },
+                      "topologyKey": "kubernetes.io/hostname" }] } },
+                "tolerations": [{ "key": "k", "operator": "Exists", "effect": "NoSchedule" }],
+                "topologySpreadConstraints": [{ "maxSkew": 1, "topologyKey": "zone",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": { "matchLabels": { "app": "web" } } }],
+                "overhead": { "cpu": "10m" },
+                "serviceAccountName": "default", "dnsPolicy": "ClusterFirst",
+                "securityContext": { "runAsUser": 1000 },
+                "initContainers": [
+                    { "name": "side", "image": "side:1", "restartPolicy": "Always",
+                      "resources": { "requests": { "cpu": "50m" } },
+                      "ports": [{ "containerPort": 9000, "hostPort": 9000 }] },
+                    { "name": "init", "image": "init:1", "command": ["sh"],
+                      "resources": { "requests": { "memory": "1Gi" } } }
+                ],
+                "containers": [{
+                    "name": "c", "image": "web:1",
+                    "env": [{ "name": "A", "value": "b" }],
+                    "resources": { "requests": { "cpu": "100m", "memory": "500Mi" },
+                                   "limits": { "cpu": "1" } },
+                    "ports": [{ "name": "http", "containerPort": 8080, "hostPort": 80,
+                                "protocol": "TCP" }],
+                    "readinessProbe": { "httpGet": { "path": "/", "port": 8080 } },
+                    "volumeMounts": [{ "name": "kube-api-access-x",
+                                       "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" }]
+                }],
+                "volumes": [
+                    { "name": "kube-api-access-x", "projected": { "sources": [
+                        { "serviceAccountToken": { "path": "token", "expirationSeconds": 3607 } }
+                    ] } },
+                    { "name": "data", "persistentVolumeClaim": { "claimName": "data" } },
+                    { "name": "scratch", "ephemeral": { "volumeClaimTemplate": {
+                        "spec": { "accessModes": ["ReadWriteOnce"],
+                                  "resources": { "requests": { "storage": "1Gi" } } } } } },
+                    { "name": "model", "image": { "reference": "models:1" } },
+                    { "name": "tmp", "emptyDir": {} }
+                ]
+            },
+            "status": {
+                "phase": "Pending", "qosClass": "Burstable", "hostIP": "192.168.0.1",
+                "nominatedNodeName": "n2",
+                "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{ "type": "PodScheduled", "status": "False",
+                                 "reason": "Unschedulable", "message": "no",
+                                 "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+                "containerStatuses": [{ "name": "c", "ready": false, "restartCount": 0,
+                                        "image": "web:1", "imageID": "" }]
+            }
+        }))?)
+    }
+
+    #[test]
+    fn pod_keeps_what_plugins_read() -> anyhow::Result<()> {
+        let full = admitted()?;
+        let kept = pod(full.clone());
+
+        let mut meta = full.metadata.clone();
+        meta.annotations = None;
+        assert_eq!(kept.metadata, meta, "metadata but annotations is kept");
+
+        let (s, was) = (
+            kept.spec.clone().unwrap_or_default(),
+            full.spec.clone().unwrap_or_default(),
+        );
+        assert_eq!(s.node_name, was.node_name);
+        assert_eq!(s.scheduler_name, was.scheduler_name);
+        assert_eq!(s.scheduling_gates, was.scheduling_gates);
+        assert_eq!(s.priority, Some(10));
+        assert_eq!(s.preemption_policy.as_deref(), Some("Never"));
+        assert_eq!(s.node_selector, was.node_selector);
+        assert_eq!(s.affinity, was.affinity);
+        assert_eq!(s.tolerations, was.tolerations);
+        assert_eq!(
+            s.topology_spread_constraints,
+            was.topology_spread_constraints
+        );
+        assert_eq!(s.overhead, was.overhead);
+        let brief = |cs: &[Container]| {
+            cs.iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        c.image.clone(),
+                        c.resources.clone(),
+                        c.ports.clone(),
+                        c.restart_policy.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(brief(&s.containers), brief(&was.containers));
+        let (inits, was_inits) = (
+            s.init_containers.unwrap_or_default(),
+            was.init_containers.unwrap_or_default(),
+        );
+        assert_eq!(brief(&inits), brief(&was_inits));
+        let names = |vs: Option<Vec<Volume>>| {
+            vs.unwrap_or_default()
+                .into_iter()
+                .map(|v| v.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(s.volumes.clone()), ["data", "scratch", "model"]);
+        let claim = s.volumes.iter().flatten().find(|v| v.name == "data");
+        assert_eq!(
+            claim
+                .and_then(|v| v.persistent_volume_claim.as_ref())
+                .map(|c| c.claim_name.as_str()),
+            Some("data")
+        );
+
+        let (st, was_st) = (
+            kept.status.clone().unwrap_or_default(),
+            full.status.clone().unwrap_or_default(),
+        );
+        assert_eq!(st.phase, was_st.phase);
+        assert_eq!(st.conditions, was_st.conditions);
+        assert_eq!(st.nominated_node_name, was_st.nominated_node_name);
+        assert_eq!(st.start_time, was_st.start_time);
+
+        // What the framework derives from the pod does not change.
+        let (a, b) = (PodInfo::new(Arc::new(full)), PodInfo::new(Arc::new(kept)));
+        assert_eq!(a.uid, b.uid);
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.requests, b.requests);
+        assert_eq!(a.non_zero_requests, b.non_zero_requests);
+        assert_eq!(a.host_ports, b.host_ports);
+        assert_eq!(a.priority, b.priority);
+        assert_eq!(
+            a.affinity.required_anti_affinity.len(),
+            b.affinity.required_anti_affinity.len()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn pod_drops_what_no_plugin_reads() -> anyhow::Result<()> {
+        let kept = pod(admitted()?);
+        assert!(kept.metadata.annotations.is_none());
+        let s = kept.spec.unwrap_or_default();
+        assert!(s.service_account_name.is_none());
+        assert!(s.dns_policy.is_none());
+        assert!(s.security_context.is_none());
+        assert!(s.priority_class_name.is_none());
+        let c = &s.containers[0];
+        assert!(c.env.is_none());
+        assert!(c.readiness_probe.is_none());
+        assert!(c.volume_mounts.is_none());
+        let init = &s.init_containers.unwrap_or_default()[1];
+        assert!(init.command.is_none());
+        let vs = s.volumes.unwrap_or_default();
+        assert!(
+            vs.iter()
+                .all(|v| v.projected.is_none() && v.empty_dir.is_none())
+        );
+        let st = kept.status.unwrap_or_default();
+        assert!(st.qos_class.is_none());
+        assert!(st.host_ip.is_none());
+        assert!(st.container_statuses.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn pod_with_only_a_service_account_volume_keeps_no_volumes() -> anyhow::Result<()> {
+        let mut p = admitted()?;
+        if let Some(s) = p.spec.as_mut() {
+            s.volumes.iter_mut().for_each(|vs| vs.truncate(1));
+        }
+        assert!(pod(p).spec.and_then(|s| s.volumes).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn node_keeps_what_plugins_read() -> anyhow::Result<()> {
+        let full: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": "n1", "uid": "n", "resourceVersion": "3",
+                          "labels": { "topology.kubernetes.io/zone": "a" },
+                          "annotations": { "node.alpha.kubernetes.io/ttl": "0" } },
+            "spec": { "unschedulable": true, "podCIDR": "10.0.0.0/24",
+                      "taints": [{ "key": "k", "effect": "NoSchedule" }] },
+            "status": {
+                "capacity": { "cpu": "8", "memory": "32Gi", "pods": "110" },
+                "allocatable": { "cpu": "7", "memory": "30Gi", "pods": "110" },
+                "images": [{ "names": ["web:1"], "sizeBytes": 1000 }],
+                "conditions": [{ "type": "Ready", "status": "True" }],
+                "addresses": [{ "type": "InternalIP", "address": "192.168.0.1" }],
+                "nodeInfo": { "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                              "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                              "machineID": "", "operatingSystem": "linux", "osImage": "",
+                              "systemUUID": "" }
+            }
+        }))?;
+        let kept = node(full.clone());
+        assert_eq!(kept.metadata.labels, full.metadata.labels);
+        assert_eq!(kept.metadata.name, full.metadata.name);
+        assert_eq!(
+            kept.metadata.resource_version,
+            full.metadata.resource_version
+        );
+        assert!(kept.metadata.annotations.is_none());
+        assert_eq!(kept.spec, full.spec);
+        let (st, was) = (
+            kept.status.clone().unwrap_or_default(),
+            full.status.clone().unwrap_or_default(),
+        );
+        assert_eq!(st.allocatable, was.allocatable);
+        assert_eq!(st.images, was.images);
+        assert!(st.capacity.is_none() && st.conditions.is_none());
+        assert!(st.addresses.is_none() && st.node_info.is_none());
+
+        // What the cache derives from the node does not change.
+        let info = |n: Node| {
+            let mut i = NodeInfo::new("n1");
+            i.set_node(Arc::new(n));
+            (i.allocatable.clone(), i.images.clone())
+        };
+        assert_eq!(info(kept), info(full));
+        Ok(())
+    }
+}
