@@ -198,7 +198,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         informers: Arc::new(
             InformerFactory::new(informer_client)
                 .with_resync(resync_period(options.min_resync_period))
-                .with_transform(transform::pod),
+                .with_decoder::<k8s_openapi::api::core::v1::Pod, transform::WirePod>(),
         ),
         metrics,
         options: options.clone(),

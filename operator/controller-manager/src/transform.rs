@@ -6,11 +6,21 @@
 //! controller here reads any of that from the cache, yet it made up most of the memory of
 //! the pod informer, which every pod in the cluster passes through. The pod transform keeps
 //! what the controllers read, listed field by field below; everything else is dropped
-//! before the object is cached or handed to any controller. Controllers never write a
+//! before the object is cached or handed to any controller. The informers go further and
+//! decode pods as [`WirePod`], which has only those fields, so the rest is skipped while
+//! parsing rather than built and dropped. Controllers never write a
 //! cached pod back (they patch, delete or evict by name), so nothing dropped here can be
 //! lost on the server.
 
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, ContainerStatus, Pod, PodCondition, PodIP, PodSpec, PodStatus,
+    Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use serde::Deserialize;
 
 /// The pod as the controllers read it:
 ///
@@ -90,6 +100,196 @@ fn container_status(c: ContainerStatus) -> ContainerStatus {
         ready: c.ready,
         restart_count: c.restart_count,
         ..ContainerStatus::default()
+    }
+}
+
+/// The pod as the informers decode it from lists and watches: only what [`pod`] keeps, so
+/// that serde skips everything else while parsing instead of building it (containers with
+/// env, probes and mounts, the service-account volume, managedFields) only to drop it.
+/// `Pod::from` gives exactly what [`pod`] gives for the full object, with managedFields
+/// already gone.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WirePod {
+    #[serde(default, deserialize_with = "without_managed_fields")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<WireSpec>,
+    #[serde(default)]
+    status: Option<WireStatus>,
+}
+
+/// `ObjectMeta` decoded through [`WireMeta`].
+fn without_managed_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    WireMeta::deserialize(d).map(ObjectMeta::from)
+}
+
+/// `ObjectMeta` without `managedFields` (often the largest part of it, and never cached).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    deletion_timestamp: Option<Time>,
+    finalizers: Option<Vec<String>>,
+    generate_name: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    name: Option<String>,
+    namespace: Option<String>,
+    owner_references: Option<Vec<OwnerReference>>,
+    resource_version: Option<String>,
+    self_link: Option<String>,
+    uid: Option<String>,
+}
+
+impl From<WireMeta> for ObjectMeta {
+    fn from(m: WireMeta) -> Self {
+        Self {
+            annotations: m.annotations,
+            creation_timestamp: m.creation_timestamp,
+            deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+            deletion_timestamp: m.deletion_timestamp,
+            finalizers: m.finalizers,
+            generate_name: m.generate_name,
+            generation: m.generation,
+            labels: m.labels,
+            managed_fields: None,
+            name: m.name,
+            namespace: m.namespace,
+            owner_references: m.owner_references,
+            resource_version: m.resource_version,
+            self_link: m.self_link,
+            uid: m.uid,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireSpec {
+    #[serde(default)]
+    containers: Vec<WireContainer>,
+    init_containers: Option<Vec<WireContainer>>,
+    node_name: Option<String>,
+    hostname: Option<String>,
+    subdomain: Option<String>,
+    tolerations: Option<Vec<Toleration>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireContainer {
+    #[serde(default)]
+    name: String,
+    ports: Option<Vec<ContainerPort>>,
+    restart_policy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireStatus {
+    phase: Option<String>,
+    conditions: Option<Vec<PodCondition>>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<PodIP>>,
+    reason: Option<String>,
+    message: Option<String>,
+    start_time: Option<Time>,
+    container_statuses: Option<Vec<WireContainerStatus>>,
+    init_container_statuses: Option<Vec<WireContainerStatus>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireContainerStatus {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    restart_count: i32,
+}
+
+impl From<WirePod> for Pod {
+    fn from(w: WirePod) -> Self {
+        // What `containers` keeps: those with ports, and sidecars.
+        let kept = |cs: Vec<WireContainer>| -> Vec<Container> {
+            cs.into_iter()
+                .filter(|c| {
+                    c.ports.as_ref().is_some_and(|p| !p.is_empty())
+                        || c.restart_policy.as_deref() == Some("Always")
+                })
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    restart_policy: c.restart_policy,
+                    ..Container::default()
+                })
+                .collect()
+        };
+        let statuses = |cs: Vec<WireContainerStatus>| -> Vec<ContainerStatus> {
+            cs.into_iter()
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    ready: c.ready,
+                    restart_count: c.restart_count,
+                    ..ContainerStatus::default()
+                })
+                .collect()
+        };
+        Pod {
+            metadata: w.metadata,
+            spec: w.spec.map(|s| PodSpec {
+                containers: kept(s.containers),
+                init_containers: s.init_containers.map(kept),
+                node_name: s.node_name,
+                hostname: s.hostname,
+                subdomain: s.subdomain,
+                tolerations: s.tolerations,
+                ..PodSpec::default()
+            }),
+            status: w.status.map(|s| PodStatus {
+                phase: s.phase,
+                conditions: s.conditions,
+                pod_ip: s.pod_ip,
+                pod_ips: s.pod_ips,
+                reason: s.reason,
+                message: s.message,
+                start_time: s.start_time,
+                container_statuses: s.container_statuses.map(statuses),
+                init_container_statuses: s.init_container_statuses.map(statuses),
+                ..PodStatus::default()
+            }),
+        }
+    }
+}
+
+/// The wire pod is listed and watched at the pods' own URLs; kube's watcher reads the
+/// objects' resourceVersions through `Resource::meta`, before any conversion.
+impl kube::Resource for WirePod {
+    type DynamicType = ();
+    type Scope = <Pod as kube::Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        Pod::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        Pod::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        Pod::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        Pod::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 
@@ -195,6 +395,44 @@ mod tests {
             restarts(status.init_container_statuses),
             vec![("side".into(), true, 5)]
         );
+        Ok(())
+    }
+
+    /// Decoding the wire form gives what the transform keeps of the full pod, with the
+    /// managedFields (trimmed by every informer) already gone.
+    #[test]
+    fn wire_pod_decodes_to_what_the_transform_keeps() -> anyhow::Result<()> {
+        let mut json = serde_json::to_value(admitted()?)?;
+        json["metadata"]["managedFields"] = serde_json::json!([{
+            "manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+            "fieldsType": "FieldsV1", "fieldsV1": { "f:metadata": { "f:labels": { ".": {} } } }
+        }]);
+        let full: Pod = serde_json::from_value(json.clone())?;
+        assert!(full.metadata.managed_fields.is_some());
+        let mut expected = pod(full);
+        expected.metadata.managed_fields = None;
+        let wire: WirePod = serde_json::from_value(json.clone())?;
+        assert_eq!(
+            kube::Resource::meta(&wire).resource_version.as_deref(),
+            Some("7")
+        );
+        assert_eq!(Pod::from(wire), expected);
+
+        // No containers kept, no status, no spec at all.
+        let mut plain = json.clone();
+        plain["spec"]["containers"] = serde_json::json!([{ "name": "plain", "image": "p:1" }]);
+        plain["spec"]
+            .as_object_mut()
+            .map(|s| s.remove("initContainers"));
+        plain.as_object_mut().map(|o| o.remove("status"));
+        let mut expected = pod(serde_json::from_value(plain.clone())?);
+        expected.metadata.managed_fields = None;
+        let got = Pod::from(serde_json::from_value::<WirePod>(plain.clone())?);
+        assert!(got.status.is_none());
+        assert_eq!(got, expected);
+        plain.as_object_mut().map(|o| o.remove("spec"));
+        let got = Pod::from(serde_json::from_value::<WirePod>(plain)?);
+        assert!(got.spec.is_none());
         Ok(())
     }
 

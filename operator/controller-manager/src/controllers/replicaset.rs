@@ -788,7 +788,8 @@ fn same_counts(a: &ReplicaStatus, b: &ReplicaStatus) -> bool {
         && a.ready_replicas.unwrap_or(0) == b.ready_replicas.unwrap_or(0)
         && a.available_replicas.unwrap_or(0) == b.available_replicas.unwrap_or(0)
         && a.terminating_replicas == b.terminating_replicas
-        && a.conditions.clone().unwrap_or_default() == b.conditions.clone().unwrap_or_default()
+        && a.conditions.as_deref().unwrap_or_default()
+            == b.conditions.as_deref().unwrap_or_default()
 }
 
 /// Creates `pod` in `namespace` and returns the name the apiserver gave it. Only the name is
@@ -870,34 +871,25 @@ pub fn pods_to_delete(
     if n >= active.len() {
         return active.to_vec();
     }
-    let mut on_node: HashMap<String, usize> = HashMap::new();
+    let node_of = cu::node_name;
+    let mut on_node: HashMap<&str, usize> = HashMap::new();
     for p in related.iter().filter(|p| cu::is_pod_active(p)) {
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        *on_node.entry(node).or_default() += 1;
+        *on_node.entry(node_of(p)).or_default() += 1;
     }
-    let mut ranked: Vec<RankedPod<'_>> = active
+    let mut ranked: Vec<(usize, RankedPod<'_>)> = active
         .iter()
-        .map(|pod| {
-            let node = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default();
-            RankedPod {
-                pod,
-                rank: on_node.get(&node).copied().unwrap_or(0),
-            }
+        .enumerate()
+        .map(|(i, pod)| {
+            let rank = on_node.get(node_of(pod)).copied().unwrap_or(0);
+            (i, RankedPod { pod, rank })
         })
         .collect();
-    cu::sort_for_deletion(&mut ranked, now);
+    ranked.sort_by(|(_, a), (_, b)| cu::deletion_order(a, b, now));
+    // Back to the shared handles by position (a search per victim was O(n * active)).
     ranked
         .iter()
         .take(n)
-        .filter_map(|r| active.iter().find(|p| std::ptr::eq(&***p, r.pod)).cloned())
+        .filter_map(|(i, _)| active.get(*i).cloned())
         .collect()
 }
 
@@ -910,15 +902,17 @@ fn calculate_status<K: ReplicaOwner>(
     now: Timestamp,
 ) -> ReplicaStatus {
     let mut status = rs.replica_status();
+    // Borrowed, not cloned: this runs over every active pod on every sync.
+    let empty = Default::default();
     let template_labels = rs
         .template()
         .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+        .and_then(|m| m.labels.as_ref())
+        .unwrap_or(&empty);
     let min_ready = rs.min_ready_seconds();
     let (mut fully, mut ready, mut available) = (0, 0, 0);
     for pod in active {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
         if template_labels
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
