@@ -10,25 +10,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    // No transparent huge pages for this process. mimalloc asks for them (MADV_HUGEPAGE) on
-    // its arenas, and a huge page is resident in full once any byte of it is touched: with
-    // 5k Ingresses (the controller loading them from the apiserver) the resident set was
-    // 59-61 MiB with them and 39-40 MiB without (peak 66-71 against 42 MiB). This has to
-    // come before the allocations it is about, so before the runtime is built.
-    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
-        eprintln!("warning: transparent huge pages stay enabled: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run())
+    ferrokube_runtime::process::run(run())
 }
 
 async fn run() -> std::process::ExitCode {

@@ -10,7 +10,8 @@
 //! - [`client`]: a kube client with `--kube-api-qps` / `--kube-api-burst` limits;
 //! - [`server`] and [`metrics`]: `/healthz`, `/readyz`, `/livez` and Prometheus `/metrics`;
 //! - [`logging`]: klog-style `-v` levels on tracing, text or JSON;
-//! - [`shutdown`]: SIGTERM/SIGINT turned into one cancellation every task watches.
+//! - [`shutdown`]: SIGTERM/SIGINT turned into one cancellation every task watches;
+//! - [`process`]: a binary's start: memory settings, then the runtime its `main` runs on.
 
 pub mod apierrors;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod informer;
 pub mod leader_election;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod ratelimit;
 pub mod server;
 pub mod shutdown;

@@ -3,13 +3,16 @@
 use clap::Parser;
 
 // mimalloc rather than glibc's malloc, for CPU: glibc's malloc and free were 15-20% of the
-// scheduler's CPU in the benchmark's profile (every cycle allocates per node). It costs
-// memory: peak RSS at 5000 nodes / 10000 pods went from about 282 to 301-309 MiB.
+// scheduler's CPU in the benchmark's profile (every cycle allocates per node). Its huge
+// pages are turned off (see `ferrokube_runtime::process::run`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    ferrokube_runtime::process::run(run())
+}
+
+async fn run() -> std::process::ExitCode {
     let options = ferrokube_scheduler::options::Options::parse();
     ferrokube_runtime::logging::init(options.verbosity, options.logging_format);
     match ferrokube_scheduler::run(options).await {
