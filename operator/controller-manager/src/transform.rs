@@ -215,20 +215,18 @@ struct WireContainerStatus {
 
 impl From<WirePod> for Pod {
     fn from(w: WirePod) -> Self {
-        // What `containers` keeps: those with ports, and sidecars.
+        // Which containers are kept is decided in one place, `containers`.
         let kept = |cs: Vec<WireContainer>| -> Vec<Container> {
-            cs.into_iter()
-                .filter(|c| {
-                    c.ports.as_ref().is_some_and(|p| !p.is_empty())
-                        || c.restart_policy.as_deref() == Some("Always")
-                })
-                .map(|c| Container {
-                    name: c.name,
-                    ports: c.ports,
-                    restart_policy: c.restart_policy,
-                    ..Container::default()
-                })
-                .collect()
+            containers(
+                cs.into_iter()
+                    .map(|c| Container {
+                        name: c.name,
+                        ports: c.ports,
+                        restart_policy: c.restart_policy,
+                        ..Container::default()
+                    })
+                    .collect(),
+            )
         };
         let statuses = |cs: Vec<WireContainerStatus>| -> Vec<ContainerStatus> {
             cs.into_iter()
