@@ -324,17 +324,21 @@ mod tests {
         r
     }
 
+    /// Sends a GET through the pool and reads the whole body.
+    async fn fetch(pool: &Arc<Keepalive>, addr: SocketAddr) -> Bytes {
+        let resp = pool
+            .send(addr, Duration::from_secs(1), get())
+            .await
+            .expect("response");
+        resp.into_body().collect().await.expect("body").to_bytes()
+    }
+
     #[tokio::test]
     async fn reuses_a_connection_once_its_body_is_read() {
         let (addr, conns) = backend("hello").await;
         let pool = Arc::new(Keepalive::new(4, Duration::from_secs(60)));
         for _ in 0..3 {
-            let resp = pool
-                .send(addr, Duration::from_secs(1), get())
-                .await
-                .expect("response");
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            assert_eq!(body, "hello");
+            assert_eq!(fetch(&pool, addr).await, "hello");
         }
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
@@ -350,12 +354,7 @@ mod tests {
             .expect("response");
         drop(resp);
         assert_eq!(pool.idle_count(), 0);
-        let resp = pool
-            .send(addr, Duration::from_secs(1), get())
-            .await
-            .expect("response");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert_eq!(body, "hello");
+        assert_eq!(fetch(&pool, addr).await, "hello");
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
