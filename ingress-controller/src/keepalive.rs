@@ -168,18 +168,16 @@ impl Keepalive {
             .pruned
             .is_none_or(|t| now.duration_since(t) >= self.idle_timeout)
         {
-            all.pruned = Some(now);
-            prune(&mut all.by_addr, now, self.idle_timeout);
+            all.prune(now, self.idle_timeout);
         }
     }
 
     /// Closes connections idle longer than the idle timeout or closed by their backend,
     /// and forgets addresses left without any.
-    pub fn prune(&self) {
+    #[cfg(test)]
+    fn prune(&self) {
         let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        all.pruned = Some(now);
-        prune(&mut all.by_addr, now, self.idle_timeout);
+        all.prune(Instant::now(), self.idle_timeout);
     }
 
     /// Idle connections kept, all addresses together.
@@ -190,13 +188,16 @@ impl Keepalive {
     }
 }
 
-/// Drops the connections idle for `timeout` or closed by their backend, and the addresses
-/// left without any.
-fn prune(by_addr: &mut HashMap<SocketAddr, Vec<Idle>>, now: Instant, timeout: Duration) {
-    by_addr.retain(|_, list| {
-        list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
-        !list.is_empty()
-    });
+impl Lists {
+    /// Drops the connections idle for `timeout` or closed by their backend, and the
+    /// addresses left without any; `now` is when this was last done.
+    fn prune(&mut self, now: Instant, timeout: Duration) {
+        self.pruned = Some(now);
+        self.by_addr.retain(|_, list| {
+            list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+            !list.is_empty()
+        });
+    }
 }
 
 /// A new connection to `addr`, its task spawned on the current (worker) runtime.

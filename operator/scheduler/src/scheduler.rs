@@ -32,7 +32,7 @@ use crate::binder::default_binder::DefaultBinder;
 use crate::cache::Cache;
 use crate::framework::interface::{ClusterEvent, PostFilterResult};
 use crate::framework::runtime::Framework;
-use crate::framework::types::PodInfo;
+use crate::framework::types::{PodInfo, pod_uid};
 use crate::metrics::{AttemptResult, SchedulerMetrics};
 use crate::queue::{QueuedPodInfo, SchedulingQueue};
 use crate::schedule_one::{NO_NODES_AVAILABLE, ScheduleError, schedule_pod};
@@ -117,18 +117,6 @@ fn assigned(pod: &Pod) -> bool {
         .is_some_and(|n| !n.is_empty())
 }
 
-/// The pod's key in the cache and queue: its uid, or `namespace/name` without one, as
-/// [`PodInfo::new`] computes it (without building a `PodInfo` for it).
-fn uid_of(pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_else(|| {
-        format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        )
-    })
-}
-
 /// Whether a node change can make a pod fit that did not (upstream's node update
 /// pre-check: allocatable, labels, taints, unschedulable, images).
 fn node_scheduling_changed(old: &Node, new: &Node) -> bool {
@@ -175,14 +163,14 @@ impl Scheduler {
         match n {
             Notification::Added(pod) | Notification::Updated { new: pod, .. } => {
                 if assigned(&pod) {
-                    let uid = uid_of(&pod);
+                    let uid = pod_uid(&pod);
                     self.queue.delete(&uid);
                     self.cache.set_nominated(&uid, None);
                     self.cache.add_or_update_pod(pod);
                     self.queue.on_event(ClusterEvent::AssignedPodAddOrUpdate);
                 } else if self.responsible_for(&pod) {
                     if pod.metadata.deletion_timestamp.is_some() {
-                        let uid = uid_of(&pod);
+                        let uid = pod_uid(&pod);
                         self.cache.set_nominated(&uid, None);
                         self.queue.delete(&uid);
                     } else {
@@ -202,7 +190,7 @@ impl Scheduler {
                 }
             }
             Notification::Deleted(pod) => {
-                let uid = uid_of(&pod);
+                let uid = pod_uid(&pod);
                 self.cache.set_nominated(&uid, None);
                 if assigned(&pod) || self.cache.contains_pod(&uid) {
                     self.cache.remove_pod(&uid);
@@ -519,7 +507,7 @@ impl Scheduler {
         let current = self.pods.get(pod.namespace(), pod.name());
         let waiting = current
             .as_ref()
-            .is_some_and(|p| uid_of(p) == pod.uid && !assigned(p));
+            .is_some_and(|p| pod_uid(p) == pod.uid && !assigned(p));
         if !waiting {
             self.queue.done(&pod.uid);
             return;

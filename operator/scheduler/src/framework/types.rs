@@ -388,15 +388,25 @@ impl AffinityInfo {
     }
 }
 
+/// The pod's `namespace/name`.
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The pod's key in the cache and queue: its uid, or `namespace/name` without one.
+pub fn pod_uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_else(|| pod_key(pod))
+}
+
 impl PodInfo {
     /// Computes the derived fields of `pod`.
     pub fn new(pod: Arc<Pod>) -> Self {
-        let key = format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            pod.metadata.name.as_deref().unwrap_or_default()
-        );
-        let uid = pod.metadata.uid.clone().unwrap_or_else(|| key.clone());
+        let key = pod_key(&pod);
+        let uid = pod_uid(&pod);
         let (requests, non_zero_requests) = pod_requests(&pod);
         let host_ports = host_ports(&pod);
         let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
