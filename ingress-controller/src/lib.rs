@@ -18,6 +18,7 @@
 //! There is no configuration file and no reload: a route change is one pointer swap, so no
 //! connection is ever dropped by it.
 
+pub mod access_log;
 pub mod affinity;
 pub mod annotations;
 pub mod auth;
@@ -250,6 +251,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
             read_timeout: options.proxy_read_timeout,
             body_size,
             load_balance: options.load_balance,
+            log_format: options.logging_format,
         },
         requests,
     ));

@@ -30,7 +30,7 @@ use crate::annotations::{BackendProtocol, Config};
 use crate::controller::Shared;
 use crate::keepalive::{self, Keepalive};
 use crate::routing::{Route, Target, normalize_host};
-use crate::{auth, cors, ratelimit};
+use crate::{access_log, auth, cors, ratelimit};
 use ferrokube_runtime::informer::ObjectKey;
 
 /// The error type of the bodies the proxy produces.
@@ -56,6 +56,8 @@ pub struct Settings {
     pub body_size: u64,
     /// How endpoints are chosen unless an Ingress says otherwise.
     pub load_balance: crate::balancer::Policy,
+    /// The access log's format (`--logging-format`).
+    pub log_format: ferrokube_runtime::logging::Format,
 }
 
 /// Request counters, labelled like ingress-nginx's `nginx_ingress_controller_requests`.
@@ -314,18 +316,6 @@ impl Pools {
     }
 }
 
-/// `Display` of an optional value: nothing when absent.
-struct OrEmpty<T>(Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => Ok(()),
-        }
-    }
-}
-
 /// How sending to an upstream failed.
 #[derive(Debug)]
 enum UpstreamError {
@@ -377,19 +367,23 @@ impl Proxy {
         };
         let ingress = route.as_ref().map_or(&unrouted, |r| &r.target.ingress);
         pools.counter(&self.requests, ingress, status).inc();
-        tracing::info!(
-            target: "access",
-            remote = %conn.remote,
-            %method,
-            host = %host,
-            path = %path,
-            status,
-            upstream = %OrEmpty(upstream),
-            ingress = %format_args!("{}/{}", ingress.namespace, ingress.name),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            request_id = id.to_str().unwrap_or_default(),
-            "request"
-        );
+        if access_log::enabled() {
+            access_log::record(
+                self.settings.log_format,
+                &access_log::Entry {
+                    remote: conn.remote,
+                    method: method.as_str(),
+                    host: &host,
+                    path: &path,
+                    status,
+                    upstream,
+                    ingress_namespace: &ingress.namespace,
+                    ingress_name: &ingress.name,
+                    duration: started.elapsed(),
+                    request_id: id.as_bytes(),
+                },
+            );
+        }
         resp
     }
 

@@ -60,6 +60,42 @@ async fn routes_hosts_paths_default_backend_class_and_status() -> anyhow::Result
     assert!(r.body.contains("proto=http "), "{}", r.body);
     assert!(r.body.contains("fhost=foo.example.com"), "{}", r.body);
     assert!(!r.body.contains("rid=-"), "{}", r.body);
+    // The access log has the request, with the Ingress that routed it and the endpoint.
+    let s = TcpStream::connect(("127.0.0.1", p)).await?;
+    let r = request_on(
+        s,
+        "foo.example.com",
+        "/api/logged",
+        &[("x-request-id", "e2e-access-1")],
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(r.status, 200);
+    let log = ic.process.log_path().to_path_buf();
+    let line = wait::until(
+        "access log line",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+                text.lines()
+                    .find(|l| l.contains("request_id=\"e2e-access-1\""))
+                    .map(str::to_string)
+                    .ok_or_else(|| "not logged yet".to_string())
+            }
+        },
+    )
+    .await?;
+    for field in [
+        " INFO access: request remote=127.0.0.1:",
+        " method=GET host=foo.example.com path=/api/logged status=200 upstream=",
+        &format!(" ingress={NS}/main duration_ms="),
+    ] {
+        assert!(line.contains(field), "{field:?} not in {line:?}");
+    }
+    assert!(!line.contains("upstream= "), "no endpoint in {line:?}");
     // Element-wise prefixes, Exact, host precedence, wildcard one label deep.
     expect_routes(
         p,

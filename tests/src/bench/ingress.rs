@@ -81,10 +81,18 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
     let nginx = Nginx::start(cfg, dir.path(), backend.addr, &cert_pem, &key_pem)?;
     nginx.wait_serving(HOST).await?;
     let ours = Ferrokube::start(cfg, backend.addr, &cert_pem, &key_pem).await?;
-    let up_http = wrk(cfg, &format!("http://127.0.0.1:{}/", nginx.http)).await?;
-    let up_tls = wrk(cfg, &format!("https://127.0.0.1:{}/", nginx.https)).await?;
-    let f_http = wrk(cfg, &format!("http://127.0.0.1:{}/", ours.http)).await?;
-    let f_tls = wrk(cfg, &format!("https://127.0.0.1:{}/", ours.https)).await?;
+    // nginx, ours, ours, nginx: a load that drifts during the run (this machine is shared)
+    // weighs on both alike.
+    let (up_pids, f_pids) = (nginx.pids(), vec![ours.pid()]);
+    let up_http = wrk(cfg, &format!("http://127.0.0.1:{}/", nginx.http), &up_pids).await?;
+    let f_http = wrk(cfg, &format!("http://127.0.0.1:{}/", ours.http), &f_pids).await?;
+    let f_tls = wrk(cfg, &format!("https://127.0.0.1:{}/", ours.https), &f_pids).await?;
+    let up_tls = wrk(
+        cfg,
+        &format!("https://127.0.0.1:{}/", nginx.https),
+        &up_pids,
+    )
+    .await?;
 
     for (proto, u, f) in [("HTTP", &up_http, &f_http), ("TLS", &up_tls, &f_tls)] {
         let setting = format!(
@@ -97,6 +105,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
             ("requests/s", "req/s", u.rps, f.rps),
             ("p50 latency", "ms", u.p50_ms, f.p50_ms),
             ("p99 latency", "ms", u.p99_ms, f.p99_ms),
+            ("CPU per request", "us", u.cpu_us, f.cpu_us),
         ] {
             let fig = Figure {
                 what: format!("ingress {what} ({setting}; upstream = nginx)"),
@@ -204,12 +213,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Current resident set (`VmRSS`), KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    procstat::usage(pid).map(|u| u.rss_bytes / 1024)
 }
 
 /// This machine's address on its default route (the apiserver refuses loopback addresses
@@ -327,17 +331,29 @@ async fn until_served(port: u16, host: &str, since: Instant) -> Result<f64> {
     }
 }
 
-/// wrk's figures.
+/// wrk's figures, and the proxy's CPU time per request.
 #[derive(Clone, Copy, Debug, Default)]
 struct WrkResult {
     rps: f64,
+    requests: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPU time (user + system) of the proxy's processes per request, in microseconds.
+    cpu_us: f64,
 }
 
-/// Runs wrk against `url` (Host header `bench.example`) after a short warm-up.
-async fn wrk(cfg: &Config, url: &str) -> Result<WrkResult> {
+/// CPU seconds used so far by `pids` together.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|&p| procstat::usage(p))
+        .map(|u| u.cpu_seconds)
+        .sum()
+}
+
+/// Runs wrk against `url` (Host header `bench.example`) after a short warm-up; `pids` are
+/// the proxy's processes, whose CPU time over the measured run is divided by its requests.
+async fn wrk(cfg: &Config, url: &str, pids: &[u32]) -> Result<WrkResult> {
     let run = |d: Duration| {
         let mut c = tokio::process::Command::new("wrk");
         c.arg(format!("-t{}", cfg.threads))
@@ -354,12 +370,16 @@ async fn wrk(cfg: &Config, url: &str) -> Result<WrkResult> {
     if !warm.status.success() {
         bail!("wrk failed: {}", String::from_utf8_lossy(&warm.stderr));
     }
+    let cpu_before = cpu_seconds(pids);
     let out = run(cfg.duration).output().await.context("wrk")?;
+    let cpu = cpu_seconds(pids) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     }
-    parse_wrk(&text).with_context(|| format!("wrk output:\n{text}"))
+    let mut r = parse_wrk(&text).with_context(|| format!("wrk output:\n{text}"))?;
+    r.cpu_us = cpu * 1e6 / r.requests;
+    Ok(r)
 }
 
 fn parse_wrk(text: &str) -> Result<WrkResult> {
@@ -380,6 +400,7 @@ fn parse_wrk(text: &str) -> Result<WrkResult> {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", v] => r.rps = v.parse()?,
+            [n, "requests", "in", ..] => r.requests = n.parse()?,
             ["50%", v] => r.p50_ms = ms(v).context("p50")?,
             ["99%", v] => r.p99_ms = ms(v).context("p99")?,
             ["Non-2xx", "or", "3xx", "responses:", n] => r.errors += n.parse::<u64>()?,
@@ -392,8 +413,8 @@ fn parse_wrk(text: &str) -> Result<WrkResult> {
             _ => {}
         }
     }
-    if r.rps == 0.0 {
-        bail!("no Requests/sec line");
+    if r.rps == 0.0 || r.requests == 0.0 {
+        bail!("no Requests/sec or request count line");
     }
     Ok(r)
 }
@@ -568,14 +589,17 @@ impl Nginx {
         Ok(())
     }
 
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.process.pid();
+        std::iter::once(master)
+            .chain(procstat::children(master))
+            .collect()
+    }
+
     /// Resident memory of the master and its workers, KiB.
     fn rss_kib(&self) -> u64 {
-        let master = self.process.pid();
-        let mut total = rss_kib(master).unwrap_or(0);
-        for pid in procstat::children(master) {
-            total += rss_kib(pid).unwrap_or(0);
-        }
-        total
+        self.pids().into_iter().filter_map(rss_kib).sum()
     }
 }
 
@@ -743,9 +767,11 @@ mod tests {
         let out = "Running 10s test @ http://127.0.0.1:1/\n  2 threads and 50 connections\n\
             \x20 Latency Distribution\n     50%  635.00us\n     75%    1.20ms\n     90%    2.00ms\n     99%    3.10ms\n\
             \x20 Socket errors: connect 0, read 2, write 0, timeout 1\n\
+            \x20 757654 requests in 10.09s, 91.20MB read\n\
             \x20 Non-2xx or 3xx responses: 4\nRequests/sec:  75123.45\nTransfer/sec:      9.10MB\n";
         let r = parse_wrk(out).expect("parse");
         assert!((r.rps - 75123.45).abs() < 1e-6);
+        assert!((r.requests - 757_654.0).abs() < 1e-6);
         assert!((r.p50_ms - 0.635).abs() < 1e-9);
         assert!((r.p99_ms - 3.1).abs() < 1e-9);
         assert_eq!(r.errors, 7);
