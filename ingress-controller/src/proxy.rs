@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
@@ -43,6 +44,13 @@ const MAX_TRIES: usize = 3;
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+// The headers the proxy sets on every request, parsed once.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Controller-wide defaults (annotations override per Ingress).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -73,10 +81,13 @@ pub struct Proxy {
 }
 
 /// What a connection knows of itself.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Conn {
     remote: SocketAddr,
     tls: bool,
+    /// `remote`'s IP as a header value (X-Forwarded-For, X-Real-IP), made once per
+    /// connection rather than per request.
+    client_ip: HeaderValue,
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -163,12 +174,18 @@ fn idempotent(m: &Method) -> bool {
 /// The incoming X-Request-ID when it is sane, else a fresh random one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .filter(|v| v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned()
         .unwrap_or_else(|| {
-            let id = format!("{:032x}", rand::random::<u128>());
-            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+            // 32 hex digits, as nginx's $request_id, without a String in between.
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let n = rand::random::<u128>();
+            let mut id = [0u8; 32];
+            for (i, d) in id.iter_mut().enumerate() {
+                *d = HEX[usize::try_from((n >> (124 - 4 * i)) & 0xf).unwrap_or(0)];
+            }
+            HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
         })
 }
 
@@ -358,7 +375,9 @@ impl Proxy {
         let route = self.shared.table.load().lookup(&host, &path).cloned();
         let (resp, upstream) = match &route {
             None => (full(StatusCode::NOT_FOUND, "404 page not found\n"), None),
-            Some(route) => self.forward(req, conn, pools, &host, route, &id).await,
+            // Boxed: the proxy's largest state lives on the heap once, instead of being
+            // copied with every move of the (then much larger) request future.
+            Some(route) => Box::pin(self.forward(req, &conn, pools, &host, route, &id)).await,
         };
         let status = resp.status().as_u16();
         let unrouted = ObjectKey {
@@ -390,7 +409,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        conn: Conn,
+        conn: &Conn,
         pools: &Pools,
         host: &str,
         route: &Route,
@@ -408,10 +427,6 @@ impl Proxy {
         if let Some((uri, code)) = &config.permanent_redirect {
             return (redirect(*code, &uri.to_string()), None);
         }
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), ToString::to_string);
         if !conn.tls && ((route.tls && config.ssl_redirect) || config.force_ssl_redirect) {
             let name = normalize_host(host);
             // Only a syntactically valid authority goes into the Location header.
@@ -420,6 +435,7 @@ impl Proxy {
                     443 => String::new(),
                     p => format!(":{p}"),
                 };
+                let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 let loc = format!("https://{name}{port}{path_and_query}");
                 return (redirect(StatusCode::PERMANENT_REDIRECT, &loc), None);
             }
@@ -531,21 +547,18 @@ impl Proxy {
             headers.insert(header::HOST, v);
         }
         // The client address is ours to state: a client-sent X-Forwarded-For is not trusted.
-        let ip = conn.remote.ip().to_string();
-        if let Ok(v) = HeaderValue::from_str(&ip) {
-            headers.insert("x-forwarded-for", v.clone());
-            headers.insert("x-real-ip", v);
-        }
+        headers.insert(X_FORWARDED_FOR, conn.client_ip.clone());
+        headers.insert(X_REAL_IP, conn.client_ip.clone());
         headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
         if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert("x-forwarded-host", v);
+            headers.insert(X_FORWARDED_HOST, v);
         }
-        headers.insert("x-request-id", id.clone());
+        headers.insert(X_REQUEST_ID, id.clone());
 
-        let upstream_path = match config.rewrite_target.as_ref().filter(|t| **t != route.path) {
+        let rewritten = match config.rewrite_target.as_ref().filter(|t| **t != route.path) {
             // nginx's `rewrite <path> <target>`: the path is replaced, the query kept;
             // on a regex route `$1`, `$2` are the groups the request path matched. A target
             // equal to the rule's path rewrites nothing (ingress-nginx's `buildProxyPass`).
@@ -558,18 +571,33 @@ impl Proxy {
                     Some(caps) if t.contains('$') => crate::annotations::expand_rewrite(t, &caps),
                     _ => t.clone(),
                 };
-                match parts.uri.query() {
+                Some(match parts.uri.query() {
                     Some(q) => format!("{t}?{q}"),
                     None => t,
-                }
+                })
             }
-            None => path_and_query,
+            None => None,
         };
         let h2 = config.backend_protocol == BackendProtocol::H2c;
         let connect_timeout = config
             .connect_timeout
             .unwrap_or(self.settings.connect_timeout);
-        let Ok(target_uri) = upstream_path.parse::<Uri>() else {
+        // Unrewritten, the request's own path and query go on as they are (no re-parse).
+        let target_uri = match rewritten {
+            Some(t) => t.parse::<Uri>().map_err(http::Error::from),
+            None => {
+                let mut target = http::uri::Parts::default();
+                target.path_and_query = Some(
+                    parts
+                        .uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                );
+                Uri::from_parts(target).map_err(http::Error::from)
+            }
+        };
+        let Ok(target_uri) = target_uri else {
             return (full(StatusCode::BAD_REQUEST, "400 bad request\n"), None);
         };
         // Waiting for response headers covers sending the request too (hyper streams the
@@ -745,6 +773,8 @@ pub async fn serve(
         let conn = Conn {
             remote,
             tls: tls.is_some(),
+            client_ip: HeaderValue::try_from(remote.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("-")),
         };
         let proxy = proxy.clone();
         let pools = pools.clone();
@@ -753,7 +783,7 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (proxy, pools) = (proxy.clone(), pools.clone());
+                let (proxy, pools, conn) = (proxy.clone(), pools.clone(), conn.clone());
                 async move { Ok::<_, Infallible>(proxy.handle(req, conn, &pools).await) }
             });
             match tls {
@@ -828,7 +858,13 @@ mod tests {
     #[test]
     fn request_ids() {
         let mut h = HeaderMap::new();
-        assert_eq!(request_id(&h).len(), 32);
+        let fresh = request_id(&h);
+        assert_eq!(fresh.len(), 32);
+        assert!(
+            fresh.as_bytes().iter().all(u8::is_ascii_hexdigit),
+            "{fresh:?}"
+        );
+        assert_ne!(request_id(&h), fresh);
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("has space"));
