@@ -2,8 +2,12 @@
 //! (`k8s.io/client-go/tools/events`).
 //!
 //! Controllers call [`Recorder::publish`], which never waits on the apiserver: events go
-//! through a channel to one sink task per process. The sink keeps each event for six
-//! minutes, keyed by (regarding, related, action, reason, note, reporter):
+//! through a bounded channel to one sink task per process. As upstream's broadcaster (a
+//! queue of 1000, `DropIfChannelFull`), an event that finds the queue full is dropped: under
+//! a burst (a scheduler binding thousands of pods a second) events are best-effort and must
+//! neither hold memory without bound nor compete with the writes that matter. The sink
+//! writes one event at a time and keeps each for six minutes, keyed by (regarding,
+//! related, action, reason, note, reporter):
 //!
 //! - the first occurrence is created;
 //! - the second turns it into a series (`series.count = 2`) and is patched at once;
@@ -25,7 +29,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::Request;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -39,6 +44,8 @@ const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
 const SERIES_REFRESH: Duration = Duration::from_secs(30);
 /// upstream's limit on `note` (1 KiB).
 const MAX_NOTE: usize = 1024;
+/// Events waiting for the sink; more are dropped (client-go `maxQueuedEvents`).
+const MAX_QUEUED: usize = 1000;
 
 /// The severity of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,7 +85,7 @@ pub struct EventRecord {
 /// A handle controllers publish events through. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<EventRecord>,
+    tx: mpsc::Sender<EventRecord>,
     spam: Option<Arc<SpamFilter>>,
 }
 
@@ -169,8 +176,12 @@ impl Recorder {
             tracing::debug!(reason = %record.reason, note = %record.note, "event dropped by the spam filter");
             return;
         }
-        // The sink only goes away at shutdown, when losing an event is acceptable.
-        let _ = self.tx.send(record);
+        // A full queue means the sink is behind (upstream drops then too); a closed one
+        // means shutdown, when losing an event is acceptable.
+        if let Err(e) = self.tx.try_send(record) {
+            let record = e.into_inner();
+            tracing::debug!(reason = %record.reason, note = %record.note, "event dropped: the event queue is full");
+        }
     }
 
     /// This recorder with `filter` in front (shared by its clones).
@@ -196,15 +207,42 @@ pub struct Reporter {
     pub instance: String,
 }
 
-/// The identity (`reason`, `note`, ...) under which repeats are aggregated.
+/// The identity (`reason`, `note`, ...) under which repeats are aggregated, as one string:
+/// each field length-prefixed, so that no two identities encode alike. The sink keeps one
+/// per event written for six minutes; a scheduler binding 10000 pods keeps 10000, and as
+/// separate `String`s (ten of them with the reference fields) the keys were most of the
+/// sink's memory.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    regarding: (String, String, String, String, String),
-    related: Option<(String, String, String, String, String)>,
-    action: String,
-    reason: String,
-    note: String,
-    type_: EventType,
+struct Key(Box<str>);
+
+impl Key {
+    fn of(rec: &EventRecord) -> Self {
+        let mut k = String::new();
+        push_reference(&mut k, Some(&rec.regarding));
+        push_reference(&mut k, rec.related.as_ref());
+        for f in [&rec.action, &rec.reason, &rec.note] {
+            push_field(&mut k, f);
+        }
+        push_field(&mut k, rec.type_.as_str());
+        Self(k.into_boxed_str())
+    }
+}
+
+fn push_field(k: &mut String, f: &str) {
+    k.push_str(&f.len().to_string());
+    k.push(':');
+    k.push_str(f);
+}
+
+fn push_reference(k: &mut String, r: Option<&ObjectReference>) {
+    let Some(r) = r else {
+        push_field(k, "-");
+        return;
+    };
+    push_field(k, "+");
+    for f in [&r.api_version, &r.kind, &r.namespace, &r.name, &r.uid] {
+        push_field(k, f.as_deref().unwrap_or_default());
+    }
 }
 
 fn ref_key(r: &ObjectReference) -> (String, String, String, String, String) {
@@ -221,8 +259,8 @@ fn ref_key(r: &ObjectReference) -> (String, String, String, String, String) {
 /// controller touching thousands of objects keeps thousands of these for six minutes).
 #[derive(Clone)]
 struct Written {
-    namespace: String,
-    name: String,
+    namespace: Box<str>,
+    name: Box<str>,
     series: Option<EventSeries>,
 }
 
@@ -240,7 +278,7 @@ pub fn start(
     reporter: Reporter,
     shutdown: CancellationToken,
 ) -> (Recorder, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(MAX_QUEUED);
     let sink = Sink {
         client,
         reporter,
@@ -257,11 +295,7 @@ struct Sink {
 }
 
 impl Sink {
-    async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<EventRecord>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(mut self, mut rx: mpsc::Receiver<EventRecord>, shutdown: CancellationToken) {
         let mut refresh = tokio::time::interval(SERIES_REFRESH);
         refresh.tick().await;
         loop {
@@ -283,14 +317,7 @@ impl Sink {
 
     async fn handle(&mut self, rec: EventRecord) {
         let now = Instant::now();
-        let key = Key {
-            regarding: ref_key(&rec.regarding),
-            related: rec.related.as_ref().map(ref_key),
-            action: rec.action.clone(),
-            reason: rec.reason.clone(),
-            note: rec.note.clone(),
-            type_: rec.type_,
-        };
+        let key = Key::of(&rec);
         if let Some(cached) = self.cache.get_mut(&key)
             && now.duration_since(cached.last_seen) < SERIES_TTL
         {
@@ -316,8 +343,8 @@ impl Sink {
                 key,
                 Cached {
                     event: Written {
-                        namespace: event.namespace().unwrap_or_default(),
-                        name: event.name_any(),
+                        namespace: event.namespace().unwrap_or_default().into(),
+                        name: event.name_any().into(),
                         series: None,
                     },
                     last_seen: now,
@@ -365,12 +392,22 @@ impl Sink {
     }
 
     async fn create(&self, event: &Event) -> bool {
-        let api: Api<Event> =
-            Api::namespaced(self.client.clone(), &event.namespace().unwrap_or_default());
+        let body = match serde_json::to_vec(event) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(reason = ?event.reason, error = %e, "event not encodable");
+                return false;
+            }
+        };
+        let url = Event::url_path(&(), event.namespace().as_deref());
         // A few quick retries: the apiserver may be briefly away; events are best-effort.
         for attempt in 0..3u32 {
-            match api.create(&PostParams::default(), event).await {
-                Ok(_) => return true,
+            let written = match Request::new(&url).create(&PostParams::default(), body.clone()) {
+                Ok(req) => discard_body(&self.client, req).await,
+                Err(e) => Err(kube::Error::BuildRequest(e)),
+            };
+            match written {
+                Ok(()) => return true,
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 || s.code == 403 => {
                     tracing::warn!(reason = ?event.reason, error = %s.message, "event rejected");
                     return false;
@@ -385,12 +422,16 @@ impl Sink {
     }
 
     async fn patch_series(&self, event: &Written) {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &event.namespace);
-        let patch = serde_json::json!({ "series": event.series });
-        if let Err(e) = api
-            .patch(&event.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        let patch = Patch::Merge(serde_json::json!({ "series": event.series }));
+        let written = match Request::new(Event::url_path(&(), Some(&event.namespace))).patch(
+            &event.name,
+            &PatchParams::default(),
+            &patch,
+        ) {
+            Ok(req) => discard_body(&self.client, req).await,
+            Err(e) => Err(kube::Error::BuildRequest(e)),
+        };
+        if let Err(e) = written {
             tracing::debug!(error = %e, "event series patch failed");
         }
     }
@@ -410,6 +451,13 @@ impl Sink {
             self.patch_series(&ev).await;
         }
     }
+}
+
+/// Sends `req` and reads the answer without decoding it: nothing reads the Event the
+/// apiserver returns, and parsing one per scheduled pod was a visible share of the
+/// scheduler's CPU. Failures still come back as `kube::Error::Api` with the Status.
+async fn discard_body(client: &Client, req: http::Request<Vec<u8>>) -> kube::Result<()> {
+    client.request_text(req).await.map(drop)
 }
 
 #[cfg(test)]
@@ -449,6 +497,36 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(f.allow(&rec("a", EventType::Normal)));
         assert!(!f.allow(&rec("a", EventType::Normal)));
+    }
+
+    #[test]
+    fn keys_tell_fields_apart() {
+        let a = rec("a", EventType::Normal);
+        assert_eq!(Key::of(&a), Key::of(&a.clone()));
+        // The same characters split differently between two fields are another identity.
+        let mut b = a.clone();
+        b.reason = "SuccessfulCreat".into();
+        b.note = format!("e{}", a.note);
+        assert_ne!(Key::of(&a), Key::of(&b));
+        let mut related = a.clone();
+        related.related = Some(a.regarding.clone());
+        assert_ne!(Key::of(&a), Key::of(&related));
+        assert_ne!(Key::of(&a), Key::of(&rec("a", EventType::Warning)));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_events_instead_of_growing() {
+        let (tx, mut rx) = mpsc::channel(MAX_QUEUED);
+        let recorder = Recorder { tx, spam: None };
+        for i in 0..MAX_QUEUED + 10 {
+            recorder.record(rec(&format!("o{i}"), EventType::Normal));
+        }
+        assert_eq!(rx.len(), MAX_QUEUED);
+        // The oldest are kept; the newest, finding the queue full, were dropped.
+        let first = rx.recv().await.and_then(|r| r.regarding.name);
+        assert_eq!(first.as_deref(), Some("o0"));
+        recorder.record(rec("later", EventType::Normal));
+        assert_eq!(rx.len(), MAX_QUEUED);
     }
 
     #[tokio::test(start_paused = true)]

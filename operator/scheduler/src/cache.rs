@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use ferrokube_runtime::informer::Store;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, ReplicationController, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::framework::types::{NodeInfo, PodInfo};
+use crate::transform::CachedPod;
 
 /// Errors from cache bookkeeping (upstream logs these as "cache corruption").
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -277,7 +278,7 @@ impl Cache {
     }
 
     /// Adds or updates an assigned pod seen by the informer; confirms an assumed one.
-    pub fn add_or_update_pod(&self, pod: Arc<Pod>) {
+    pub fn add_or_update_pod(&self, pod: Arc<CachedPod>) {
         let Some(node) = pod
             .spec
             .as_ref()
@@ -463,7 +464,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, NodeStatus, PodSpec, ResourceRequirements};
+    use k8s_openapi::api::core::v1::{Container, NodeStatus, Pod, PodSpec, ResourceRequirements};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;
@@ -482,8 +483,8 @@ mod tests {
         })
     }
 
-    fn pod(uid: &str, node: Option<&str>) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(uid: &str, node: Option<&str>) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(uid.into()),
                 namespace: Some("ns".into()),
@@ -503,7 +504,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     #[test]

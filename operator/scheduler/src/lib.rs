@@ -44,7 +44,7 @@ use ferrokube_runtime::server::{self, Health, Kind};
 use ferrokube_runtime::shutdown;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service,
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, ReplicationController, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -55,6 +55,7 @@ use crate::config::Config;
 use crate::framework::interface::Plugin;
 use crate::framework::runtime::Framework;
 use crate::options::Options;
+use crate::transform::CachedPod;
 
 /// Why the scheduler stopped (or never started).
 #[derive(Debug, thiserror::Error)]
@@ -252,10 +253,10 @@ async fn run_scheduler(
     // The informers keep only what the scheduler reads of pods and nodes (managedFields are
     // dropped for every type): see `transform`.
     let informers = InformerFactory::new(client.clone())
-        .with_transform::<Pod>(transform::pod)
+        .with_transform::<CachedPod>(transform::pod)
         .with_transform::<Node>(transform::node);
     // Terminal pods hold no resources; upstream's scheduler never sees them either.
-    let pods = informers.informer_with::<Pod>(Selectors {
+    let pods = informers.informer_with::<CachedPod>(Selectors {
         field_selector: Some("status.phase!=Succeeded,status.phase!=Failed".into()),
         ..Selectors::default()
     });

@@ -19,12 +19,12 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::framework::interface::{ClusterEvent, Plugin};
 use crate::framework::types::PodInfo;
+use crate::transform::CachedPod;
 
 /// How long a pod may stay in the unschedulable pool before it is retried anyway
 /// (upstream `DefaultPodMaxInUnschedulablePodsDuration`).
@@ -186,7 +186,7 @@ impl SchedulingQueue {
     }
 
     /// Runs the PreEnqueue plugins; the first that refuses gates the pod.
-    fn gate(&self, pod: &Pod) -> Option<&'static str> {
+    fn gate(&self, pod: &CachedPod) -> Option<&'static str> {
         self.pre_enqueue
             .iter()
             .find(|p| !p.pre_enqueue(pod).is_success())
@@ -439,7 +439,7 @@ impl SchedulingQueue {
 
 /// Whether an update to an unscheduled pod may change a scheduling decision: anything
 /// but status and bookkeeping metadata.
-fn spec_or_labels_changed(old: &Pod, new: &Pod) -> bool {
+fn spec_or_labels_changed(old: &CachedPod, new: &CachedPod) -> bool {
     old.spec != new.spec || old.metadata.labels != new.metadata.labels
 }
 
@@ -447,6 +447,7 @@ fn spec_or_labels_changed(old: &Pod, new: &Pod) -> bool {
 mod tests {
     use super::*;
     use crate::framework::interface::{ExtensionPoint, Status};
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodSchedulingGate, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -479,7 +480,7 @@ mod tests {
         fn extension_points(&self) -> &'static [ExtensionPoint] {
             &[ExtensionPoint::PreEnqueue]
         }
-        fn pre_enqueue(&self, pod: &Pod) -> Status {
+        fn pre_enqueue(&self, pod: &CachedPod) -> Status {
             if pod
                 .spec
                 .as_ref()

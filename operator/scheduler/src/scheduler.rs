@@ -36,6 +36,7 @@ use crate::framework::types::{PodInfo, pod_uid};
 use crate::metrics::{AttemptResult, SchedulerMetrics};
 use crate::queue::{QueuedPodInfo, SchedulingQueue};
 use crate::schedule_one::{NO_NODES_AVAILABLE, ScheduleError, schedule_pod};
+use crate::transform::CachedPod;
 
 /// The scheduler's shared state.
 pub struct Scheduler {
@@ -52,7 +53,7 @@ pub struct Scheduler {
     /// The API client.
     pub client: kube::Client,
     /// The pods informer's cache, to check a pod still exists before reporting on it.
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// Metric families.
     pub metrics: SchedulerMetrics,
     next_start: AtomicUsize,
@@ -103,14 +104,14 @@ pub fn recorders(
         .collect()
 }
 
-fn scheduler_name(pod: &Pod) -> &str {
+fn scheduler_name(pod: &CachedPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.scheduler_name.as_deref())
         .unwrap_or(crate::config::DEFAULT_SCHEDULER_NAME)
 }
 
-fn assigned(pod: &Pod) -> bool {
+fn assigned(pod: &CachedPod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
@@ -137,7 +138,7 @@ impl Scheduler {
         profiles: HashMap<String, Arc<Framework>>,
         recorders: HashMap<String, Recorder>,
         client: kube::Client,
-        pods: Store<Pod>,
+        pods: Store<CachedPod>,
         metrics: SchedulerMetrics,
     ) -> Self {
         Self {
@@ -154,12 +155,12 @@ impl Scheduler {
         }
     }
 
-    fn responsible_for(&self, pod: &Pod) -> bool {
+    fn responsible_for(&self, pod: &CachedPod) -> bool {
         self.profiles.contains_key(scheduler_name(pod))
     }
 
     /// Applies a pod informer event.
-    pub fn on_pod(&self, n: Notification<Pod>) {
+    pub fn on_pod(&self, n: Notification<CachedPod>) {
         match n {
             Notification::Added(pod) | Notification::Updated { new: pod, .. } => {
                 if assigned(&pod) {
@@ -572,7 +573,7 @@ impl Scheduler {
 /// subresource touches only these fields.
 async fn update_pod_scheduled_condition(
     client: kube::Client,
-    pod: &Pod,
+    pod: &CachedPod,
     reason: &str,
     message: &str,
     nominated: Option<&str>,

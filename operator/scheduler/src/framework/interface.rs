@@ -4,10 +4,9 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
-
 use crate::cache::Snapshot;
 use crate::framework::types::{NodeInfo, PodInfo};
+use crate::transform::CachedPod;
 
 /// The highest score a Score plugin may give (upstream `MaxNodeScore`).
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -215,7 +214,7 @@ pub trait Plugin: Send + Sync {
     fn extension_points(&self) -> &'static [ExtensionPoint];
 
     /// PreEnqueue: whether `pod` may enter the active queue.
-    fn pre_enqueue(&self, _pod: &Pod) -> Status {
+    fn pre_enqueue(&self, _pod: &CachedPod) -> Status {
         Status::success()
     }
 

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, Node, Pod, PodAffinityTerm, ResourceRequirements, WeightedPodAffinityTerm,
+    Node, PodAffinityTerm, ResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::plugins::helper::{Selector, label_selector_as_selector};
+use crate::transform::{CachedContainer, CachedPod, IntoCachedPod};
 
 /// upstream `schedutil.DefaultMilliCPURequest`: what a container without a CPU request counts
 /// as when scoring, so that best-effort pods do not all pile onto one node.
@@ -233,7 +234,7 @@ impl HostPort {
 #[derive(Debug)]
 pub struct PodInfo {
     /// The pod.
-    pub pod: Arc<Pod>,
+    pub pod: Arc<CachedPod>,
     /// `namespace/name`.
     pub key: String,
     /// The pod's UID (its key in the cache and queue).
@@ -267,7 +268,7 @@ pub struct AffinityTerm {
 
 impl AffinityTerm {
     /// upstream `newAffinityTerm`.
-    pub fn new(pod: &Pod, term: &PodAffinityTerm) -> Result<Self, String> {
+    pub fn new(pod: &CachedPod, term: &PodAffinityTerm) -> Result<Self, String> {
         let selector = label_selector_as_selector(term.label_selector.as_ref())?;
         let namespace_selector = label_selector_as_selector(term.namespace_selector.as_ref())?;
         let names = term.namespaces.as_deref().unwrap_or_default();
@@ -287,7 +288,7 @@ impl AffinityTerm {
     /// upstream `AffinityTerm.Matches`: `pod` is in one of the term's namespaces (by name,
     /// or its namespace's labels `ns_labels` match the namespaceSelector) and its labels
     /// match the selector.
-    pub fn matches(&self, pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>) -> bool {
+    pub fn matches(&self, pod: &CachedPod, ns_labels: Option<&BTreeMap<String, String>>) -> bool {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         (self.namespaces.contains(ns) || self.namespace_selector.matches(ns_labels))
             && self.selector.matches(pod.metadata.labels.as_ref())
@@ -322,7 +323,7 @@ pub struct AffinityInfo {
 
 impl AffinityInfo {
     /// Parses the affinity of `pod`; the first bad term is remembered in `parse_error`.
-    pub fn of(pod: &Pod) -> Self {
+    pub fn of(pod: &CachedPod) -> Self {
         let mut out = Self::default();
         let Some(a) = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
             return out;
@@ -389,7 +390,7 @@ impl AffinityInfo {
 }
 
 /// The pod's `namespace/name`.
-fn pod_key(pod: &Pod) -> String {
+fn pod_key(pod: &CachedPod) -> String {
     format!(
         "{}/{}",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -398,13 +399,14 @@ fn pod_key(pod: &Pod) -> String {
 }
 
 /// The pod's key in the cache and queue: its uid, or `namespace/name` without one.
-pub fn pod_uid(pod: &Pod) -> String {
+pub fn pod_uid(pod: &CachedPod) -> String {
     pod.metadata.uid.clone().unwrap_or_else(|| pod_key(pod))
 }
 
 impl PodInfo {
     /// Computes the derived fields of `pod`.
-    pub fn new(pod: Arc<Pod>) -> Self {
+    pub fn new(pod: impl IntoCachedPod) -> Self {
+        let pod = pod.into_cached();
         let key = pod_key(&pod);
         let uid = pod_uid(&pod);
         let (requests, non_zero_requests) = pod_requests(&pod);
@@ -439,7 +441,7 @@ impl PodInfo {
     }
 }
 
-fn container_requests(c: &Container) -> Option<&BTreeMap<String, Quantity>> {
+fn container_requests(c: &CachedContainer) -> Option<&BTreeMap<String, Quantity>> {
     c.resources.as_ref().and_then(|r: &ResourceRequirements| {
         // Requests default to limits when only limits are given (apiserver defaulting does
         // this too; be safe with objects that bypassed it).
@@ -464,7 +466,7 @@ fn non_zero(list: Option<&BTreeMap<String, Quantity>>) -> Resource {
 /// started before it; the pod needs the largest of these, plus its overhead. Pod-level
 /// requests, when set, replace the per-container sum for the resources they name.
 /// Returns (requests, requests with upstream's non-zero defaults).
-pub fn pod_requests(pod: &Pod) -> (Resource, Resource) {
+pub fn pod_requests(pod: &CachedPod) -> (Resource, Resource) {
     let Some(spec) = pod.spec.as_ref() else {
         return (Resource::default(), Resource::default());
     };
@@ -518,7 +520,7 @@ pub fn pod_requests(pod: &Pod) -> (Resource, Resource) {
 }
 
 /// The host ports of a pod's containers and sidecars.
-pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
+pub fn host_ports(pod: &CachedPod) -> Vec<HostPort> {
     let Some(spec) = pod.spec.as_ref() else {
         return Vec::new();
     };
@@ -653,7 +655,7 @@ pub fn normalized_image_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerPort, PodSpec};
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodSpec};
 
     fn q(s: &str) -> Quantity {
         Quantity(s.to_string())
@@ -704,7 +706,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (r, nz) = pod_requests(&pod);
+        let (r, nz) = pod_requests(&CachedPod::from(pod));
         // containers 200m + sidecar 100m = 300m < the 2-core init container.
         assert_eq!(r.milli_cpu, 2000);
         assert_eq!(r.memory, 1 << 30);
@@ -737,7 +739,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let ports = host_ports(&pod);
+        let ports = host_ports(&CachedPod::from(pod));
         assert_eq!(ports.len(), 1);
         let specific = HostPort {
             ip: "10.0.0.1".into(),

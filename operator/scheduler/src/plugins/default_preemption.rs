@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rand::Rng as _;
 use serde::Deserialize;
@@ -36,6 +35,7 @@ use crate::schedule_one::{
     run_filters_with_nominated_pods, run_pre_filter_extension_add_pod,
     run_pre_filter_extension_remove_pod,
 };
+use crate::transform::CachedPod;
 
 /// The plugin's name.
 pub const NAME: &str = "DefaultPreemption";
@@ -123,7 +123,7 @@ impl DefaultPreemption {
 
 /// When the pod started; pods that have not started count as starting now (upstream
 /// `GetPodStartTime`).
-fn start_time(pod: &Pod, now: i128) -> i128 {
+fn start_time(pod: &CachedPod, now: i128) -> i128 {
     pod.status
         .as_ref()
         .and_then(|s| s.start_time.as_ref())
@@ -137,7 +137,7 @@ fn more_important(a: &PodInfo, b: &PodInfo, now: i128) -> std::cmp::Ordering {
         .then(start_time(&a.pod, now).cmp(&start_time(&b.pod, now)))
 }
 
-fn pod_terminating_by_preemption(pod: &Pod) -> bool {
+fn pod_terminating_by_preemption(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
         && pod
             .status

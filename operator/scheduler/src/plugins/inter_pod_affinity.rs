@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
 use crate::cache::{Listers, Snapshot};
@@ -25,6 +24,7 @@ use crate::framework::interface::{
 };
 use crate::framework::types::{AffinityTerm, NodeInfo, PodInfo, WeightedAffinityTerm};
 use crate::plugins::helper::Selector;
+use crate::transform::CachedPod;
 
 /// The plugin's name.
 pub const NAME: &str = "InterPodAffinity";
@@ -108,7 +108,7 @@ struct PreFilterState {
 
 /// Whether `term` matches `pod`, looking the namespace's labels up only when the
 /// namespaceSelector could decide it.
-fn term_matches(term: &AffinityTerm, pod: &Pod, listers: &Listers) -> bool {
+fn term_matches(term: &AffinityTerm, pod: &CachedPod, listers: &Listers) -> bool {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     if term.namespaces.contains(ns) {
         return term.selector.matches(pod.metadata.labels.as_ref());
@@ -121,7 +121,7 @@ fn term_matches(term: &AffinityTerm, pod: &Pod, listers: &Listers) -> bool {
 }
 
 /// upstream `podMatchesAllAffinityTerms`: false for no terms.
-fn pod_matches_all(terms: &[AffinityTerm], pod: &Pod, listers: &Listers) -> bool {
+fn pod_matches_all(terms: &[AffinityTerm], pod: &CachedPod, listers: &Listers) -> bool {
     !terms.is_empty() && terms.iter().all(|t| term_matches(t, pod, listers))
 }
 
@@ -256,12 +256,13 @@ impl InterPodAffinity {
         if node.labels().is_none_or(BTreeMap::is_empty) {
             return;
         }
-        let weighted = |m: &mut ScoreMap, terms: &[WeightedAffinityTerm], pod: &Pod, sign: i64| {
-            for t in terms {
-                let matched = term_matches(&t.term, pod, listers);
-                process_term(m, &t.term, i64::from(t.weight) * sign, matched, node);
-            }
-        };
+        let weighted =
+            |m: &mut ScoreMap, terms: &[WeightedAffinityTerm], pod: &CachedPod, sign: i64| {
+                for t in terms {
+                    let matched = term_matches(&t.term, pod, listers);
+                    process_term(m, &t.term, i64::from(t.weight) * sign, matched, node);
+                }
+            };
         weighted(m, &incoming.affinity.preferred_affinity, &existing.pod, 1);
         weighted(
             m,
@@ -526,6 +527,7 @@ impl Plugin for InterPodAffinity {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{
         Affinity, Node, PodAffinity, PodAffinityTerm, PodAntiAffinity, PodSpec,
         WeightedPodAffinityTerm,

@@ -1,9 +1,8 @@
 //! SchedulingGates: pods with `spec.schedulingGates` wait outside the active queue until
 //! every gate is removed (PreEnqueue).
 
-use k8s_openapi::api::core::v1::Pod;
-
 use crate::framework::interface::{ClusterEvent, Code, ExtensionPoint, Plugin, Status};
+use crate::transform::CachedPod;
 
 /// The plugin.
 pub struct SchedulingGates;
@@ -17,7 +16,7 @@ impl Plugin for SchedulingGates {
         &[ExtensionPoint::PreEnqueue]
     }
 
-    fn pre_enqueue(&self, pod: &Pod) -> Status {
+    fn pre_enqueue(&self, pod: &CachedPod) -> Status {
         let gates: Vec<&str> = pod
             .spec
             .as_ref()
@@ -44,6 +43,7 @@ impl Plugin for SchedulingGates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodSchedulingGate, PodSpec};
 
     #[test]
@@ -58,12 +58,16 @@ mod tests {
             }),
             ..Default::default()
         };
-        let s = SchedulingGates.pre_enqueue(&pod);
+        let s = SchedulingGates.pre_enqueue(&CachedPod::from(pod.clone()));
         assert_eq!(s.code, Code::UnschedulableAndUnresolvable);
         assert_eq!(s.message(), "waiting for scheduling gates: [a b]");
         if let Some(spec) = pod.spec.as_mut() {
             spec.scheduling_gates = Some(Vec::new());
         }
-        assert!(SchedulingGates.pre_enqueue(&pod).is_success());
+        assert!(
+            SchedulingGates
+                .pre_enqueue(&CachedPod::from(pod.clone()))
+                .is_success()
+        );
     }
 }

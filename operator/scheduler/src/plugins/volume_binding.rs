@@ -10,12 +10,13 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
 use crate::cache::{Listers, Snapshot};
 use crate::framework::interface::{ClusterEvent, Code, CycleState, ExtensionPoint, Plugin, Status};
 use crate::framework::types::{NodeInfo, PodInfo};
 use crate::plugins::helper::node_selector_matches;
+use crate::transform::CachedPod;
 
 /// upstream `ErrReasonNodeConflict` (1.36 wording).
 pub const ERR_REASON_NODE_CONFLICT: &str = "node(s) didn't match PersistentVolume's node affinity";
@@ -33,7 +34,7 @@ pub struct VolumeBinding;
 
 /// The claims a pod uses, by name: its `persistentVolumeClaim` volumes and the claims its
 /// generic ephemeral volumes get (`<pod>-<volume>`).
-pub fn claim_names(pod: &Pod) -> Vec<String> {
+pub fn claim_names(pod: &CachedPod) -> Vec<String> {
     let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
     pod.spec
         .iter()
@@ -191,6 +192,7 @@ impl Plugin for VolumeBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{
         Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimSpec,
         PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSpec, Volume,
