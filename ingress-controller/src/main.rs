@@ -10,7 +10,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    ferrokube_runtime::process::run(run())
+    ferrokube_runtime::process::run_current_thread(run())
 }
 
 async fn run() -> std::process::ExitCode {
