@@ -8,8 +8,11 @@ use clap::Parser;
 // at --kube-api-qps=20 (issue 3's benchmark, 5000 pods up and down) two workers made
 // 108k context switches and 9.3 cpu-s, one worker 56k and 7.8 cpu-s. Its CPU need is a
 // fraction of one core even at 500 QPS, so a second thread buys no throughput.
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    ferrokube_runtime::process::run_current_thread(run())
+}
+
+async fn run() -> std::process::ExitCode {
     let options = ferrokube_controller_manager::options::Options::parse();
     ferrokube_runtime::logging::init(options.verbosity, options.logging_format);
     match ferrokube_controller_manager::run(options).await {
