@@ -130,100 +130,134 @@ impl Buffer {
     }
 
     fn push(&mut self, format: Format, now: Duration, e: &Entry<'_>) {
-        // Field by field into the buffer itself: no per-line allocation. Writes into a
-        // Vec cannot fail.
         self.timestamp(now);
-        let (prefix, micros) = (&self.second_prefix, now.subsec_micros());
-        let l = &mut Line(&mut self.lines);
+        let l = &mut Line {
+            out: &mut self.lines,
+            format,
+        };
+        l.open(&self.second_prefix, now.subsec_micros());
         let us = e.duration.as_micros();
-        let duration = format_args!("{}.{:03}", us / 1000, us % 1000);
-        match format {
-            Format::Text => {
-                let _ = write!(
-                    l.0,
-                    "{prefix}.{micros:06}Z  INFO access: request remote={} method=",
-                    e.remote
-                );
-                l.text(e.method);
-                l.raw(" host=");
-                l.text(e.host);
-                l.raw(" path=");
-                l.text(e.path);
-                let _ = write!(l.0, " status={} upstream=", e.status);
-                if let Some(u) = e.upstream {
-                    let _ = write!(l.0, "{u}");
-                }
-                l.raw(" ingress=");
-                l.text(e.ingress_namespace);
-                l.raw("/");
-                l.text(e.ingress_name);
-                let _ = write!(l.0, " duration_ms={duration} request_id=\"");
-                l.text_bytes(e.request_id);
-                l.raw("\"\n");
-            }
-            Format::Json => {
-                let _ = write!(
-                    l.0,
-                    "{{\"timestamp\":\"{prefix}.{micros:06}Z\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\",\"remote\":\"{}\",\"method\":\"",
-                    e.remote
-                );
-                l.json(e.method);
-                l.raw("\",\"host\":\"");
-                l.json(e.host);
-                l.raw("\",\"path\":\"");
-                l.json(e.path);
-                let _ = write!(l.0, "\",\"status\":{},\"upstream\":\"", e.status);
-                if let Some(u) = e.upstream {
-                    let _ = write!(l.0, "{u}");
-                }
-                l.raw("\",\"ingress\":\"");
-                l.json(e.ingress_namespace);
-                l.raw("/");
-                l.json(e.ingress_name);
-                let _ = write!(l.0, "\",\"duration_ms\":{duration},\"request_id\":\"");
-                l.json(&String::from_utf8_lossy(e.request_id));
-                l.raw("\"},\"target\":\"access\"}\n");
-            }
+        l.field("remote", Field::Own(format_args!("{}", e.remote)));
+        l.field("method", Field::Client(e.method));
+        l.field("host", Field::Client(e.host));
+        l.field("path", Field::Client(e.path));
+        l.field("status", Field::Number(format_args!("{}", e.status)));
+        match e.upstream {
+            Some(u) => l.field("upstream", Field::Own(format_args!("{u}"))),
+            None => l.field("upstream", Field::Own(format_args!(""))),
         }
+        l.field("ingress", Field::Key(e.ingress_namespace, e.ingress_name));
+        l.field(
+            "duration_ms",
+            Field::Number(format_args!("{}.{:03}", us / 1000, us % 1000)),
+        );
+        l.field("request_id", Field::Quoted(e.request_id));
+        l.close();
     }
 }
 
-/// A line being appended; client-supplied values go through its escaping writers.
-struct Line<'a>(&'a mut Vec<u8>);
+/// A value of an access-log line.
+enum Field<'a> {
+    /// Ours (an address): written as is.
+    Own(std::fmt::Arguments<'a>),
+    /// A number: a JSON number.
+    Number(std::fmt::Arguments<'a>),
+    /// From the client (host, path, method): escaped.
+    Client(&'a str),
+    /// `namespace/name`, each part escaped.
+    Key(&'a str, &'a str),
+    /// From the client, and quoted in text lines too (tracing quoted the request id).
+    Quoted(&'a [u8]),
+}
+
+/// A line being appended to the buffer: field by field, no per-line allocation. Writes
+/// into a Vec cannot fail.
+struct Line<'a> {
+    out: &'a mut Vec<u8>,
+    format: Format,
+}
 
 impl Line<'_> {
     fn raw(&mut self, s: &str) {
-        self.0.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(s.as_bytes());
     }
 
-    /// Text format: visible ASCII other than `"` and `\` as is, anything else as `\xNN`
-    /// (nginx's access-log escaping), so a client cannot forge fields or lines.
-    fn text(&mut self, v: &str) {
-        self.text_bytes(v.as_bytes());
+    fn open(&mut self, second: &str, micros: u32) {
+        let _ = match self.format {
+            Format::Text => write!(self.out, "{second}.{micros:06}Z  INFO access: request"),
+            Format::Json => write!(
+                self.out,
+                "{{\"timestamp\":\"{second}.{micros:06}Z\",\"level\":\"INFO\",\"fields\":{{\"message\":\"request\""
+            ),
+        };
     }
 
-    fn text_bytes(&mut self, v: &[u8]) {
-        for &b in v {
-            if b.is_ascii_graphic() && b != b'"' && b != b'\\' {
-                self.0.push(b);
-            } else {
-                let _ = write!(self.0, "\\x{b:02X}");
-            }
+    fn close(&mut self) {
+        match self.format {
+            Format::Text => self.raw("\n"),
+            Format::Json => self.raw("},\"target\":\"access\"}\n"),
         }
     }
 
-    /// JSON string contents.
-    fn json(&mut self, v: &str) {
-        for c in v.chars() {
-            match c {
-                '"' => self.raw("\\\""),
-                '\\' => self.raw("\\\\"),
-                c if u32::from(c) < 0x20 => {
-                    let _ = write!(self.0, "\\u{:04x}", u32::from(c));
+    fn field(&mut self, name: &str, value: Field<'_>) {
+        let json = self.format == Format::Json;
+        if json {
+            let _ = write!(self.out, ",\"{name}\":");
+        } else {
+            let _ = write!(self.out, " {name}=");
+        }
+        let quote = match value {
+            Field::Number(_) => false,
+            Field::Quoted(_) => true,
+            _ => json,
+        };
+        if quote {
+            self.raw("\"");
+        }
+        match value {
+            Field::Own(v) | Field::Number(v) => {
+                let _ = self.out.write_fmt(v);
+            }
+            Field::Client(v) => self.escaped(v.as_bytes()),
+            Field::Key(namespace, name) => {
+                self.escaped(namespace.as_bytes());
+                self.raw("/");
+                self.escaped(name.as_bytes());
+            }
+            Field::Quoted(v) => self.escaped(v),
+        }
+        if quote {
+            self.raw("\"");
+        }
+    }
+
+    /// A client-supplied value, so that it cannot forge fields or lines. Text: visible
+    /// ASCII other than `"` and `\\` as is, anything else as `\\xNN` (nginx's access-log
+    /// escaping). JSON: string escapes, with bytes that are not UTF-8 replaced.
+    fn escaped(&mut self, v: &[u8]) {
+        match self.format {
+            Format::Text => {
+                for &b in v {
+                    if b.is_ascii_graphic() && b != b'"' && b != b'\\' {
+                        self.out.push(b);
+                    } else {
+                        let _ = write!(self.out, "\\x{b:02X}");
+                    }
                 }
-                c => {
-                    let mut utf8 = [0; 4];
-                    self.raw(c.encode_utf8(&mut utf8));
+            }
+            Format::Json => {
+                for c in String::from_utf8_lossy(v).chars() {
+                    match c {
+                        '"' => self.raw("\\\""),
+                        '\\' => self.raw("\\\\"),
+                        c if u32::from(c) < 0x20 => {
+                            let _ = write!(self.out, "\\u{:04x}", u32::from(c));
+                        }
+                        c => {
+                            let mut utf8 = [0; 4];
+                            self.raw(c.encode_utf8(&mut utf8));
+                        }
+                    }
                 }
             }
         }
