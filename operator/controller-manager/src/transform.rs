@@ -1,16 +1,13 @@
-//! What the shared informers keep of the objects they cache (the transform given to the
-//! factory, client-go's `informers.WithTransform`).
+//! What the shared informers keep of the pods they cache.
 //!
 //! A typed Pod is large: its containers carry image, env, volume mounts, probes and
 //! resources, and admission adds a projected service-account volume to every pod. No
 //! controller here reads any of that from the cache, yet it made up most of the memory of
-//! the pod informer, which every pod in the cluster passes through. The pod transform keeps
-//! what the controllers read, listed field by field below; everything else is dropped
-//! before the object is cached or handed to any controller. The informers go further and
-//! decode pods as [`WirePod`], which has only those fields, so the rest is skipped while
-//! parsing rather than built and dropped. Controllers never write a
-//! cached pod back (they patch, delete or evict by name), so nothing dropped here can be
-//! lost on the server.
+//! the pod informer, which every pod in the cluster passes through. So the informers
+//! decode pods as [`WirePod`], which has only the fields the controllers read (listed
+//! there), and serde skips the rest while parsing rather than building it only for a
+//! transform to drop it. Controllers never write a cached pod back (they patch, delete or
+//! evict by name), so nothing dropped here can be lost on the server.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -22,9 +19,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::Deserialize;
 
-/// The pod as the controllers read it:
+/// The pod as the informers decode it from lists and watches, and (through `Pod::from`) as
+/// the controllers read it:
 ///
-/// - metadata: all of it (managedFields are already gone);
+/// - metadata: all of it but managedFields;
 /// - spec: `nodeName` (pod GC, node lifecycle, taint eviction, endpoints, deletion ranking),
 ///   `hostname` and `subdomain` (endpoints), `tolerations` (taint eviction), and of the
 ///   containers and init containers only those that declare ports (named target ports of
@@ -35,79 +33,9 @@ use serde::Deserialize;
 ///   up in it;
 /// - status: `phase`, `conditions`, `podIP(s)`, `reason`, `message`, `startTime`, and per
 ///   container status only `name`, `ready` and `restartCount`.
-pub fn pod(mut pod: Pod) -> Pod {
-    pod.spec = pod.spec.map(spec);
-    pod.status = pod.status.map(status);
-    pod
-}
-
-fn spec(s: PodSpec) -> PodSpec {
-    PodSpec {
-        containers: containers(s.containers),
-        init_containers: s.init_containers.map(containers),
-        node_name: s.node_name,
-        hostname: s.hostname,
-        subdomain: s.subdomain,
-        tolerations: s.tolerations,
-        ..PodSpec::default()
-    }
-}
-
-fn containers(cs: Vec<Container>) -> Vec<Container> {
-    let kept: Vec<Container> = cs
-        .into_iter()
-        .filter(|c| {
-            c.ports.as_ref().is_some_and(|p| !p.is_empty())
-                || c.restart_policy.as_deref() == Some("Always")
-        })
-        .map(container)
-        .collect();
-    // An empty list holds no allocation; a filtered one may hold the original's.
-    if kept.is_empty() { Vec::new() } else { kept }
-}
-
-fn container(c: Container) -> Container {
-    Container {
-        name: c.name,
-        ports: c.ports,
-        restart_policy: c.restart_policy,
-        ..Container::default()
-    }
-}
-
-fn status(s: PodStatus) -> PodStatus {
-    PodStatus {
-        phase: s.phase,
-        conditions: s.conditions,
-        pod_ip: s.pod_ip,
-        pod_ips: s.pod_ips,
-        reason: s.reason,
-        message: s.message,
-        start_time: s.start_time,
-        container_statuses: s
-            .container_statuses
-            .map(|cs| cs.into_iter().map(container_status).collect()),
-        init_container_statuses: s
-            .init_container_statuses
-            .map(|cs| cs.into_iter().map(container_status).collect()),
-        ..PodStatus::default()
-    }
-}
-
-fn container_status(c: ContainerStatus) -> ContainerStatus {
-    ContainerStatus {
-        name: c.name,
-        ready: c.ready,
-        restart_count: c.restart_count,
-        ..ContainerStatus::default()
-    }
-}
-
-/// The pod as the informers decode it from lists and watches: only what [`pod`] keeps, so
-/// that serde skips everything else while parsing instead of building it (containers with
-/// env, probes and mounts, the service-account volume, managedFields) only to drop it.
-/// `Pod::from` gives exactly what [`pod`] gives for the full object, with managedFields
-/// already gone.
+///
+/// Everything else (containers with env, probes and mounts, the service-account volume,
+/// managedFields) is skipped while parsing.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct WirePod {
     #[serde(default, deserialize_with = "without_managed_fields")]
@@ -215,18 +143,19 @@ struct WireContainerStatus {
 
 impl From<WirePod> for Pod {
     fn from(w: WirePod) -> Self {
-        // Which containers are kept is decided in one place, `containers`.
         let kept = |cs: Vec<WireContainer>| -> Vec<Container> {
-            containers(
-                cs.into_iter()
-                    .map(|c| Container {
-                        name: c.name,
-                        ports: c.ports,
-                        restart_policy: c.restart_policy,
-                        ..Container::default()
-                    })
-                    .collect(),
-            )
+            cs.into_iter()
+                .filter(|c| {
+                    c.ports.as_ref().is_some_and(|p| !p.is_empty())
+                        || c.restart_policy.as_deref() == Some("Always")
+                })
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    restart_policy: c.restart_policy,
+                    ..Container::default()
+                })
+                .collect()
         };
         let statuses = |cs: Vec<WireContainerStatus>| -> Vec<ContainerStatus> {
             cs.into_iter()
@@ -344,10 +273,17 @@ mod tests {
         }))?)
     }
 
+    /// `pod` as the informers cache it: its JSON decoded as a [`WirePod`], then converted.
+    fn cached(pod: &Pod) -> anyhow::Result<Pod> {
+        Ok(Pod::from(serde_json::from_value::<WirePod>(
+            serde_json::to_value(pod)?,
+        )?))
+    }
+
     #[test]
     fn keeps_what_controllers_read() -> anyhow::Result<()> {
         let full = admitted()?;
-        let kept = pod(full.clone());
+        let kept = cached(&full)?;
         assert_eq!(kept.metadata, full.metadata);
         let spec = kept.spec.unwrap_or_default();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
@@ -396,10 +332,11 @@ mod tests {
         Ok(())
     }
 
-    /// Decoding the wire form gives what the transform keeps of the full pod, with the
-    /// managedFields (trimmed by every informer) already gone.
+    /// managedFields are skipped while decoding; the resourceVersion the watcher reads
+    /// before any conversion is there; a pod without kept containers, status or spec
+    /// decodes without them.
     #[test]
-    fn wire_pod_decodes_to_what_the_transform_keeps() -> anyhow::Result<()> {
+    fn wire_pod_drops_managed_fields_and_absent_parts() -> anyhow::Result<()> {
         let mut json = serde_json::to_value(admitted()?)?;
         json["metadata"]["managedFields"] = serde_json::json!([{
             "manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
@@ -407,14 +344,14 @@ mod tests {
         }]);
         let full: Pod = serde_json::from_value(json.clone())?;
         assert!(full.metadata.managed_fields.is_some());
-        let mut expected = pod(full);
-        expected.metadata.managed_fields = None;
+        let mut expected = full.metadata.clone();
+        expected.managed_fields = None;
         let wire: WirePod = serde_json::from_value(json.clone())?;
         assert_eq!(
             kube::Resource::meta(&wire).resource_version.as_deref(),
             Some("7")
         );
-        assert_eq!(Pod::from(wire), expected);
+        assert_eq!(Pod::from(wire).metadata, expected);
 
         // No containers kept, no status, no spec at all.
         let mut plain = json.clone();
@@ -423,11 +360,11 @@ mod tests {
             .as_object_mut()
             .map(|s| s.remove("initContainers"));
         plain.as_object_mut().map(|o| o.remove("status"));
-        let mut expected = pod(serde_json::from_value(plain.clone())?);
-        expected.metadata.managed_fields = None;
         let got = Pod::from(serde_json::from_value::<WirePod>(plain.clone())?);
         assert!(got.status.is_none());
-        assert_eq!(got, expected);
+        let spec = got.spec.unwrap_or_default();
+        assert!(spec.containers.is_empty() && spec.init_containers.is_none());
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
         plain.as_object_mut().map(|o| o.remove("spec"));
         let got = Pod::from(serde_json::from_value::<WirePod>(plain)?);
         assert!(got.spec.is_none());
@@ -436,7 +373,7 @@ mod tests {
 
     #[test]
     fn drops_what_no_controller_reads() -> anyhow::Result<()> {
-        let kept = pod(admitted()?);
+        let kept = cached(&admitted()?)?;
         let spec = kept.spec.unwrap_or_default();
         assert!(spec.volumes.is_none());
         assert!(spec.service_account_name.is_none());
@@ -450,7 +387,7 @@ mod tests {
             s.containers.retain(|c| c.name == "plain");
             s.init_containers = None;
         }
-        let spec = pod(plain).spec.unwrap_or_default();
+        let spec = cached(&plain)?.spec.unwrap_or_default();
         assert!(spec.containers.is_empty() && spec.init_containers.is_none());
         let status = kept.status.unwrap_or_default();
         assert!(status.host_ip.is_none() && status.qos_class.is_none());
