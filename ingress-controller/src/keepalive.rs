@@ -8,7 +8,6 @@
 //! connection goes back when the response body that came on it is dropped after its end
 //! (the body carries the connection's handle), which is one push onto a per-worker list.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +20,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::FastMap;
 use crate::proxy::Body;
 
 /// Why a request did not get a response.
@@ -49,7 +49,7 @@ struct Idle {
 /// Idle connections per backend address, and when expired ones were last closed.
 #[derive(Default)]
 struct Lists {
-    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    by_addr: FastMap<SocketAddr, Vec<Idle>>,
     pruned: Option<Instant>,
 }
 

@@ -23,10 +23,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use smallvec::SmallVec;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::FastMap;
 use crate::annotations::{BackendProtocol, Config};
 use crate::controller::Shared;
 use crate::keepalive::{self, Keepalive};
@@ -134,6 +136,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), keeping the upgrade handshake when asked.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // The common case, a message without any of them: one pass over the (few) names
+    // instead of a hashed removal per hop-by-hop name. Names listed in `Connection` are
+    // only removed when `Connection` itself is present, which this pass sees.
+    if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -189,6 +197,22 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         })
 }
 
+/// The host a request is for: its Host header, else (HTTP/2) its URI's authority, else
+/// empty. Always a valid `&str` (`to_str` succeeds), shared with the request's own buffer
+/// where it can be.
+fn request_host<B>(req: &Request<B>) -> HeaderValue {
+    req.headers()
+        .get(header::HOST)
+        .filter(|h| h.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+        .unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
 /// Whether the canary takes this request: header, then cookie, then weight.
 fn wants_canary(config: &Config, headers: &HeaderMap) -> bool {
     let Some(c) = &config.canary else {
@@ -242,7 +266,7 @@ pub struct Pools {
     http1: Arc<Keepalive>,
     h2c: Mutex<HashMap<Duration, Client<HttpConnector, Body>>>,
     /// Request counters by status and Ingress (see [`Pools::counter`]).
-    counters: Mutex<HashMap<u16, HashMap<ObjectKey, Counter>>>,
+    counters: Mutex<FastMap<u16, FastMap<ObjectKey, Counter>>>,
 }
 
 impl Default for Pools {
@@ -284,7 +308,7 @@ impl Pools {
         }
         // Label sets of deleted Ingresses stay in the family too; this only bounds the
         // copies.
-        if counters.values().map(HashMap::len).sum::<usize>() >= MAX_CACHED_COUNTERS {
+        if counters.values().map(FastMap::len).sum::<usize>() >= MAX_CACHED_COUNTERS {
             counters.clear();
         }
         let c = family
@@ -363,16 +387,14 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
+        // Shares of the request's own buffers (no copies): both outlive the request, which
+        // `forward` consumes, for the access log.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let host = request_host(&req);
+        let host_str = host.to_str().unwrap_or_default();
         let id = request_id(req.headers());
-        let route = self.shared.table.load().lookup(&host, &path).cloned();
+        let route = self.shared.table.load().lookup(host_str, path).cloned();
         let (resp, upstream) = match &route {
             None => (full(StatusCode::NOT_FOUND, "404 page not found\n"), None),
             // Boxed: the proxy's largest state lives on the heap once, instead of being
@@ -392,8 +414,8 @@ impl Proxy {
                 &access_log::Entry {
                     remote: conn.remote,
                     method: method.as_str(),
-                    host: &host,
-                    path: &path,
+                    host: host_str,
+                    path,
                     status,
                     upstream,
                     ingress_namespace: &ingress.namespace,
@@ -411,7 +433,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &Conn,
         pools: &Pools,
-        host: &str,
+        host: &HeaderValue,
         route: &Route,
         id: &HeaderValue,
     ) -> (Response<Body>, Option<SocketAddr>) {
@@ -428,7 +450,7 @@ impl Proxy {
             return (redirect(*code, &uri.to_string()), None);
         }
         if !conn.tls && ((route.tls && config.ssl_redirect) || config.force_ssl_redirect) {
-            let name = normalize_host(host);
+            let name = normalize_host(host.to_str().unwrap_or_default());
             // Only a syntactically valid authority goes into the Location header.
             if name.parse::<http::uri::Authority>().is_ok() {
                 let port = match self.settings.https_redirect_port {
@@ -463,12 +485,13 @@ impl Proxy {
         // Held until both the request body and the response body end (nginx counts a
         // request from its headers until it is finalized, uploads and streamed responses
         // included): `limit-connections` counts requests in progress.
+        // `None` when no limit applies: then no body needs wrapping to carry it.
         let in_progress =
             match self
                 .limiters
                 .admit(&route.target.ingress, &config.limits, conn.remote.ip())
             {
-                Ok(guard) => Arc::new(guard),
+                Ok(guard) => guard.map(Arc::new),
                 Err(why) => {
                     tracing::debug!(remote = %conn.remote, %why, "request limited");
                     return (
@@ -527,24 +550,31 @@ impl Proxy {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let retriable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
-        let uploading = in_progress.clone();
-        let body = body.map_frame(move |frame| {
-            // Owning a share of the guard ties it to the request body too.
-            let _guard = &uploading;
-            frame
-        });
-        let mut body = Some(if limit > 0 {
-            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
-        } else {
-            body.map_err(BoxError::from).boxed_unsync()
+        // A retriable request has no body to send (each attempt sends an empty one), so
+        // only the others get theirs wrapped.
+        let mut body = (!retriable).then(|| {
+            let body: Body = match in_progress.clone() {
+                Some(uploading) => body
+                    .map_frame(move |frame| {
+                        // Owning a share of the guard ties it to the request body too.
+                        let _guard = &uploading;
+                        frame
+                    })
+                    .map_err(BoxError::from)
+                    .boxed_unsync(),
+                None => body.map_err(BoxError::from).boxed_unsync(),
+            };
+            if limit > 0 {
+                Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+            } else {
+                body
+            }
         });
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade);
-        if !headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(host)
-        {
-            headers.insert(header::HOST, v);
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
         }
         // The client address is ours to state: a client-sent X-Forwarded-For is not trusted.
         headers.insert(X_FORWARDED_FOR, conn.client_ip.clone());
@@ -553,9 +583,7 @@ impl Proxy {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
+        headers.insert(X_FORWARDED_HOST, host.clone());
         headers.insert(X_REQUEST_ID, id.clone());
 
         let rewritten = match config.rewrite_target.as_ref().filter(|t| **t != route.path) {
@@ -610,7 +638,7 @@ impl Proxy {
             .affinity
             .as_ref()
             .and_then(|a| a.sticky(&headers, target.upstream.endpoints()));
-        let mut tried = Vec::new();
+        let mut tried = SmallVec::<[SocketAddr; MAX_TRIES]>::new();
         let resp = loop {
             let next = match sticky {
                 Some(ep) if tried.is_empty() => Some(ep),
@@ -730,14 +758,16 @@ impl Proxy {
                 rparts.headers.append(header::SET_COOKIE, v);
             }
         }
-        let body = rbody
-            .map_err(BoxError::from)
-            .map_frame(move |frame| {
-                // Owning the guard ties it to the body: it drops when the body does.
-                let _guard = &in_progress;
-                frame
-            })
-            .boxed_unsync();
+        let body = match in_progress {
+            Some(guard) => rbody
+                .map_frame(move |frame| {
+                    // Owning the guard ties it to the body: it drops when the body does.
+                    let _guard = &guard;
+                    frame
+                })
+                .boxed_unsync(),
+            None => rbody,
+        };
         (Response::from_parts(rparts, body), Some(ep))
     }
 }

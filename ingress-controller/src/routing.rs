@@ -18,11 +18,11 @@
 //! `pathType`, becomes a case-insensitive regular expression anchored at the start
 //! (nginx's `location ~* "^<path>"`), tried longest path first; the first match wins.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferrokube_runtime::informer::ObjectKey;
 
+use crate::FastMap;
 use crate::annotations::Config;
 use crate::balancer::Upstream;
 
@@ -94,7 +94,7 @@ pub struct Route {
 /// The rules of one host.
 #[derive(Debug, Default)]
 struct HostRules {
-    exact: HashMap<String, Arc<Route>>,
+    exact: FastMap<String, Arc<Route>>,
     /// Normalized prefix (no trailing slash; `""` for `/`) and route, longest first.
     prefixes: Vec<(String, Arc<Route>)>,
     /// Regex routes (every route of a regex host), longest path first; each has a
@@ -179,9 +179,9 @@ impl From<Conflict> for AddError {
 /// The immutable routing table.
 #[derive(Debug, Default)]
 pub struct Table {
-    exact: HashMap<String, HostRules>,
+    exact: FastMap<String, HostRules>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<String, HostRules>,
+    wildcard: FastMap<String, HostRules>,
     any_host: HostRules,
     default_backend: Option<Arc<Route>>,
 }
