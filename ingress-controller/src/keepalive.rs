@@ -40,9 +40,81 @@ pub enum Error {
     Request(#[source] hyper::Error),
 }
 
+/// The future that reads and writes a connection's socket (hyper's dispatcher, with
+/// upgrade support). Nothing polls it on its own: whoever uses the connection does (see
+/// [`Upstream`]).
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// An upstream connection: the handle requests are sent on, and its driver.
+///
+/// hyper's usual pattern spawns the driver as a task of its own; then every request costs
+/// that task a wake-up and a scheduling round on top of the request's own task. Here the
+/// request's task polls the driver itself, while it waits for the response head and while
+/// the response body is read (nginx likewise handles both sockets of a request in one event
+/// handler). A connection lying idle is polled by nobody; one that its backend closed
+/// meanwhile is found out when it is next checked out.
+struct Upstream {
+    sender: SendRequest<Body>,
+    driver: Driver,
+    /// The driver has finished (connection closed or failed); it must not be polled again.
+    done: bool,
+}
+
+impl Upstream {
+    /// Polls the driver unless it has finished; true once it has.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done
+            && let Poll::Ready(r) = self.driver.as_mut().poll(cx)
+        {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+            self.done = true;
+        }
+        self.done
+    }
+
+    /// Runs `fut` (an exchange on this connection) to completion while driving the
+    /// connection. A driver that finishes first fails the exchange: hyper answers its
+    /// pending response with an error then.
+    async fn exchange<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            // Driver first: what it reads completes `fut` in this same poll.
+            self.drive(cx);
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Waits until the connection can take a request; false if it closed instead.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            if self.drive(cx) {
+                return Poll::Ready(false);
+            }
+            self.sender.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Hands the connection to a task of its own, for the rest of its life: after a 101
+    /// its driver gives the socket to `hyper::upgrade::on`, which waits for that.
+    fn detach(self) {
+        if !self.done {
+            let mut driver = self.driver;
+            tokio::spawn(async move {
+                if let Err(e) = driver.as_mut().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+        }
+    }
+}
+
 /// An idle connection and when it became idle.
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Upstream,
     since: Instant,
 }
 
@@ -83,24 +155,26 @@ impl Keepalive {
         req: Request<Body>,
     ) -> Result<Response<Body>, Error> {
         let mut req = req;
-        if let Some(mut sender) = self.checkout(addr).await {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.track(addr, sender, resp)),
+        if let Some(mut conn) = self.checkout(addr).await {
+            let sent = conn.sender.try_send_request(req);
+            match conn.exchange(sent).await {
+                Ok(resp) => return Ok(self.track(addr, conn, resp)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(Error::Request(e.into_error())),
                 },
             }
         }
-        let mut sender = connect(addr, connect_timeout).await?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(self.track(addr, sender, resp)),
+        let mut conn = connect(addr, connect_timeout).await?;
+        let sent = conn.sender.send_request(req);
+        match conn.exchange(sent).await {
+            Ok(resp) => Ok(self.track(addr, conn, resp)),
             Err(e) => Err(Error::Request(e)),
         }
     }
 
     /// The most recently idle open connection to `addr`, once it is ready for a request.
-    async fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+    async fn checkout(&self, addr: SocketAddr) -> Option<Upstream> {
         loop {
             let idle = {
                 let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -114,14 +188,11 @@ impl Keepalive {
                 list.drain(..expired);
                 list.pop()?
             };
-            let mut sender = idle.sender;
-            if sender.is_closed() {
-                continue;
-            }
-            // Given back at the end of a response body, a connection may not have finished
-            // its own bookkeeping yet; that takes at most a turn of its task.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            let mut conn = idle.conn;
+            // Driving it once reads what came while it was idle: a close by the backend
+            // ends the driver here, before a request is risked on it.
+            if conn.ready().await {
+                return Some(conn);
             }
         }
     }
@@ -131,14 +202,19 @@ impl Keepalive {
     fn track(
         self: &Arc<Self>,
         addr: SocketAddr,
-        sender: SendRequest<Body>,
+        conn: Upstream,
         resp: Response<Incoming>,
     ) -> Response<Body> {
-        let home = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Home {
-            pool: self.clone(),
-            addr,
-            sender,
-        });
+        let home = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            conn.detach();
+            None
+        } else {
+            Some(Home {
+                pool: self.clone(),
+                addr,
+                conn,
+            })
+        };
         resp.map(|inner| {
             http_body_util::BodyExt::boxed_unsync(Tracked {
                 inner,
@@ -148,8 +224,8 @@ impl Keepalive {
         })
     }
 
-    fn give_back(&self, addr: SocketAddr, sender: SendRequest<Body>) {
-        if sender.is_closed() || self.max_idle == 0 {
+    fn give_back(&self, addr: SocketAddr, conn: Upstream) {
+        if conn.done || conn.sender.is_closed() || self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
@@ -158,7 +234,7 @@ impl Keepalive {
         if list.len() >= self.max_idle {
             list.remove(0);
         }
-        list.push(Idle { sender, since: now });
+        list.push(Idle { conn, since: now });
         // Expired connections to other addresses are closed here, at most once per idle
         // timeout, rather than by a timer: a worker's pending timers change how tokio
         // parks it, and a timer that fires every few seconds measured slower under load.
@@ -172,8 +248,8 @@ impl Keepalive {
         }
     }
 
-    /// Closes connections idle longer than the idle timeout or closed by their backend,
-    /// and forgets addresses left without any.
+    /// Closes connections idle longer than the idle timeout, and forgets addresses left
+    /// without any.
     #[cfg(test)]
     fn prune(&self) {
         let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -189,19 +265,20 @@ impl Keepalive {
 }
 
 impl Lists {
-    /// Drops the connections idle for `timeout` or closed by their backend, and the
-    /// addresses left without any; `now` is when this was last done.
+    /// Drops the connections idle for `timeout`, and the addresses left without any;
+    /// `now` is when this was last done. (Whether an idle connection was closed by its
+    /// backend is only known by driving it, which checkout does.)
     fn prune(&mut self, now: Instant, timeout: Duration) {
         self.pruned = Some(now);
         self.by_addr.retain(|_, list| {
-            list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < timeout);
+            list.retain(|i| now.duration_since(i.since) < timeout);
             !list.is_empty()
         });
     }
 }
 
-/// A new connection to `addr`, its task spawned on the current (worker) runtime.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Body>, Error> {
+/// A new connection to `addr`; its driver is polled by the requests that use it.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, Error> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(Error::Connect { addr, source }),
@@ -214,27 +291,27 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Body
     };
     // Requests are small and each is written whole: waiting to coalesce only adds latency.
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    let (sender, driver) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(Error::Request)?;
-    tokio::spawn(async move {
-        // Upgrades: a 101 response hands the socket to `hyper::upgrade::on`.
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(Upstream {
+        sender,
+        // Upgrades: after a 101 the driver hands the socket to `hyper::upgrade::on`.
+        driver: Box::pin(driver.with_upgrades()),
+        done: false,
+    })
 }
 
 /// Where a response's connection goes back to.
 struct Home {
     pool: Arc<Keepalive>,
     addr: SocketAddr,
-    sender: SendRequest<Body>,
+    conn: Upstream,
 }
 
-/// A response body that returns its connection to the pool when dropped after its end; a
-/// body dropped before its end leaves the connection unusable, and it is closed.
+/// A response body that drives its connection while it is read and returns the
+/// connection to the pool when dropped after its end; a body dropped before its end leaves
+/// the connection unusable, and it is closed.
 struct Tracked {
     inner: Incoming,
     home: Option<Home>,
@@ -250,6 +327,10 @@ impl HttpBody for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        // The body's bytes come from the driver: it has to run for them to arrive.
+        if let Some(home) = self.home.as_mut() {
+            home.conn.drive(cx);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
             self.ended = true;
@@ -271,7 +352,7 @@ impl Drop for Tracked {
         if let Some(home) = self.home.take()
             && (self.ended || self.inner.is_end_stream())
         {
-            home.pool.give_back(home.addr, home.sender);
+            home.pool.give_back(home.addr, home.conn);
         }
     }
 }
