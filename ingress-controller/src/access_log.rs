@@ -4,9 +4,9 @@
 //! worker's CPU under keep-alive load: it visits each field through `Debug`, formats the
 //! timestamp from scratch and makes one write(2) per line. Here a worker appends each line
 //! to a buffer of its own (timestamps to the second are formatted once per second) and
-//! writes the buffer when the runtime has run the tasks that were ready with it, as nginx's
-//! `access_log ... buffer=` batches, but without its flush delay: a line reaches the file
-//! within the same turn of the worker's event loop.
+//! writes the buffer when its runtime has run every task that was ready and is about to
+//! wait for events, as nginx's `access_log ... buffer=` batches, but without its flush
+//! delay: a line reaches the file before the worker next sleeps.
 //!
 //! The log still obeys the tracing filter (target `access`, level INFO), so `RUST_LOG` and
 //! `--v` turn it off as before, and it follows `--logging-format`: the text lines look
@@ -52,29 +52,26 @@ pub fn enabled() -> bool {
     tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
-/// Appends `entry` to this thread's buffer and makes sure the buffer gets written: at the
-/// end of the current turn of this thread's runtime, or at once outside a runtime.
+/// Appends `entry` to this thread's buffer. A thread that [`batch_until_park`] was called
+/// on writes the buffer when its runtime is about to wait for events (or when it is
+/// large); any other thread writes each line at once.
 pub fn record(format: Format, entry: &Entry<'_>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let schedule = BUFFER.with_borrow_mut(|b| {
-        let was_empty = b.lines.is_empty();
+    BUFFER.with_borrow_mut(|b| {
         b.push(format, now, entry);
-        if b.lines.len() >= FLUSH_AT {
+        if !b.batched || b.lines.len() >= FLUSH_AT {
             b.flush();
-            return false;
         }
-        was_empty
     });
-    if schedule {
-        match tokio::runtime::Handle::try_current() {
-            // Spawned tasks run after those already queued: the requests that became ready
-            // in this turn log into the same write.
-            Ok(rt) => drop(rt.spawn(async { flush() })),
-            Err(_) => flush(),
-        }
-    }
+}
+
+/// Makes this thread batch its lines until [`flush`]; its runtime must call [`flush`]
+/// before it parks (`on_thread_park`), which is when the requests that were ready
+/// together have all been handled.
+pub fn batch_until_park() {
+    BUFFER.with_borrow_mut(|b| b.batched = true);
 }
 
 /// Writes this thread's buffered lines.
@@ -89,6 +86,8 @@ thread_local! {
 #[derive(Default)]
 struct Buffer {
     lines: Vec<u8>,
+    /// Lines wait for [`flush`] (see [`batch_until_park`]).
+    batched: bool,
     /// The second `second_prefix` was formatted for.
     second: u64,
     /// `YYYY-MM-DDTHH:MM:SS` of `second`.
@@ -382,6 +381,22 @@ mod tests {
         assert_eq!(f["ingress"], "ns/web");
         assert_eq!(f["duration_ms"], 1.234);
         assert_eq!(f["request_id"], "abc");
+    }
+
+    #[test]
+    fn lines_wait_for_the_park_only_on_batching_threads() {
+        let pending = || BUFFER.with_borrow(|b| b.lines.len());
+        std::thread::spawn(move || {
+            record(Format::Text, &entry("a.example", None));
+            assert_eq!(pending(), 0, "written at once");
+            batch_until_park();
+            record(Format::Text, &entry("a.example", None));
+            assert!(pending() > 0, "kept for the park");
+            flush();
+            assert_eq!(pending(), 0);
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

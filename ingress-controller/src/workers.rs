@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log;
 use crate::proxy::{self, Pools, Proxy};
 
 /// Pending connections the kernel queues per listening socket (tokio's own default).
@@ -77,6 +78,8 @@ pub fn start(
     for (i, l) in listeners.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // The access log's lines of one turn of the event loop go out in one write.
+            .on_thread_park(access_log::flush)
             .build()?;
         // Registering a socket needs the runtime that will poll it.
         let (http, https) = {
@@ -91,6 +94,7 @@ pub fn start(
         std::thread::Builder::new()
             .name(format!("proxy-worker-{i}"))
             .spawn(move || {
+                access_log::batch_until_park();
                 runtime.block_on(async move {
                     let pools = Arc::new(Pools::default());
                     tokio::join!(
