@@ -43,6 +43,8 @@ pub struct Config {
     pub connections: u32,
     /// wrk's threads.
     pub threads: u32,
+    /// wrk runs per proxy and protocol; the medians are reported.
+    pub rounds: usize,
     /// Ingress counts to measure route propagation at (the last one is also the RSS one).
     pub routes: Vec<usize>,
     /// Propagation samples per count.
@@ -81,31 +83,53 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
     let nginx = Nginx::start(cfg, dir.path(), backend.addr, &cert_pem, &key_pem)?;
     nginx.wait_serving(HOST).await?;
     let ours = Ferrokube::start(cfg, backend.addr, &cert_pem, &key_pem).await?;
-    // nginx, ours, ours, nginx: a load that drifts during the run (this machine is shared)
-    // weighs on both alike.
+    // Each protocol is measured in rounds, nginx first in odd rounds and ours first in even
+    // ones, and the medians are reported: a load that drifts during the run (this machine
+    // is shared) weighs on both alike, and one disturbed run does not decide the figure.
     let (up_pids, f_pids) = (nginx.pids(), vec![ours.pid()]);
-    let up_http = wrk(cfg, &format!("http://127.0.0.1:{}/", nginx.http), &up_pids).await?;
-    let f_http = wrk(cfg, &format!("http://127.0.0.1:{}/", ours.http), &f_pids).await?;
-    let f_tls = wrk(cfg, &format!("https://127.0.0.1:{}/", ours.https), &f_pids).await?;
-    let up_tls = wrk(
-        cfg,
-        &format!("https://127.0.0.1:{}/", nginx.https),
-        &up_pids,
-    )
-    .await?;
-
-    for (proto, u, f) in [("HTTP", &up_http, &f_http), ("TLS", &up_tls, &f_tls)] {
+    for (proto, scheme, up_port, f_port) in [
+        ("HTTP", "http", nginx.http, ours.http),
+        ("TLS", "https", nginx.https, ours.https),
+    ] {
+        let (mut ups, mut fs) = (Vec::new(), Vec::new());
+        for round in 0..cfg.rounds {
+            let up_url = format!("{scheme}://127.0.0.1:{up_port}/");
+            let f_url = format!("{scheme}://127.0.0.1:{f_port}/");
+            if round % 2 == 0 {
+                ups.push(wrk(cfg, &up_url, &up_pids).await?);
+                fs.push(wrk(cfg, &f_url, &f_pids).await?);
+            } else {
+                fs.push(wrk(cfg, &f_url, &f_pids).await?);
+                ups.push(wrk(cfg, &up_url, &up_pids).await?);
+            }
+        }
         let setting = format!(
-            "{proto} keep-alive, {} connections, {} threads, {}s",
+            "{proto} keep-alive, {} connections, {} threads, {}s, median of {} rounds",
             cfg.connections,
             cfg.threads,
-            cfg.duration.as_secs()
+            cfg.duration.as_secs(),
+            cfg.rounds,
         );
-        for (what, unit, uv, fv) in [
-            ("requests/s", "req/s", u.rps, f.rps),
-            ("p50 latency", "ms", u.p50_ms, f.p50_ms),
-            ("p99 latency", "ms", u.p99_ms, f.p99_ms),
-            ("CPU per request", "us", u.cpu_us, f.cpu_us),
+        let per_round: Vec<String> = ups
+            .iter()
+            .zip(&fs)
+            .map(|(u, f)| format!("{:.2}", f.rps / u.rps))
+            .collect();
+        println!(
+            "ingress requests/s per round ({proto}): ratios ferrokube/upstream {}",
+            per_round.join(", ")
+        );
+        let figure = |pick: fn(&WrkResult) -> f64| {
+            (
+                median(&mut ups.iter().map(pick).collect::<Vec<_>>()),
+                median(&mut fs.iter().map(pick).collect::<Vec<_>>()),
+            )
+        };
+        for (what, unit, (uv, fv)) in [
+            ("requests/s", "req/s", figure(|r| r.rps)),
+            ("p50 latency", "ms", figure(|r| r.p50_ms)),
+            ("p99 latency", "ms", figure(|r| r.p99_ms)),
+            ("CPU per request", "us", figure(|r| r.cpu_us)),
         ] {
             let fig = Figure {
                 what: format!("ingress {what} ({setting}; upstream = nginx)"),
@@ -116,9 +140,10 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
             println!("{fig}");
             figures.push(fig);
         }
-        for (who, r) in [("nginx", u), ("ferrokube", f)] {
-            if r.errors > 0 {
-                println!("warning: {who} {proto}: {} failed requests", r.errors);
+        for (who, rs) in [("nginx", &ups), ("ferrokube", &fs)] {
+            let errors: u64 = rs.iter().map(|r| r.errors).sum();
+            if errors > 0 {
+                println!("warning: {who} {proto}: {errors} failed requests");
             }
         }
     }

@@ -74,6 +74,10 @@ enum Command {
         /// wrk threads.
         #[arg(long, default_value_t = 2)]
         threads: u32,
+        /// wrk runs per proxy and protocol, alternating which proxy goes first; the
+        /// medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Ingress counts to measure route propagation at (repeatable; RSS at the last).
         #[arg(long = "routes", default_values_t = [1000usize, 5000])]
         routes: Vec<usize>,
@@ -172,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
             duration_seconds,
             connections,
             threads,
+            rounds,
             mut routes,
             samples,
             binary,
@@ -180,8 +185,8 @@ async fn main() -> anyhow::Result<()> {
             routes.sort_unstable();
             routes.dedup();
             anyhow::ensure!(
-                routes.first().is_some_and(|r| *r > 0) && samples > 0,
-                "--routes must be positive and --samples at least 1"
+                routes.first().is_some_and(|r| *r > 0) && samples > 0 && rounds > 0,
+                "--routes must be positive, and --samples and --rounds at least 1"
             );
             let cfg = bench::ingress::Config {
                 ferrokube_bin: match binary {
@@ -192,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration_seconds),
                 connections,
                 threads,
+                rounds,
                 routes,
                 samples,
             };
