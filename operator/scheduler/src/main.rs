@@ -8,8 +8,12 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// The I/O (watches, bindings, events) runs on one thread; the scheduling loop has a
+// thread of its own (`Scheduler::run_on_own_thread`). On a multi-thread runtime every
+// watch event and binding response also woke the idle worker to look for work to steal,
+// which at a low client QPS was most of the CPU spent per pod.
 fn main() -> std::process::ExitCode {
-    ferrokube_runtime::process::run(run())
+    ferrokube_runtime::process::run_current_thread(run())
 }
 
 async fn run() -> std::process::ExitCode {
