@@ -4,7 +4,7 @@ use clap::Parser;
 
 // mimalloc rather than glibc's malloc, for CPU: glibc's malloc and free were 15-20% of the
 // scheduler's CPU in the benchmark's profile (every cycle allocates per node). Its huge
-// pages are turned off (see `ferrokube_runtime::process::run`).
+// pages are turned off (see `ferrokube_runtime::process::run_current_thread`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
