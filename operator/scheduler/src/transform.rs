@@ -171,9 +171,10 @@ pub fn pod(mut pod: CachedPod) -> CachedPod {
 }
 
 /// Gives every list of `pod` back the capacity it does not use. serde grows a decoded `Vec`
-/// from empty, so one container or two tolerations sit in room for four: with 10000 pods
-/// that slack (containers, tolerations, conditions) was 14 of the scheduler's 75 MB of
-/// live heap. The cached pod lives as long as the pod, so one reallocation is cheap.
+/// from empty, so one container or two tolerations sit in room for four. With 10000 pods
+/// these lists (containers, tolerations, conditions) held 19.5 of the scheduler's 75 MB of
+/// live heap, most of it unused room (peak RSS in that bench: 98 -> 93 MiB). The cached
+/// pod lives as long as the pod, so one reallocation is cheap.
 fn shrink(pod: &mut CachedPod) {
     fn fit<T>(v: &mut Option<Vec<T>>) {
         if let Some(v) = v {
