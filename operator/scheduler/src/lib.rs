@@ -10,6 +10,7 @@
 //!                 │ elected
 //!                 ▼
 //!   informers (pods, nodes) ─▶ cache + queue ─▶ scheduling loop ─▶ pods/binding
+//!   (I/O on one thread)                         (its own thread)   (I/O thread)
 //!   informers (namespaces, services, RCs, RSs, StatefulSets, PDBs) ─▶ cache::Listers
 //!                                           no fit ─▶ PostFilter (DefaultPreemption):
 //!                                              evict victims, set nominatedNodeName
@@ -339,6 +340,7 @@ async fn run_scheduler(
         client,
         pods.store(),
         metrics,
+        tokio::runtime::Handle::current(),
     ));
     {
         let sched = sched.clone();
@@ -361,7 +363,7 @@ async fn run_scheduler(
         _ = informers.wait_for_sync() => {
             tracing::info!("caches synced; scheduling");
             tasks.spawn(sched.clone().run_flushers(shutdown.clone()));
-            tasks.spawn(sched.clone().run(shutdown.clone()));
+            tasks.spawn(sched.clone().run_on_own_thread(shutdown.clone()));
         }
     }
     shutdown.cancelled().await;

@@ -59,6 +59,9 @@ pub struct Scheduler {
     next_start: AtomicUsize,
     /// Binding cycles allowed at once; a slot is taken before a pod is popped.
     binding_slots: Arc<tokio::sync::Semaphore>,
+    /// The runtime that does the scheduler's I/O: binding cycles, status patches and
+    /// preemption run there, so the scheduling thread only schedules.
+    io: tokio::runtime::Handle,
 }
 
 /// How many binding cycles may run at once. Upstream's binding goroutines are unbounded
@@ -140,6 +143,7 @@ impl Scheduler {
         client: kube::Client,
         pods: Store<CachedPod>,
         metrics: SchedulerMetrics,
+        io: tokio::runtime::Handle,
     ) -> Self {
         Self {
             cache,
@@ -152,6 +156,7 @@ impl Scheduler {
             metrics,
             next_start: AtomicUsize::new(0),
             binding_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BINDINGS_IN_FLIGHT)),
+            io,
         }
     }
 
@@ -228,8 +233,46 @@ impl Scheduler {
         self.queue.on_event(ClusterEvent::StorageChange);
     }
 
+    /// Runs [`Self::run`] on a thread of its own until `shutdown`, and returns when that
+    /// thread is done.
+    ///
+    /// Filtering and scoring are CPU work that never awaits. On the I/O runtime they
+    /// either stalled every watch and binding for the length of a cycle, or (with
+    /// `block_in_place` on a multi-thread runtime) handed the worker's queue to another
+    /// thread on every cycle, and the idle workers were woken to steal work on every
+    /// request and watch event. Here the I/O runtime is single-threaded and this thread
+    /// only pops, schedules and assumes; it sleeps on the queue and the binding slots.
+    pub async fn run_on_own_thread(self: Arc<Self>, shutdown: CancellationToken) {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = shutdown.clone();
+        let spawned = std::thread::Builder::new()
+            .name("scheduling".into())
+            .spawn(move || {
+                // Only the queue, the binding slots and a final timeout are awaited here.
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(self.run(stop)),
+                    Err(e) => tracing::error!(error = %e, "starting the scheduling thread"),
+                }
+                drop(done_tx);
+            });
+        match spawned {
+            // The sender is dropped when the thread ends, however it ends.
+            Ok(_) => {
+                let _ = done_rx.await;
+            }
+            Err(e) => {
+                // Without the loop nothing is ever scheduled: stop instead of idling.
+                tracing::error!(error = %e, "starting the scheduling thread");
+                shutdown.cancel();
+            }
+        }
+    }
+
     /// Pops and schedules pods until `shutdown`, each once a binding slot is free;
-    /// bindings run as tasks in `binds`.
+    /// bindings run as tasks in `binds`, on the I/O runtime.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut binds = JoinSet::new();
         loop {
@@ -273,9 +316,9 @@ impl Scheduler {
             return;
         }
         let snapshot = self.cache.snapshot();
-        // Filtering and scoring are CPU work on scoped threads; they do not await.
-        let result =
-            tokio::task::block_in_place(|| schedule_pod(&fwk, &snapshot, &pod, &self.next_start));
+        // CPU work that does not await: this is the scheduling thread (`run_on_own_thread`),
+        // not the I/O runtime.
+        let result = schedule_pod(&fwk, &snapshot, &pod, &self.next_start);
         match result {
             Ok(r) => {
                 if let Err(e) = self.cache.assume(pod.clone(), &r.node) {
@@ -296,9 +339,12 @@ impl Scheduler {
                 self.queue.done(&pod.uid);
                 tracing::debug!(pod = %pod.key, node = %r.node, evaluated = r.evaluated_nodes, feasible = r.feasible_nodes, "pod assumed");
                 let this = self.clone();
-                binds.spawn(async move {
-                    this.bind(fwk, info, cycle, r.node, started, slot).await;
-                });
+                binds.spawn_on(
+                    async move {
+                        this.bind(fwk, info, cycle, r.node, started, slot).await;
+                    },
+                    &self.io,
+                );
             }
             Err(ScheduleError::Fit(e)) => {
                 let mut info = info;
@@ -412,7 +458,8 @@ impl Scheduler {
         let profile = fwk.profile_name.clone();
         let preemptor_uid = pod.uid.clone();
         let preemptor_key = pod.key.clone();
-        tokio::spawn(async move {
+        let io = self.io.clone();
+        io.spawn(async move {
             for victim in &r.victims {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), victim.namespace());
                 let condition = serde_json::json!({"status": {"conditions": [{
@@ -527,7 +574,7 @@ impl Scheduler {
         if let Some(current) = current {
             let client = self.client.clone();
             let (reason, message) = (reason.to_string(), message.to_string());
-            tokio::spawn(async move {
+            self.io.spawn(async move {
                 if let Err(e) = update_pod_scheduled_condition(
                     client,
                     &current,

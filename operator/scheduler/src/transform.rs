@@ -166,7 +166,38 @@ impl kube::Resource for CachedPod {
 /// the metadata, then dropped here.
 pub fn pod(mut pod: CachedPod) -> CachedPod {
     pod.metadata.annotations = None;
+    shrink(&mut pod);
     pod
+}
+
+/// Gives every list of `pod` back the capacity it does not use. serde grows a decoded `Vec`
+/// from empty, so one container or two tolerations sit in room for four. With 10000 pods
+/// these lists (containers, tolerations, conditions) held 19.5 of the scheduler's 75 MB of
+/// live heap, most of it unused room (peak RSS in that bench: 98 -> 93 MiB). The cached
+/// pod lives as long as the pod, so one reallocation is cheap.
+fn shrink(pod: &mut CachedPod) {
+    fn fit<T>(v: &mut Option<Vec<T>>) {
+        if let Some(v) = v {
+            v.shrink_to_fit();
+        }
+    }
+    fit(&mut pod.metadata.owner_references);
+    fit(&mut pod.metadata.finalizers);
+    if let Some(spec) = pod.spec.as_mut() {
+        fit(&mut spec.scheduling_gates);
+        fit(&mut spec.tolerations);
+        fit(&mut spec.topology_spread_constraints);
+        fit(&mut spec.volumes);
+        spec.containers.shrink_to_fit();
+        fit(&mut spec.init_containers);
+        let init = spec.init_containers.iter_mut().flatten();
+        for c in spec.containers.iter_mut().chain(init) {
+            fit(&mut c.ports);
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        fit(&mut status.conditions);
+    }
 }
 
 /// A full API pod reduced to what the informer would have decoded of it: the same fields
@@ -453,6 +484,36 @@ mod tests {
             vs.iter()
                 .all(|v| v.projected.is_none() && v.empty_dir.is_none())
         );
+        Ok(())
+    }
+
+    /// Decoded lists start with room for four; the cached pod keeps only what it holds.
+    #[test]
+    fn pod_lists_hold_no_spare_room() -> anyhow::Result<()> {
+        let kept = decoded()?;
+        let spec = kept.spec.unwrap_or_default();
+        let status = kept.status.unwrap_or_default();
+        let lists = [
+            (
+                "containers",
+                spec.containers.len(),
+                spec.containers.capacity(),
+            ),
+            (
+                "tolerations",
+                spec.tolerations.as_ref().map_or(0, Vec::len),
+                spec.tolerations.as_ref().map_or(0, Vec::capacity),
+            ),
+            (
+                "conditions",
+                status.conditions.as_ref().map_or(0, Vec::len),
+                status.conditions.as_ref().map_or(0, Vec::capacity),
+            ),
+        ];
+        for (what, len, capacity) in lists {
+            assert!(len > 0, "{what}: the fixture has some");
+            assert_eq!(capacity, len, "{what}");
+        }
         Ok(())
     }
 
