@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -41,7 +42,7 @@ pub fn meta_key(meta: &ObjectMeta) -> String {
     )
 }
 
-fn phase(pod: &Pod) -> &str {
+fn phase(pod: &CachedPod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
@@ -49,19 +50,19 @@ fn phase(pod: &Pod) -> &str {
 }
 
 /// Not Succeeded, not Failed and not being deleted (`IsPodActive`).
-pub fn is_pod_active(pod: &Pod) -> bool {
+pub fn is_pod_active(pod: &CachedPod) -> bool {
     let p = phase(pod);
     p != "Succeeded" && p != "Failed" && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// Being deleted but not yet terminal (`IsPodTerminating`).
-pub fn is_pod_terminating(pod: &Pod) -> bool {
+pub fn is_pod_terminating(pod: &CachedPod) -> bool {
     let p = phase(pod);
     p != "Succeeded" && p != "Failed" && pod.metadata.deletion_timestamp.is_some()
 }
 
 /// The pod's Ready condition, if reported.
-pub fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+pub fn ready_condition(pod: &CachedPod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
     pod.status
         .as_ref()?
         .conditions
@@ -71,12 +72,12 @@ pub fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCond
 }
 
 /// The Ready condition is True (`podutil.IsPodReady`).
-pub fn is_pod_ready(pod: &Pod) -> bool {
+pub fn is_pod_ready(pod: &CachedPod) -> bool {
     ready_condition(pod).is_some_and(|c| c.status == "True")
 }
 
 /// Ready for at least `min_ready_seconds` at `now` (`podutil.IsPodAvailable`).
-pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+pub fn is_pod_available(pod: &CachedPod, min_ready_seconds: i32, now: Timestamp) -> bool {
     let Some(c) = ready_condition(pod).filter(|c| c.status == "True") else {
         return false;
     };
@@ -95,7 +96,7 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bo
 /// How long until the first ready-but-not-yet-available pod becomes available
 /// (`FindMinNextPodAvailabilityCheck`); `None` when no pod is waiting for that.
 pub fn next_pod_availability_check<'a>(
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
     min_ready_seconds: i32,
     now: Timestamp,
 ) -> Option<Duration> {
@@ -120,14 +121,14 @@ pub fn next_pod_availability_check<'a>(
 }
 
 /// `spec.nodeName`, empty while unassigned.
-pub fn node_name(pod: &Pod) -> &str {
+pub fn node_name(pod: &CachedPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .unwrap_or_default()
 }
 
-fn phase_ordinal(pod: &Pod) -> u8 {
+fn phase_ordinal(pod: &CachedPod) -> u8 {
     match phase(pod) {
         "Pending" => 0,
         "Unknown" => 1,
@@ -137,7 +138,7 @@ fn phase_ordinal(pod: &Pod) -> u8 {
     }
 }
 
-fn ready_time(pod: &Pod) -> Option<Timestamp> {
+fn ready_time(pod: &CachedPod) -> Option<Timestamp> {
     if !is_pod_ready(pod) {
         return None;
     }
@@ -146,11 +147,11 @@ fn ready_time(pod: &Pod) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
-fn creation(pod: &Pod) -> Option<Timestamp> {
+fn creation(pod: &CachedPod) -> Option<Timestamp> {
     pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
 
-fn deletion_cost(pod: &Pod) -> i32 {
+fn deletion_cost(pod: &CachedPod) -> i32 {
     pod.metadata
         .annotations
         .as_ref()
@@ -159,7 +160,7 @@ fn deletion_cost(pod: &Pod) -> i32 {
         .unwrap_or(0)
 }
 
-fn max_container_restarts(pod: &Pod) -> (i32, i32) {
+fn max_container_restarts(pod: &CachedPod) -> (i32, i32) {
     let Some(status) = pod.status.as_ref() else {
         return (0, 0);
     };
@@ -221,7 +222,7 @@ fn logarithmic_rank_diff(t1: Timestamp, t2: Timestamp, now: Timestamp) -> i64 {
 #[derive(Clone, Debug)]
 pub struct RankedPod<'a> {
     /// The pod.
-    pub pod: &'a Pod,
+    pub pod: &'a CachedPod,
     /// Colocated related pods (upstream's `getPodsRankedByRelatedPodsOnSameNode`).
     pub rank: usize,
 }
@@ -358,7 +359,7 @@ mod tests {
         Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn pod(name: &str, node: &str, phase: &str, ready_at: Option<i64>, created: i64) -> Pod {
+    fn pod(name: &str, node: &str, phase: &str, ready_at: Option<i64>, created: i64) -> CachedPod {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -383,9 +384,10 @@ mod tests {
                 ..PodStatus::default()
             }),
         }
+        .into()
     }
 
-    fn order(pods: &[Pod], now: Option<Timestamp>) -> Vec<String> {
+    fn order(pods: &[CachedPod], now: Option<Timestamp>) -> Vec<String> {
         let mut ranked: Vec<RankedPod<'_>> =
             pods.iter().map(|pod| RankedPod { pod, rank: 0 }).collect();
         sort_for_deletion(&mut ranked, now);
@@ -483,7 +485,7 @@ mod tests {
 
         let mut restarted = pod("restarted", "n1", "Running", Some(100), 10);
         if let Some(s) = restarted.status.as_mut() {
-            s.container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+            s.container_statuses = Some(vec![crate::transform::CachedContainerStatus {
                 restart_count: 4,
                 ..Default::default()
             }]);

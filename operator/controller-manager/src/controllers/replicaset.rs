@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers, enqueue_from};
 use ferrokube_runtime::events::{self, EventType, Recorder};
@@ -221,8 +222,8 @@ pub fn pod_controller_index_key(namespace: &str, cref: Option<&OwnerReference>) 
 
 /// Adds [`POD_CONTROLLER_INDEX`] to the shared pod informer (once; every controller that
 /// asks shares it, as upstream's `AddPodControllerIndexer`).
-pub fn add_pod_controller_index(pods: &Store<Pod>) {
-    pods.add_index(POD_CONTROLLER_INDEX, |pod: &Pod| {
+pub fn add_pod_controller_index(pods: &Store<CachedPod>) {
+    pods.add_index(POD_CONTROLLER_INDEX, |pod: &CachedPod| {
         vec![pod_controller_index_key(
             pod.metadata.namespace.as_deref().unwrap_or_default(),
             cu::controller_of(&pod.metadata),
@@ -237,7 +238,7 @@ pub fn run<K: ReplicaOwner>(
     concurrency: usize,
 ) -> Result<(), StartError> {
     let rs_informer = ctx.informers.informer::<K>();
-    let pod_informer = ctx.informers.informer::<Pod>();
+    let pod_informer = ctx.informers.informer::<CachedPod>();
     let queue: WorkQueue<ObjectKey> = WorkQueue::new(K::QUEUE_NAME, &ctx.metrics);
     let expectations = ControllerExpectations::new();
     let rs_store = rs_informer.store();
@@ -283,7 +284,7 @@ pub fn run<K: ReplicaOwner>(
             pod_informer.subscribe(),
             queue.clone(),
             ctx.shutdown.clone(),
-            move |n: &Notification<Pod>| handler.keys(n),
+            move |n: &Notification<CachedPod>| handler.keys(n),
         );
     }
 
@@ -335,7 +336,7 @@ impl<K: ReplicaOwner> PodHandler<K> {
     }
 
     /// ReplicaSets whose selector matches an orphan (`getPodReplicaSets`).
-    fn matching(&self, pod: &Pod) -> Vec<ObjectKey> {
+    fn matching(&self, pod: &CachedPod) -> Vec<ObjectKey> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let empty = Default::default();
         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
@@ -347,7 +348,7 @@ impl<K: ReplicaOwner> PodHandler<K> {
             .collect()
     }
 
-    fn deleted(&self, pod: &Pod) -> Vec<ObjectKey> {
+    fn deleted(&self, pod: &CachedPod) -> Vec<ObjectKey> {
         let Some(cref) = cu::controller_of(&pod.metadata) else {
             return vec![];
         };
@@ -361,7 +362,7 @@ impl<K: ReplicaOwner> PodHandler<K> {
         vec![key]
     }
 
-    fn keys(&self, n: &Notification<Pod>) -> Vec<ObjectKey> {
+    fn keys(&self, n: &Notification<CachedPod>) -> Vec<ObjectKey> {
         match n {
             Notification::Added(pod) => {
                 if pod.metadata.deletion_timestamp.is_some() {
@@ -439,7 +440,7 @@ pub fn selector_of(sel: &LabelSelector) -> Option<Selector> {
 struct Sync<K> {
     client: kube::Client,
     rs_store: Store<K>,
-    pod_store: Store<Pod>,
+    pod_store: Store<CachedPod>,
     expectations: ControllerExpectations,
     recorder: Recorder,
     burst_replicas: usize,
@@ -464,7 +465,7 @@ impl<K> Clone for Sync<K> {
 impl<K: ReplicaOwner> Sync<K> {
     /// Pods controlled by `rs` and the orphans of its namespace, from the controller index
     /// (upstream's `FilterPodsByOwner(..., includeOrphanedPods=true)`).
-    fn pods_of(&self, rs: &K) -> Result<Vec<Arc<Pod>>, UnknownIndex> {
+    fn pods_of(&self, rs: &K) -> Result<Vec<Arc<CachedPod>>, UnknownIndex> {
         let meta = rs.meta();
         let ns = meta.namespace.as_deref().unwrap_or_default();
         let own = OwnerReference {
@@ -507,7 +508,7 @@ impl<K: ReplicaOwner> Sync<K> {
         let uid = rs.meta().uid.clone().unwrap_or_default();
         // Ours (controller ref to this owner) and orphans: upstream's FilterPodsByOwner.
         let all_pods = self.pods_of(&rs)?;
-        let active: Vec<Arc<Pod>> = all_pods
+        let active: Vec<Arc<CachedPod>> = all_pods
             .iter()
             .filter(|p| cu::is_pod_active(p))
             .cloned()
@@ -561,7 +562,12 @@ impl<K: ReplicaOwner> Sync<K> {
 
     /// Creates or deletes pods to reach `spec.replicas` (`manageReplicas`). The error is a
     /// message for the ReplicaFailure condition.
-    async fn manage_replicas(&self, rs: &K, key: &str, active: &[Arc<Pod>]) -> Result<(), String> {
+    async fn manage_replicas(
+        &self,
+        rs: &K,
+        key: &str,
+        active: &[Arc<CachedPod>],
+    ) -> Result<(), String> {
         let want = rs.replicas();
         let have = i64::try_from(active.len()).unwrap_or(i64::MAX);
         let diff = have - i64::from(want);
@@ -650,7 +656,7 @@ impl<K: ReplicaOwner> Sync<K> {
         }
     }
 
-    async fn delete_pod(&self, rs: &K, key: &str, pod: &Pod) -> Result<(), String> {
+    async fn delete_pod(&self, rs: &K, key: &str, pod: &CachedPod) -> Result<(), String> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         tracing::info!(replicaset = key, pod = %name, "deleting pod");
@@ -687,7 +693,7 @@ impl<K: ReplicaOwner> Sync<K> {
 
     /// Pods of every ReplicaSet sharing this one's controller (`getIndirectlyRelatedPods`),
     /// used to prefer deleting pods doubled up on a node.
-    fn indirectly_related_pods(&self, rs: &K) -> Vec<Arc<Pod>> {
+    fn indirectly_related_pods(&self, rs: &K) -> Vec<Arc<CachedPod>> {
         let Some(cref) = cu::controller_of(rs.meta()) else {
             return vec![];
         };
@@ -863,11 +869,11 @@ where
 
 /// The `n` pods to delete first (`getPodsToDelete`), ranked by colocation with `related`.
 pub fn pods_to_delete(
-    active: &[Arc<Pod>],
-    related: &[Arc<Pod>],
+    active: &[Arc<CachedPod>],
+    related: &[Arc<CachedPod>],
     n: usize,
     now: Option<Timestamp>,
-) -> Vec<Arc<Pod>> {
+) -> Vec<Arc<CachedPod>> {
     if n >= active.len() {
         return active.to_vec();
     }
@@ -896,7 +902,7 @@ pub fn pods_to_delete(
 /// Upstream's `calculateStatus`.
 fn calculate_status<K: ReplicaOwner>(
     rs: &K,
-    active: &[Arc<Pod>],
+    active: &[Arc<CachedPod>],
     terminating: usize,
     manage_err: Option<&str>,
     now: Timestamp,
@@ -1048,7 +1054,7 @@ mod tests {
                      "template": {"metadata": {"labels": {"app": "web", "tier": "fe"}}}},
         }))
         .unwrap_or_default();
-        let pod = |labels: serde_json::Value, ready: bool| -> Arc<Pod> {
+        let pod = |labels: serde_json::Value, ready: bool| -> Arc<CachedPod> {
             Arc::new(
                 serde_json::from_value(serde_json::json!({
                     "metadata": {"name": "p", "labels": labels},
