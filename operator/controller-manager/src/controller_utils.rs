@@ -201,21 +201,18 @@ fn after_or_zero(t1: Option<Timestamp>, t2: Option<Timestamp>) -> bool {
     }
 }
 
-/// Base-2 logarithm of the nanoseconds since each time (`logarithmicRankDiff`), so that
-/// pods of similar age count as equal and are spread by UID instead.
-fn logarithmic_rank_diff(t1: Timestamp, t2: Timestamp, now: Timestamp) -> i64 {
-    let rank = |t: Timestamp| {
-        let d = now.duration_since(t).as_nanos();
-        if d > 0 {
-            // Truncation mirrors Go's int64(math.Log2(float64(d))).
-            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
-            let r = (d as f64).log2() as i64;
-            r
-        } else {
-            -1
-        }
-    };
-    rank(t1) - rank(t2)
+/// Base-2 logarithm of the nanoseconds since `t` (one side of `logarithmicRankDiff`), so
+/// that pods of similar age count as equal and are spread by UID instead.
+fn log_age(t: Timestamp, now: Timestamp) -> i64 {
+    let d = now.duration_since(t).as_nanos();
+    if d > 0 {
+        // Truncation mirrors Go's int64(math.Log2(float64(d))).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let r = (d as f64).log2() as i64;
+        r
+    } else {
+        -1
+    }
 }
 
 /// A pod and its rank: how many active related pods share its node.
@@ -227,85 +224,132 @@ pub struct RankedPod<'a> {
     pub rank: usize,
 }
 
+/// A time compared by logarithmic bucket: the time, and its [`log_age`] when there is a
+/// reference time.
+type AgedTime = (Option<Timestamp>, Option<i64>);
+
+fn aged(t: Option<Timestamp>, now: Option<Timestamp>) -> AgedTime {
+    (t, t.zip(now).map(|(t, now)| log_age(t, now)))
+}
+
+/// Everything [`deletion_less`] compares of one ranked pod, computed once per pod: a sort
+/// of a Deployment's thousands of pods compares O(n log n) times, and reading conditions,
+/// annotations and clocks on every comparison was most of the cost of a scale-down.
+#[derive(Clone, Debug)]
+pub struct DeletionKey<'a> {
+    assigned: bool,
+    phase: u8,
+    ready: bool,
+    cost: i32,
+    rank: usize,
+    ready_time: AgedTime,
+    restarts: (i32, i32),
+    created: AgedTime,
+    uid: &'a str,
+}
+
+impl<'a> DeletionKey<'a> {
+    /// The key of `p`, with times bucketed relative to `now` when given.
+    pub fn new(p: &RankedPod<'a>, now: Option<Timestamp>) -> Self {
+        let pod = p.pod;
+        Self {
+            assigned: !node_name(pod).is_empty(),
+            phase: phase_ordinal(pod),
+            ready: is_pod_ready(pod),
+            cost: deletion_cost(pod),
+            rank: p.rank,
+            ready_time: aged(ready_time(pod), now),
+            restarts: max_container_restarts(pod),
+            created: aged(creation(pod), now),
+            uid: pod.metadata.uid.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// `ActivePodsWithRanks.Less`: whether this pod should be deleted before `other`.
+    pub fn less(&self, other: &Self) -> bool {
+        let (a, b) = (self, other);
+        // 1. Unassigned < assigned.
+        if a.assigned != b.assigned {
+            return !a.assigned;
+        }
+        // 2. Pending < Unknown < Running.
+        if a.phase != b.phase {
+            return a.phase < b.phase;
+        }
+        // 3. Not ready < ready.
+        if a.ready != b.ready {
+            return !a.ready;
+        }
+        // 4. Lower pod-deletion-cost first.
+        if a.cost != b.cost {
+            return a.cost < b.cost;
+        }
+        // 5. Doubled up on a node < not doubled up.
+        if a.rank != b.rank {
+            return a.rank > b.rank;
+        }
+        // Steps 6 and 8 compare times by logarithmic bucket. Upstream breaks a bucket tie
+        // by uid at once but lets exactly equal times fall through, which is not a
+        // consistent order (Go's sort tolerates that; Rust's sort panics on it). Here a
+        // bucket tie always falls through and the uid is the last criterion: the same
+        // decisions wherever upstream's are consistent, and a total order.
+        let by_time = |(ti, li): AgedTime, (tj, lj): AgedTime| -> Option<bool> {
+            match (li, lj) {
+                (Some(li), Some(lj)) => match li - lj {
+                    0 => None,
+                    d => Some(d < 0),
+                },
+                _ if ti != tj => Some(after_or_zero(ti, tj)),
+                _ => None,
+            }
+        };
+        // 6. Ready for a shorter time < longer (logarithmic buckets).
+        if a.ready
+            && b.ready
+            && let Some(less) = by_time(a.ready_time, b.ready_time)
+        {
+            return less;
+        }
+        // 7. More container restarts < fewer.
+        if a.restarts.0 != b.restarts.0 {
+            return a.restarts.0 > b.restarts.0;
+        }
+        if a.restarts.1 != b.restarts.1 {
+            return a.restarts.1 > b.restarts.1;
+        }
+        // 8. Newer < older (logarithmic buckets); missing creation time first.
+        if let Some(less) = by_time(a.created, b.created) {
+            return less;
+        }
+        a.uid < b.uid
+    }
+
+    /// [`Self::less`] as an ordering.
+    pub fn order(&self, other: &Self) -> Ordering {
+        if self.less(other) {
+            Ordering::Less
+        } else if other.less(self) {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        }
+    }
+}
+
 /// `ActivePodsWithRanks.Less`: whether `a` should be deleted before `b`.
 pub fn deletion_less(a: &RankedPod<'_>, b: &RankedPod<'_>, now: Option<Timestamp>) -> bool {
-    // Nothing here allocates: a sort calls this O(n log n) times (twice per comparison),
-    // and a Deployment scaled down by thousands sorts all of its pods.
-    let (pi, pj) = (a.pod, b.pod);
-    let node = node_name;
-    let (ni, nj) = (node(pi), node(pj));
-    // 1. Unassigned < assigned.
-    if ni != nj && (ni.is_empty() || nj.is_empty()) {
-        return ni.is_empty();
-    }
-    // 2. Pending < Unknown < Running.
-    if phase_ordinal(pi) != phase_ordinal(pj) {
-        return phase_ordinal(pi) < phase_ordinal(pj);
-    }
-    // 3. Not ready < ready.
-    let (ri, rj) = (is_pod_ready(pi), is_pod_ready(pj));
-    if ri != rj {
-        return !ri;
-    }
-    // 4. Lower pod-deletion-cost first.
-    let (ci, cj) = (deletion_cost(pi), deletion_cost(pj));
-    if ci != cj {
-        return ci < cj;
-    }
-    // 5. Doubled up on a node < not doubled up.
-    if a.rank != b.rank {
-        return a.rank > b.rank;
-    }
-    // Steps 6 and 8 compare times by logarithmic bucket. Upstream breaks a bucket tie by
-    // uid at once but lets exactly equal times fall through, which is not a consistent
-    // order (Go's sort tolerates that; Rust's sort panics on it). Here a bucket tie always
-    // falls through and the uid is the last criterion: the same decisions wherever
-    // upstream's are consistent, and a total order.
-    let by_time = |ti: Option<Timestamp>, tj: Option<Timestamp>| -> Option<bool> {
-        match (now, ti, tj) {
-            (Some(now), Some(ti), Some(tj)) => match logarithmic_rank_diff(ti, tj, now) {
-                0 => None,
-                d => Some(d < 0),
-            },
-            _ if ti != tj => Some(after_or_zero(ti, tj)),
-            _ => None,
-        }
-    };
-    // 6. Ready for a shorter time < longer (logarithmic buckets).
-    if ri
-        && rj
-        && let Some(less) = by_time(ready_time(pi), ready_time(pj))
-    {
-        return less;
-    }
-    // 7. More container restarts < fewer.
-    let (mi, mj) = (max_container_restarts(pi), max_container_restarts(pj));
-    if mi.0 != mj.0 {
-        return mi.0 > mj.0;
-    }
-    if mi.1 != mj.1 {
-        return mi.1 > mj.1;
-    }
-    // 8. Newer < older (logarithmic buckets); missing creation time first.
-    if let Some(less) = by_time(creation(pi), creation(pj)) {
-        return less;
-    }
-    pi.metadata.uid.as_deref().unwrap_or_default() < pj.metadata.uid.as_deref().unwrap_or_default()
+    DeletionKey::new(a, now).less(&DeletionKey::new(b, now))
 }
 
 /// Sorts `pods` so that those to delete first come first.
 pub fn sort_for_deletion(pods: &mut [RankedPod<'_>], now: Option<Timestamp>) {
-    pods.sort_by(|a, b| deletion_order(a, b, now));
-}
-
-/// [`deletion_less`] as an ordering, for sorts of anything that holds a [`RankedPod`].
-pub fn deletion_order(a: &RankedPod<'_>, b: &RankedPod<'_>, now: Option<Timestamp>) -> Ordering {
-    if deletion_less(a, b, now) {
-        Ordering::Less
-    } else if deletion_less(b, a, now) {
-        Ordering::Greater
-    } else {
-        Ordering::Equal
+    let mut keyed: Vec<(DeletionKey<'_>, RankedPod<'_>)> = pods
+        .iter()
+        .map(|p| (DeletionKey::new(p, now), p.clone()))
+        .collect();
+    keyed.sort_by(|a, b| a.0.order(&b.0));
+    for (slot, (_, p)) in pods.iter_mut().zip(keyed) {
+        *slot = p;
     }
 }
 

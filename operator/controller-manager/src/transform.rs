@@ -62,12 +62,14 @@ struct WireMeta {
     creation_timestamp: Option<Time>,
     deletion_grace_period_seconds: Option<i64>,
     deletion_timestamp: Option<Time>,
+    #[serde(default, deserialize_with = "shrunk")]
     finalizers: Option<Vec<String>>,
     generate_name: Option<String>,
     generation: Option<i64>,
     labels: Option<BTreeMap<String, String>>,
     name: Option<String>,
     namespace: Option<String>,
+    #[serde(default, deserialize_with = "shrunk")]
     owner_references: Option<Vec<OwnerReference>>,
     resource_version: Option<String>,
     self_link: Option<String>,
@@ -113,6 +115,7 @@ pub struct CachedPodSpec {
     /// `spec.subdomain`.
     pub subdomain: Option<String>,
     /// `spec.tolerations`.
+    #[serde(default, deserialize_with = "shrunk")]
     pub tolerations: Option<Vec<Toleration>>,
 }
 
@@ -140,6 +143,7 @@ impl CachedContainer {
 fn kept_containers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CachedContainer>, D::Error> {
     let mut cs = Vec::<CachedContainer>::deserialize(d)?;
     cs.retain(CachedContainer::is_kept);
+    cs.shrink_to_fit();
     Ok(cs)
 }
 
@@ -150,7 +154,22 @@ fn kept_init_containers<'de, D: Deserializer<'de>>(
         return Ok(None);
     };
     cs.retain(CachedContainer::is_kept);
+    cs.shrink_to_fit();
     Ok(Some(cs))
+}
+
+/// A list decoded without spare capacity. serde cannot know a JSON array's length before
+/// reading it, so a decoded `Vec` keeps the capacity of its last growth: at least four
+/// elements, where a pod typically has one owner reference and two tolerations. Cached for
+/// the pod's lifetime, that slack was about a fifth of the pod cache.
+fn shrunk<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    let mut v = Option::<Vec<T>>::deserialize(d)?;
+    if let Some(v) = v.as_mut() {
+        v.shrink_to_fit();
+    }
+    Ok(v)
 }
 
 /// The fields of `PodStatus` the controllers read (see [`CachedPod`]).
@@ -160,12 +179,13 @@ pub struct CachedPodStatus {
     /// `status.phase`.
     pub phase: Option<String>,
     /// `status.conditions`.
+    #[serde(default, deserialize_with = "shrunk")]
     pub conditions: Option<Vec<PodCondition>>,
     /// `status.podIP`.
     #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
     /// `status.podIPs`.
-    #[serde(rename = "podIPs")]
+    #[serde(rename = "podIPs", default, deserialize_with = "shrunk")]
     pub pod_ips: Option<Vec<PodIP>>,
     /// `status.reason`.
     pub reason: Option<String>,
@@ -174,8 +194,10 @@ pub struct CachedPodStatus {
     /// `status.startTime`.
     pub start_time: Option<Time>,
     /// `status.containerStatuses`.
+    #[serde(default, deserialize_with = "shrunk")]
     pub container_statuses: Option<Vec<CachedContainerStatus>>,
     /// `status.initContainerStatuses`.
+    #[serde(default, deserialize_with = "shrunk")]
     pub init_container_statuses: Option<Vec<CachedContainerStatus>>,
 }
 
@@ -409,6 +431,49 @@ mod tests {
             restarts(status.init_container_statuses),
             vec![("side".into(), true, 5)]
         );
+        Ok(())
+    }
+
+    /// The lists a cached pod keeps carry no spare capacity (serde grows a decoded `Vec` to
+    /// at least four elements).
+    #[test]
+    fn decoded_lists_have_no_spare_capacity() -> anyhow::Result<()> {
+        let kept: CachedPod = serde_json::from_value(admitted())?;
+        fn tight<T>(what: &str, v: Option<&Vec<T>>) {
+            let v = v.map(|v| (v.len(), v.capacity()));
+            assert!(
+                v.is_some_and(|(len, cap)| len > 0 && len == cap),
+                "{what}: {v:?}"
+            );
+        }
+        let meta = &kept.metadata;
+        tight("ownerReferences", meta.owner_references.as_ref());
+        tight("finalizers", meta.finalizers.as_ref());
+        let spec = kept.spec.as_ref();
+        tight("tolerations", spec.and_then(|s| s.tolerations.as_ref()));
+        tight("containers", spec.map(|s| &s.containers));
+        tight(
+            "initContainers",
+            spec.and_then(|s| s.init_containers.as_ref()),
+        );
+        let status = kept.status.as_ref();
+        tight("conditions", status.and_then(|s| s.conditions.as_ref()));
+        tight("podIPs", status.and_then(|s| s.pod_ips.as_ref()));
+        tight(
+            "containerStatuses",
+            status.and_then(|s| s.container_statuses.as_ref()),
+        );
+        tight(
+            "initContainerStatuses",
+            status.and_then(|s| s.init_container_statuses.as_ref()),
+        );
+        // A pod none of whose containers is kept holds no allocation for them.
+        let mut plain = admitted();
+        plain["spec"]["containers"] = serde_json::json!([{ "name": "plain", "image": "p:1" }]);
+        let spec = serde_json::from_value::<CachedPod>(plain)?
+            .spec
+            .unwrap_or_default();
+        assert_eq!(spec.containers.capacity(), 0);
         Ok(())
     }
 
