@@ -1024,7 +1024,7 @@ mod tests {
                              "creationTimestamp": format!("2020-01-01T00:{:02}:00Z", i % 7)},
                 "spec": {"nodeName": node},
                 "status": {"phase": phase, "conditions": [
-                    {"type": "Ready", "status": if i % 5 == 0 {"False"} else {"True"},
+                    {"type": "Ready", "status": if i.is_multiple_of(5) {"False"} else {"True"},
                      "lastTransitionTime": format!("2020-01-02T00:00:{:02}Z", i % 11)}]}
             }))?))
         };
