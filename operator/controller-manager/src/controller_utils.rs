@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -41,7 +42,7 @@ pub fn meta_key(meta: &ObjectMeta) -> String {
     )
 }
 
-fn phase(pod: &Pod) -> &str {
+fn phase(pod: &CachedPod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
@@ -49,19 +50,19 @@ fn phase(pod: &Pod) -> &str {
 }
 
 /// Not Succeeded, not Failed and not being deleted (`IsPodActive`).
-pub fn is_pod_active(pod: &Pod) -> bool {
+pub fn is_pod_active(pod: &CachedPod) -> bool {
     let p = phase(pod);
     p != "Succeeded" && p != "Failed" && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// Being deleted but not yet terminal (`IsPodTerminating`).
-pub fn is_pod_terminating(pod: &Pod) -> bool {
+pub fn is_pod_terminating(pod: &CachedPod) -> bool {
     let p = phase(pod);
     p != "Succeeded" && p != "Failed" && pod.metadata.deletion_timestamp.is_some()
 }
 
 /// The pod's Ready condition, if reported.
-pub fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+pub fn ready_condition(pod: &CachedPod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
     pod.status
         .as_ref()?
         .conditions
@@ -71,12 +72,12 @@ pub fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCond
 }
 
 /// The Ready condition is True (`podutil.IsPodReady`).
-pub fn is_pod_ready(pod: &Pod) -> bool {
+pub fn is_pod_ready(pod: &CachedPod) -> bool {
     ready_condition(pod).is_some_and(|c| c.status == "True")
 }
 
 /// Ready for at least `min_ready_seconds` at `now` (`podutil.IsPodAvailable`).
-pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+pub fn is_pod_available(pod: &CachedPod, min_ready_seconds: i32, now: Timestamp) -> bool {
     let Some(c) = ready_condition(pod).filter(|c| c.status == "True") else {
         return false;
     };
@@ -95,7 +96,7 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bo
 /// How long until the first ready-but-not-yet-available pod becomes available
 /// (`FindMinNextPodAvailabilityCheck`); `None` when no pod is waiting for that.
 pub fn next_pod_availability_check<'a>(
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
     min_ready_seconds: i32,
     now: Timestamp,
 ) -> Option<Duration> {
@@ -120,14 +121,14 @@ pub fn next_pod_availability_check<'a>(
 }
 
 /// `spec.nodeName`, empty while unassigned.
-pub fn node_name(pod: &Pod) -> &str {
+pub fn node_name(pod: &CachedPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .unwrap_or_default()
 }
 
-fn phase_ordinal(pod: &Pod) -> u8 {
+fn phase_ordinal(pod: &CachedPod) -> u8 {
     match phase(pod) {
         "Pending" => 0,
         "Unknown" => 1,
@@ -137,7 +138,7 @@ fn phase_ordinal(pod: &Pod) -> u8 {
     }
 }
 
-fn ready_time(pod: &Pod) -> Option<Timestamp> {
+fn ready_time(pod: &CachedPod) -> Option<Timestamp> {
     if !is_pod_ready(pod) {
         return None;
     }
@@ -146,11 +147,11 @@ fn ready_time(pod: &Pod) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
-fn creation(pod: &Pod) -> Option<Timestamp> {
+fn creation(pod: &CachedPod) -> Option<Timestamp> {
     pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
 
-fn deletion_cost(pod: &Pod) -> i32 {
+fn deletion_cost(pod: &CachedPod) -> i32 {
     pod.metadata
         .annotations
         .as_ref()
@@ -159,7 +160,7 @@ fn deletion_cost(pod: &Pod) -> i32 {
         .unwrap_or(0)
 }
 
-fn max_container_restarts(pod: &Pod) -> (i32, i32) {
+fn max_container_restarts(pod: &CachedPod) -> (i32, i32) {
     let Some(status) = pod.status.as_ref() else {
         return (0, 0);
     };
@@ -200,111 +201,155 @@ fn after_or_zero(t1: Option<Timestamp>, t2: Option<Timestamp>) -> bool {
     }
 }
 
-/// Base-2 logarithm of the nanoseconds since each time (`logarithmicRankDiff`), so that
-/// pods of similar age count as equal and are spread by UID instead.
-fn logarithmic_rank_diff(t1: Timestamp, t2: Timestamp, now: Timestamp) -> i64 {
-    let rank = |t: Timestamp| {
-        let d = now.duration_since(t).as_nanos();
-        if d > 0 {
-            // Truncation mirrors Go's int64(math.Log2(float64(d))).
-            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
-            let r = (d as f64).log2() as i64;
-            r
-        } else {
-            -1
-        }
-    };
-    rank(t1) - rank(t2)
+/// Base-2 logarithm of the nanoseconds since `t` (one side of `logarithmicRankDiff`), so
+/// that pods of similar age count as equal and are spread by UID instead.
+fn log_age(t: Timestamp, now: Timestamp) -> i64 {
+    let d = now.duration_since(t).as_nanos();
+    if d > 0 {
+        // Truncation mirrors Go's int64(math.Log2(float64(d))).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let r = (d as f64).log2() as i64;
+        r
+    } else {
+        -1
+    }
 }
 
 /// A pod and its rank: how many active related pods share its node.
 #[derive(Clone, Debug)]
 pub struct RankedPod<'a> {
     /// The pod.
-    pub pod: &'a Pod,
+    pub pod: &'a CachedPod,
     /// Colocated related pods (upstream's `getPodsRankedByRelatedPodsOnSameNode`).
     pub rank: usize,
 }
 
+/// A time compared by logarithmic bucket: the time, and its [`log_age`] when there is a
+/// reference time.
+type AgedTime = (Option<Timestamp>, Option<i64>);
+
+fn aged(t: Option<Timestamp>, now: Option<Timestamp>) -> AgedTime {
+    (t, t.zip(now).map(|(t, now)| log_age(t, now)))
+}
+
+/// Everything [`deletion_less`] compares of one ranked pod, computed once per pod: a sort
+/// of a Deployment's thousands of pods compares O(n log n) times, and reading conditions,
+/// annotations and clocks on every comparison was most of the cost of a scale-down.
+#[derive(Clone, Debug)]
+pub struct DeletionKey<'a> {
+    assigned: bool,
+    phase: u8,
+    ready: bool,
+    cost: i32,
+    rank: usize,
+    ready_time: AgedTime,
+    restarts: (i32, i32),
+    created: AgedTime,
+    uid: &'a str,
+}
+
+impl<'a> DeletionKey<'a> {
+    /// The key of `p`, with times bucketed relative to `now` when given.
+    pub fn new(p: &RankedPod<'a>, now: Option<Timestamp>) -> Self {
+        let pod = p.pod;
+        Self {
+            assigned: !node_name(pod).is_empty(),
+            phase: phase_ordinal(pod),
+            ready: is_pod_ready(pod),
+            cost: deletion_cost(pod),
+            rank: p.rank,
+            ready_time: aged(ready_time(pod), now),
+            restarts: max_container_restarts(pod),
+            created: aged(creation(pod), now),
+            uid: pod.metadata.uid.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// `ActivePodsWithRanks.Less`: whether this pod should be deleted before `other`.
+    pub fn less(&self, other: &Self) -> bool {
+        let (a, b) = (self, other);
+        // 1. Unassigned < assigned.
+        if a.assigned != b.assigned {
+            return !a.assigned;
+        }
+        // 2. Pending < Unknown < Running.
+        if a.phase != b.phase {
+            return a.phase < b.phase;
+        }
+        // 3. Not ready < ready.
+        if a.ready != b.ready {
+            return !a.ready;
+        }
+        // 4. Lower pod-deletion-cost first.
+        if a.cost != b.cost {
+            return a.cost < b.cost;
+        }
+        // 5. Doubled up on a node < not doubled up.
+        if a.rank != b.rank {
+            return a.rank > b.rank;
+        }
+        // Steps 6 and 8 compare times by logarithmic bucket. Upstream breaks a bucket tie
+        // by uid at once but lets exactly equal times fall through, which is not a
+        // consistent order (Go's sort tolerates that; Rust's sort panics on it). Here a
+        // bucket tie always falls through and the uid is the last criterion: the same
+        // decisions wherever upstream's are consistent, and a total order.
+        let by_time = |(ti, li): AgedTime, (tj, lj): AgedTime| -> Option<bool> {
+            match (li, lj) {
+                (Some(li), Some(lj)) => match li - lj {
+                    0 => None,
+                    d => Some(d < 0),
+                },
+                _ if ti != tj => Some(after_or_zero(ti, tj)),
+                _ => None,
+            }
+        };
+        // 6. Ready for a shorter time < longer (logarithmic buckets).
+        if a.ready
+            && b.ready
+            && let Some(less) = by_time(a.ready_time, b.ready_time)
+        {
+            return less;
+        }
+        // 7. More container restarts < fewer.
+        if a.restarts.0 != b.restarts.0 {
+            return a.restarts.0 > b.restarts.0;
+        }
+        if a.restarts.1 != b.restarts.1 {
+            return a.restarts.1 > b.restarts.1;
+        }
+        // 8. Newer < older (logarithmic buckets); missing creation time first.
+        if let Some(less) = by_time(a.created, b.created) {
+            return less;
+        }
+        a.uid < b.uid
+    }
+
+    /// [`Self::less`] as an ordering.
+    pub fn order(&self, other: &Self) -> Ordering {
+        if self.less(other) {
+            Ordering::Less
+        } else if other.less(self) {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        }
+    }
+}
+
 /// `ActivePodsWithRanks.Less`: whether `a` should be deleted before `b`.
 pub fn deletion_less(a: &RankedPod<'_>, b: &RankedPod<'_>, now: Option<Timestamp>) -> bool {
-    // Nothing here allocates: a sort calls this O(n log n) times (twice per comparison),
-    // and a Deployment scaled down by thousands sorts all of its pods.
-    let (pi, pj) = (a.pod, b.pod);
-    let node = node_name;
-    let (ni, nj) = (node(pi), node(pj));
-    // 1. Unassigned < assigned.
-    if ni != nj && (ni.is_empty() || nj.is_empty()) {
-        return ni.is_empty();
-    }
-    // 2. Pending < Unknown < Running.
-    if phase_ordinal(pi) != phase_ordinal(pj) {
-        return phase_ordinal(pi) < phase_ordinal(pj);
-    }
-    // 3. Not ready < ready.
-    let (ri, rj) = (is_pod_ready(pi), is_pod_ready(pj));
-    if ri != rj {
-        return !ri;
-    }
-    // 4. Lower pod-deletion-cost first.
-    let (ci, cj) = (deletion_cost(pi), deletion_cost(pj));
-    if ci != cj {
-        return ci < cj;
-    }
-    // 5. Doubled up on a node < not doubled up.
-    if a.rank != b.rank {
-        return a.rank > b.rank;
-    }
-    // Steps 6 and 8 compare times by logarithmic bucket. Upstream breaks a bucket tie by
-    // uid at once but lets exactly equal times fall through, which is not a consistent
-    // order (Go's sort tolerates that; Rust's sort panics on it). Here a bucket tie always
-    // falls through and the uid is the last criterion: the same decisions wherever
-    // upstream's are consistent, and a total order.
-    let by_time = |ti: Option<Timestamp>, tj: Option<Timestamp>| -> Option<bool> {
-        match (now, ti, tj) {
-            (Some(now), Some(ti), Some(tj)) => match logarithmic_rank_diff(ti, tj, now) {
-                0 => None,
-                d => Some(d < 0),
-            },
-            _ if ti != tj => Some(after_or_zero(ti, tj)),
-            _ => None,
-        }
-    };
-    // 6. Ready for a shorter time < longer (logarithmic buckets).
-    if ri
-        && rj
-        && let Some(less) = by_time(ready_time(pi), ready_time(pj))
-    {
-        return less;
-    }
-    // 7. More container restarts < fewer.
-    let (mi, mj) = (max_container_restarts(pi), max_container_restarts(pj));
-    if mi.0 != mj.0 {
-        return mi.0 > mj.0;
-    }
-    if mi.1 != mj.1 {
-        return mi.1 > mj.1;
-    }
-    // 8. Newer < older (logarithmic buckets); missing creation time first.
-    if let Some(less) = by_time(creation(pi), creation(pj)) {
-        return less;
-    }
-    pi.metadata.uid.as_deref().unwrap_or_default() < pj.metadata.uid.as_deref().unwrap_or_default()
+    DeletionKey::new(a, now).less(&DeletionKey::new(b, now))
 }
 
 /// Sorts `pods` so that those to delete first come first.
 pub fn sort_for_deletion(pods: &mut [RankedPod<'_>], now: Option<Timestamp>) {
-    pods.sort_by(|a, b| deletion_order(a, b, now));
-}
-
-/// [`deletion_less`] as an ordering, for sorts of anything that holds a [`RankedPod`].
-pub fn deletion_order(a: &RankedPod<'_>, b: &RankedPod<'_>, now: Option<Timestamp>) -> Ordering {
-    if deletion_less(a, b, now) {
-        Ordering::Less
-    } else if deletion_less(b, a, now) {
-        Ordering::Greater
-    } else {
-        Ordering::Equal
+    let mut keyed: Vec<(DeletionKey<'_>, RankedPod<'_>)> = pods
+        .iter()
+        .map(|p| (DeletionKey::new(p, now), p.clone()))
+        .collect();
+    keyed.sort_by(|a, b| a.0.order(&b.0));
+    for (slot, (_, p)) in pods.iter_mut().zip(keyed) {
+        *slot = p;
     }
 }
 
@@ -358,7 +403,7 @@ mod tests {
         Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn pod(name: &str, node: &str, phase: &str, ready_at: Option<i64>, created: i64) -> Pod {
+    fn pod(name: &str, node: &str, phase: &str, ready_at: Option<i64>, created: i64) -> CachedPod {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -383,9 +428,10 @@ mod tests {
                 ..PodStatus::default()
             }),
         }
+        .into()
     }
 
-    fn order(pods: &[Pod], now: Option<Timestamp>) -> Vec<String> {
+    fn order(pods: &[CachedPod], now: Option<Timestamp>) -> Vec<String> {
         let mut ranked: Vec<RankedPod<'_>> =
             pods.iter().map(|pod| RankedPod { pod, rank: 0 }).collect();
         sort_for_deletion(&mut ranked, now);
@@ -483,7 +529,7 @@ mod tests {
 
         let mut restarted = pod("restarted", "n1", "Running", Some(100), 10);
         if let Some(s) = restarted.status.as_mut() {
-            s.container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+            s.container_statuses = Some(vec![crate::transform::CachedContainerStatus {
                 restart_count: 4,
                 ..Default::default()
             }]);

@@ -197,8 +197,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         client: client.clone(),
         informers: Arc::new(
             InformerFactory::new(informer_client)
-                .with_resync(resync_period(options.min_resync_period))
-                .with_decoder::<k8s_openapi::api::core::v1::Pod, transform::WirePod>(),
+                .with_resync(resync_period(options.min_resync_period)),
         ),
         metrics,
         options: options.clone(),

@@ -1,6 +1,7 @@
 //! Node and taint helpers shared by the node controllers, after upstream's
 //! `pkg/controller/util/node` and `pkg/util/taints`.
 
+use crate::transform::CachedPod;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -120,7 +121,7 @@ pub async fn swap_taints(
 pub use ferrokube_runtime::taints::tolerates;
 
 /// The pod's tolerations.
-pub fn tolerations(pod: &Pod) -> &[Toleration] {
+pub fn tolerations(pod: &CachedPod) -> &[Toleration] {
     pod.spec
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
@@ -128,7 +129,7 @@ pub fn tolerations(pod: &Pod) -> &[Toleration] {
 }
 
 /// The node a pod is bound to, if any.
-pub fn node_name(pod: &Pod) -> Option<&str> {
+pub fn node_name(pod: &CachedPod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())

@@ -563,16 +563,11 @@ pub struct InformerFactory {
     resync: Option<Duration>,
     /// Transforms by object type: `TypeId` of `K` -> `TransformFn<K>`.
     transforms: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
-    /// Wire forms by object type: `TypeId` of `K` -> `WatchFn<K>`.
-    decoders: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
     inner: Mutex<FactoryInner>,
 }
 
 /// The list-and-watch stream of an informer, as `watcher` yields it.
 type EventStream<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
-
-/// Starts the list-and-watch of `K` objects (all namespaces) through a wire form of them.
-type WatchFn<K> = Arc<dyn Fn(Client, watcher::Config) -> EventStream<K> + Send + Sync>;
 
 #[derive(Default)]
 struct FactoryInner {
@@ -587,7 +582,6 @@ impl InformerFactory {
             client,
             resync: None,
             transforms: HashMap::new(),
-            decoders: HashMap::new(),
             inner: Mutex::new(FactoryInner::default()),
         }
     }
@@ -603,34 +597,6 @@ impl InformerFactory {
     ) -> Self {
         let f: TransformFn<K> = Arc::new(transform);
         self.transforms.insert(TypeId::of::<K>(), Box::new(f));
-        self
-    }
-
-    /// Every informer of `K` this factory makes decodes its lists and watches as `D`, a
-    /// slimmer type that skips what no reader needs while it parses (serde skips unknown
-    /// fields without allocating), then converts each object into `K`. Decoding the whole
-    /// `K` only for a transform to drop most of it was the largest CPU cost of a watch.
-    /// The conversion must keep the name, namespace and resourceVersion; the transform
-    /// for `K`, if any, still runs after it.
-    #[must_use]
-    pub fn with_decoder<K, D>(mut self) -> Self
-    where
-        K: From<D> + Send + 'static,
-        D: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-        D::DynamicType: Default + Clone + Eq + Hash,
-    {
-        let f: WatchFn<K> = Arc::new(|client, config| {
-            watcher(Api::<D>::all(client), config)
-                .map_ok(|event| match event {
-                    watcher::Event::Init => watcher::Event::Init,
-                    watcher::Event::InitApply(o) => watcher::Event::InitApply(K::from(o)),
-                    watcher::Event::InitDone => watcher::Event::InitDone,
-                    watcher::Event::Apply(o) => watcher::Event::Apply(K::from(o)),
-                    watcher::Event::Delete(o) => watcher::Event::Delete(K::from(o)),
-                })
-                .boxed()
-        });
-        self.decoders.insert(TypeId::of::<K>(), Box::new(f));
         self
     }
 
@@ -704,11 +670,6 @@ impl InformerFactory {
             .get(&TypeId::of::<K>())
             .and_then(|f| f.downcast_ref::<TransformFn<K>>())
             .cloned();
-        let decoder = self
-            .decoders
-            .get(&TypeId::of::<K>())
-            .and_then(|f| f.downcast_ref::<WatchFn<K>>())
-            .cloned();
         let shared = Arc::new(Shared::new(transform));
         let informer = Informer {
             store: Store {
@@ -736,12 +697,8 @@ impl InformerFactory {
         let name = format!("{}.{}", K::plural(&dt), K::group(&dt));
         let resync = self.resync;
         let watched = shared.clone();
-        let client = self.client.clone();
         inner.pending.push(Box::new(move |tasks, shutdown| {
-            let stream = match decoder {
-                Some(decode) => decode(client, config),
-                None => watcher(api, config).boxed(),
-            };
+            let stream = watcher(api, config).boxed();
             tasks.spawn(run(name, stream, watched, resync, shutdown));
         }));
         let store = informer.store.clone();

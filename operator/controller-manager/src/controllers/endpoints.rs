@@ -17,13 +17,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers};
 use ferrokube_runtime::events::{self, EventType, Recorder};
 use ferrokube_runtime::informer::{Notification, ObjectKey, Store};
 use ferrokube_runtime::workqueue::WorkQueue;
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
 };
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use tokio::task::JoinSet;
@@ -60,7 +61,7 @@ pub enum Error {
 
 /// Starts the controller.
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
-    let pods = ctx.informers.informer::<Pod>();
+    let pods = ctx.informers.informer::<CachedPod>();
     let services = ctx.informers.informer::<Service>();
     let endpoints = ctx.informers.informer::<Endpoints>();
     let queue: WorkQueue<ObjectKey> = WorkQueue::new("endpoint", &ctx.metrics);
@@ -72,7 +73,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     });
     forward(tasks, pods.subscribe(), &ctx.shutdown, {
         let (queue, services) = (queue.clone(), services.store());
-        move |n: Notification<Pod>| {
+        move |n: Notification<CachedPod>| {
             for key in util::services_to_update(&services, &n) {
                 queue.add_after(key, batch);
             }
@@ -133,7 +134,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
 struct Sync {
     client: kube::Client,
     services: Store<Service>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     endpoints: Store<Endpoints>,
     /// `staleEndpointsTracker`: the resourceVersion each Endpoints had when we last
     /// replaced it; seeing it again in the cache means the cache is behind.
@@ -177,7 +178,7 @@ impl Sync {
             p.metadata.namespace.as_deref() == Some(key.namespace.as_str())
                 && util::selector_matches(selector, p.metadata.labels.as_ref())
         });
-        let pod_refs: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
+        let pod_refs: Vec<&CachedPod> = pods.iter().map(|p| &**p).collect();
         let trigger = self.triggers.compute(&svc, &pod_refs);
         let subsets = repack_subsets(&desired_subsets(&svc, &pod_refs));
 
@@ -306,7 +307,7 @@ impl Sync {
 }
 
 /// `podToEndpointAddressForService`: the pod's IP of the Service's (first) family.
-fn endpoint_address(svc: &Service, pod: &Pod) -> Option<EndpointAddress> {
+fn endpoint_address(svc: &Service, pod: &CachedPod) -> Option<EndpointAddress> {
     let spec = svc.spec.as_ref();
     let want_v6 = if let Some(f) = spec
         .and_then(|s| s.ip_families.as_ref())
@@ -344,7 +345,7 @@ fn endpoint_address(svc: &Service, pod: &Pod) -> Option<EndpointAddress> {
 
 /// One subset per pod and resolved port, before repacking (the loop of `syncService` and
 /// `addEndpointSubset`).
-pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
+pub fn desired_subsets(svc: &Service, pods: &[&CachedPod]) -> Vec<EndpointSubset> {
     let tolerate_unready = util::publish_not_ready_addresses(svc);
     let ports = svc
         .spec
@@ -607,7 +608,8 @@ pub fn truncate_endpoints(ep: &mut Endpoints) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec,
+        Container, ContainerPort, Pod, PodCondition, PodIP, PodSpec, PodStatus, ServicePort,
+        ServiceSpec,
     };
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -638,7 +640,7 @@ mod tests {
         }
     }
 
-    fn pod(i: usize, ready: bool, http: Option<i32>) -> Pod {
+    fn pod(i: usize, ready: bool, http: Option<i32>) -> CachedPod {
         let ip = format!("10.1.{}.{}", i / 250, i % 250 + 1);
         Pod {
             metadata: ObjectMeta {
@@ -673,6 +675,7 @@ mod tests {
                 ..PodStatus::default()
             }),
         }
+        .into()
     }
 
     #[test]
@@ -689,7 +692,7 @@ mod tests {
             pod(1, false, Some(8080)),
             pod(2, true, None),
         ];
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         let subsets = repack_subsets(&desired_subsets(&s, &refs));
         // Subsets group addresses by port: http has {p0, p1}; admin:9000 has {p0, p1, p2}.
         assert_eq!(subsets.len(), 2, "{subsets:#?}");
@@ -719,7 +722,7 @@ mod tests {
     fn headless_without_ports_and_publish_not_ready() {
         let mut s = svc(vec![], "None");
         let pods = [pod(0, false, None)];
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         let subsets = repack_subsets(&desired_subsets(&s, &refs));
         assert_eq!(subsets.len(), 1);
         assert!(subsets[0].ports.is_none());
@@ -737,8 +740,8 @@ mod tests {
     #[test]
     fn truncates_at_capacity_ready_first() {
         let s = svc(vec![sport("http", IntOrString::Int(80))], "10.96.0.1");
-        let pods: Vec<Pod> = (0..1200).map(|i| pod(i, i % 2 == 0, None)).collect();
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let pods: Vec<CachedPod> = (0..1200).map(|i| pod(i, i % 2 == 0, None)).collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         let mut ep = Endpoints {
             subsets: Some(repack_subsets(&desired_subsets(&s, &refs))),
             ..Endpoints::default()
@@ -748,8 +751,8 @@ mod tests {
         assert_eq!((r, n), (600, 400), "all ready kept, not-ready cut");
         assert!(!truncate_endpoints(&mut ep));
 
-        let pods: Vec<Pod> = (0..1500).map(|i| pod(i, true, None)).collect();
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let pods: Vec<CachedPod> = (0..1500).map(|i| pod(i, true, None)).collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         let mut ep = Endpoints {
             subsets: Some(repack_subsets(&desired_subsets(&s, &refs))),
             ..Endpoints::default()

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers, enqueue_from};
 use ferrokube_runtime::events::{EventType, Recorder, reference};
@@ -43,7 +44,7 @@ const MONITORED_CONDITIONS: &[&str] = &["Ready", "MemoryPressure", "DiskPressure
 /// Starts the controller.
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     let nodes = ctx.informers.informer::<Node>();
-    let pods = ctx.informers.informer::<Pod>();
+    let pods = ctx.informers.informer::<CachedPod>();
     let leases = ctx.informers.informer_with::<Lease>(Selectors {
         namespace: Some("kube-node-lease".into()),
         ..Selectors::default()
@@ -154,7 +155,7 @@ pub fn zone_state(ready: usize, not_ready: usize, threshold: f64) -> ZoneState {
 struct Monitor {
     client: kube::Client,
     nodes: Store<Node>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     leases: Store<Lease>,
     recorder: Recorder,
     config: Config,

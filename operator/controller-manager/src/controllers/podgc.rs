@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::informer::Store;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -25,7 +26,7 @@ use crate::node_util;
 /// Starts the controller.
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     let nodes = ctx.informers.informer::<Node>().store();
-    let pods = ctx.informers.informer::<Pod>().store();
+    let pods = ctx.informers.informer::<CachedPod>().store();
     let period = ctx
         .options
         .pod_gc_period
@@ -62,12 +63,12 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
 struct PodGc {
     client: kube::Client,
     nodes: Store<Node>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     threshold: usize,
     quarantine: std::time::Duration,
 }
 
-fn phase(pod: &Pod) -> &str {
+fn phase(pod: &CachedPod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
@@ -75,7 +76,7 @@ fn phase(pod: &Pod) -> &str {
 }
 
 impl PodGc {
-    async fn delete(&self, pod: &Pod, force: bool) {
+    async fn delete(&self, pod: &CachedPod, force: bool) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
@@ -117,7 +118,7 @@ impl PodGc {
     /// Pods bound to nodes that are gone (upstream's `gcOrphaned`).
     async fn collect_orphaned(&self, missing_since: &mut HashMap<String, Instant>) {
         let now = Instant::now();
-        let mut candidates: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+        let mut candidates: HashMap<String, Vec<Arc<CachedPod>>> = HashMap::new();
         for pod in self.pods.list() {
             if let Some(node) = node_util::node_name(&pod)
                 && self.nodes.get("", node).is_none()

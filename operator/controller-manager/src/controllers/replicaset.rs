@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers, enqueue_from};
 use ferrokube_runtime::events::{self, EventType, Recorder};
@@ -46,7 +47,7 @@ use super::StartError;
 use crate::context::Context;
 use crate::controller_ref::{ClaimError, Claimable, ControllerRefManager, Owner, recheck_by_get};
 use crate::controller_utils::{
-    self as cu, FAILED_CREATE_POD_REASON, FAILED_DELETE_POD_REASON, RankedPod,
+    self as cu, DeletionKey, FAILED_CREATE_POD_REASON, FAILED_DELETE_POD_REASON, RankedPod,
     SLOW_START_INITIAL_BATCH_SIZE, SUCCESSFUL_CREATE_POD_REASON, SUCCESSFUL_DELETE_POD_REASON,
 };
 use crate::expectations::ControllerExpectations;
@@ -221,8 +222,8 @@ pub fn pod_controller_index_key(namespace: &str, cref: Option<&OwnerReference>) 
 
 /// Adds [`POD_CONTROLLER_INDEX`] to the shared pod informer (once; every controller that
 /// asks shares it, as upstream's `AddPodControllerIndexer`).
-pub fn add_pod_controller_index(pods: &Store<Pod>) {
-    pods.add_index(POD_CONTROLLER_INDEX, |pod: &Pod| {
+pub fn add_pod_controller_index(pods: &Store<CachedPod>) {
+    pods.add_index(POD_CONTROLLER_INDEX, |pod: &CachedPod| {
         vec![pod_controller_index_key(
             pod.metadata.namespace.as_deref().unwrap_or_default(),
             cu::controller_of(&pod.metadata),
@@ -237,7 +238,7 @@ pub fn run<K: ReplicaOwner>(
     concurrency: usize,
 ) -> Result<(), StartError> {
     let rs_informer = ctx.informers.informer::<K>();
-    let pod_informer = ctx.informers.informer::<Pod>();
+    let pod_informer = ctx.informers.informer::<CachedPod>();
     let queue: WorkQueue<ObjectKey> = WorkQueue::new(K::QUEUE_NAME, &ctx.metrics);
     let expectations = ControllerExpectations::new();
     let rs_store = rs_informer.store();
@@ -283,7 +284,7 @@ pub fn run<K: ReplicaOwner>(
             pod_informer.subscribe(),
             queue.clone(),
             ctx.shutdown.clone(),
-            move |n: &Notification<Pod>| handler.keys(n),
+            move |n: &Notification<CachedPod>| handler.keys(n),
         );
     }
 
@@ -335,7 +336,7 @@ impl<K: ReplicaOwner> PodHandler<K> {
     }
 
     /// ReplicaSets whose selector matches an orphan (`getPodReplicaSets`).
-    fn matching(&self, pod: &Pod) -> Vec<ObjectKey> {
+    fn matching(&self, pod: &CachedPod) -> Vec<ObjectKey> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let empty = Default::default();
         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
@@ -347,7 +348,7 @@ impl<K: ReplicaOwner> PodHandler<K> {
             .collect()
     }
 
-    fn deleted(&self, pod: &Pod) -> Vec<ObjectKey> {
+    fn deleted(&self, pod: &CachedPod) -> Vec<ObjectKey> {
         let Some(cref) = cu::controller_of(&pod.metadata) else {
             return vec![];
         };
@@ -361,7 +362,7 @@ impl<K: ReplicaOwner> PodHandler<K> {
         vec![key]
     }
 
-    fn keys(&self, n: &Notification<Pod>) -> Vec<ObjectKey> {
+    fn keys(&self, n: &Notification<CachedPod>) -> Vec<ObjectKey> {
         match n {
             Notification::Added(pod) => {
                 if pod.metadata.deletion_timestamp.is_some() {
@@ -439,7 +440,7 @@ pub fn selector_of(sel: &LabelSelector) -> Option<Selector> {
 struct Sync<K> {
     client: kube::Client,
     rs_store: Store<K>,
-    pod_store: Store<Pod>,
+    pod_store: Store<CachedPod>,
     expectations: ControllerExpectations,
     recorder: Recorder,
     burst_replicas: usize,
@@ -464,7 +465,7 @@ impl<K> Clone for Sync<K> {
 impl<K: ReplicaOwner> Sync<K> {
     /// Pods controlled by `rs` and the orphans of its namespace, from the controller index
     /// (upstream's `FilterPodsByOwner(..., includeOrphanedPods=true)`).
-    fn pods_of(&self, rs: &K) -> Result<Vec<Arc<Pod>>, UnknownIndex> {
+    fn pods_of(&self, rs: &K) -> Result<Vec<Arc<CachedPod>>, UnknownIndex> {
         let meta = rs.meta();
         let ns = meta.namespace.as_deref().unwrap_or_default();
         let own = OwnerReference {
@@ -507,7 +508,7 @@ impl<K: ReplicaOwner> Sync<K> {
         let uid = rs.meta().uid.clone().unwrap_or_default();
         // Ours (controller ref to this owner) and orphans: upstream's FilterPodsByOwner.
         let all_pods = self.pods_of(&rs)?;
-        let active: Vec<Arc<Pod>> = all_pods
+        let active: Vec<Arc<CachedPod>> = all_pods
             .iter()
             .filter(|p| cu::is_pod_active(p))
             .cloned()
@@ -561,7 +562,12 @@ impl<K: ReplicaOwner> Sync<K> {
 
     /// Creates or deletes pods to reach `spec.replicas` (`manageReplicas`). The error is a
     /// message for the ReplicaFailure condition.
-    async fn manage_replicas(&self, rs: &K, key: &str, active: &[Arc<Pod>]) -> Result<(), String> {
+    async fn manage_replicas(
+        &self,
+        rs: &K,
+        key: &str,
+        active: &[Arc<CachedPod>],
+    ) -> Result<(), String> {
         let want = rs.replicas();
         let have = i64::try_from(active.len()).unwrap_or(i64::MAX);
         let diff = have - i64::from(want);
@@ -575,8 +581,13 @@ impl<K: ReplicaOwner> Sync<K> {
                 creating = n,
                 "too few replicas"
             );
-            let (created, err) =
-                slow_start_batch(n, SLOW_START_INITIAL_BATCH_SIZE, || self.create_pod(rs)).await;
+            // Every pod of the batch is the same POST body (generateName names them), so it
+            // is built and encoded once rather than once per pod.
+            let body = pod_body(rs);
+            let (created, err) = slow_start_batch(n, SLOW_START_INITIAL_BATCH_SIZE, || {
+                self.create_pod(rs, &body)
+            })
+            .await;
             // Pods never created will never be observed.
             for _ in created..n {
                 self.expectations.creation_observed(key);
@@ -612,17 +623,14 @@ impl<K: ReplicaOwner> Sync<K> {
         Ok(())
     }
 
-    async fn create_pod(&self, rs: &K) -> Result<(), String> {
-        if !rs.has_spec() {
-            return Ok(());
-        }
-        let template = rs.template().cloned().unwrap_or_default();
-        if cu::labels_empty(template.metadata.as_ref().and_then(|m| m.labels.as_ref())) {
-            return Err("unable to create pods, no labels".into());
-        }
+    async fn create_pod(&self, rs: &K, body: &PodBody) -> Result<(), String> {
+        let body = match body {
+            PodBody::NoSpec => return Ok(()),
+            PodBody::Invalid(e) => return Err(e.clone()),
+            PodBody::Json(b) => b.clone(),
+        };
         let owner = Owner::of(rs);
-        let pod = cu::pod_from_template(&template, &owner.name, owner.controller_ref());
-        match create_pod(&self.client, &owner.namespace, &pod).await {
+        match create_pod(&self.client, &owner.namespace, body).await {
             Ok(name) => {
                 tracing::debug!(replicaset = %owner.name, pod = %name, "created pod");
                 self.recorder.publish(
@@ -650,7 +658,7 @@ impl<K: ReplicaOwner> Sync<K> {
         }
     }
 
-    async fn delete_pod(&self, rs: &K, key: &str, pod: &Pod) -> Result<(), String> {
+    async fn delete_pod(&self, rs: &K, key: &str, pod: &CachedPod) -> Result<(), String> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         tracing::info!(replicaset = key, pod = %name, "deleting pod");
@@ -687,36 +695,34 @@ impl<K: ReplicaOwner> Sync<K> {
 
     /// Pods of every ReplicaSet sharing this one's controller (`getIndirectlyRelatedPods`),
     /// used to prefer deleting pods doubled up on a node.
-    fn indirectly_related_pods(&self, rs: &K) -> Vec<Arc<Pod>> {
+    fn indirectly_related_pods(&self, rs: &K) -> Vec<Arc<CachedPod>> {
         let Some(cref) = cu::controller_of(rs.meta()) else {
             return vec![];
         };
         let ns = rs.meta().namespace.clone().unwrap_or_default();
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
         // The index is added in `run`; without it there are simply no siblings to weigh.
         let siblings = self
             .rs_store
             .by_index(CONTROLLER_UID_INDEX, &cref.uid)
             .unwrap_or_default();
-        for related in siblings {
-            if related.meta().namespace.as_deref() != Some(ns.as_str()) {
-                continue;
-            }
-            // An invalid selector matches no pods.
-            let Ok(sel) = related.selector() else {
-                continue;
-            };
-            let empty = Default::default();
-            for pod in self.pod_store.list_in(&ns) {
-                if sel.matches(pod.metadata.labels.as_ref().unwrap_or(&empty))
-                    && seen.insert(pod.metadata.uid.clone())
-                {
-                    out.push(pod);
-                }
-            }
+        // An invalid selector matches no pods.
+        let selectors: Vec<Selector> = siblings
+            .iter()
+            .filter(|related| related.meta().namespace.as_deref() == Some(ns.as_str()))
+            .filter_map(|related| related.selector().ok())
+            .collect();
+        if selectors.is_empty() {
+            return vec![];
         }
-        out
+        // One pass over the namespace's pods, each taken once if any sibling selects it
+        // (upstream's union of the siblings' pod lists, deduplicated by uid).
+        let empty = Default::default();
+        let mut pods = self.pod_store.list_in(&ns);
+        pods.retain(|pod| {
+            let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+            selectors.iter().any(|sel| sel.matches(labels))
+        });
+        pods
     }
 
     async fn update_status(
@@ -792,10 +798,37 @@ fn same_counts(a: &ReplicaStatus, b: &ReplicaStatus) -> bool {
             == b.conditions.as_deref().unwrap_or_default()
 }
 
-/// Creates `pod` in `namespace` and returns the name the apiserver gave it. Only the name is
-/// read from the response: decoding the whole created Pod (as `Api::create` does) cost a
-/// few KiB and microseconds per pod for fields nobody looks at.
-async fn create_pod(client: &kube::Client, namespace: &str, pod: &Pod) -> kube::Result<String> {
+/// The POST body of the pods `rs` creates (`GetPodFromTemplate`, encoded).
+enum PodBody {
+    /// The owner has no spec: nothing to create.
+    NoSpec,
+    /// The pod cannot be created; the message for the ReplicaFailure condition.
+    Invalid(String),
+    /// The encoded Pod.
+    Json(Vec<u8>),
+}
+
+fn pod_body<K: ReplicaOwner>(rs: &K) -> PodBody {
+    if !rs.has_spec() {
+        return PodBody::NoSpec;
+    }
+    let empty = PodTemplateSpec::default();
+    let template = rs.template().unwrap_or(&empty);
+    if cu::labels_empty(template.metadata.as_ref().and_then(|m| m.labels.as_ref())) {
+        return PodBody::Invalid("unable to create pods, no labels".into());
+    }
+    let owner = Owner::of(rs);
+    let pod = cu::pod_from_template(template, &owner.name, owner.controller_ref());
+    match serde_json::to_vec(&pod) {
+        Ok(json) => PodBody::Json(json),
+        Err(e) => PodBody::Invalid(e.to_string()),
+    }
+}
+
+/// POSTs the encoded pod `body` in `namespace` and returns the name the apiserver gave it.
+/// Only the name is read from the response: decoding the whole created Pod (as
+/// `Api::create` does) cost a few KiB and microseconds per pod for fields nobody looks at.
+async fn create_pod(client: &kube::Client, namespace: &str, body: Vec<u8>) -> kube::Result<String> {
     /// The part of the created Pod that is read; serde skips the rest without allocating.
     #[derive(serde::Deserialize)]
     struct Created {
@@ -805,7 +838,6 @@ async fn create_pod(client: &kube::Client, namespace: &str, pod: &Pod) -> kube::
     struct CreatedMeta {
         name: Option<String>,
     }
-    let body = serde_json::to_vec(pod).map_err(kube::Error::SerdeError)?;
     let request = kube::core::Request::new(<Pod as kube::Resource>::url_path(&(), Some(namespace)))
         .create(&PostParams::default(), body)
         .map_err(kube::Error::BuildRequest)?;
@@ -863,11 +895,11 @@ where
 
 /// The `n` pods to delete first (`getPodsToDelete`), ranked by colocation with `related`.
 pub fn pods_to_delete(
-    active: &[Arc<Pod>],
-    related: &[Arc<Pod>],
+    active: &[Arc<CachedPod>],
+    related: &[Arc<CachedPod>],
     n: usize,
     now: Option<Timestamp>,
-) -> Vec<Arc<Pod>> {
+) -> Vec<Arc<CachedPod>> {
     if n >= active.len() {
         return active.to_vec();
     }
@@ -876,19 +908,26 @@ pub fn pods_to_delete(
     for p in related.iter().filter(|p| cu::is_pod_active(p)) {
         *on_node.entry(node_of(p)).or_default() += 1;
     }
-    let mut ranked: Vec<(usize, RankedPod<'_>)> = active
+    let mut ranked: Vec<(usize, DeletionKey<'_>)> = active
         .iter()
         .enumerate()
         .map(|(i, pod)| {
             let rank = on_node.get(node_of(pod)).copied().unwrap_or(0);
-            (i, RankedPod { pod, rank })
+            (i, DeletionKey::new(&RankedPod { pod, rank }, now))
         })
         .collect();
-    ranked.sort_by(|(_, a), (_, b)| cu::deletion_order(a, b, now));
+    // Only the first `n` are wanted: partition around the n-th, then sort those. The order
+    // is total (the uid breaks every tie), so they are the first `n` of a full sort, in the
+    // same order.
+    let by_key = |(_, a): &(usize, DeletionKey<'_>), (_, b): &(usize, DeletionKey<'_>)| a.order(b);
+    if n > 0 {
+        ranked.select_nth_unstable_by(n - 1, by_key);
+    }
+    ranked.truncate(n);
+    ranked.sort_unstable_by(by_key);
     // Back to the shared handles by position (a search per victim was O(n * active)).
     ranked
         .iter()
-        .take(n)
         .filter_map(|(i, _)| active.get(*i).cloned())
         .collect()
 }
@@ -896,7 +935,7 @@ pub fn pods_to_delete(
 /// Upstream's `calculateStatus`.
 fn calculate_status<K: ReplicaOwner>(
     rs: &K,
-    active: &[Arc<Pod>],
+    active: &[Arc<CachedPod>],
     terminating: usize,
     manage_err: Option<&str>,
     now: Timestamp,
@@ -973,6 +1012,52 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// The victims are the first `n` of the full deletion order, in that order, with ranks
+    /// from the related pods' nodes.
+    #[test]
+    fn pods_to_delete_are_the_head_of_the_full_ranking() -> anyhow::Result<()> {
+        let pod = |i: usize| -> anyhow::Result<Arc<CachedPod>> {
+            let node = ["", "n1", "n2", "n3"][i % 4];
+            let phase = ["Pending", "Running", "Unknown"][i % 3];
+            Ok(Arc::new(serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("p{i}"), "uid": format!("u{:03}", (i * 37) % 101),
+                             "creationTimestamp": format!("2020-01-01T00:{:02}:00Z", i % 7)},
+                "spec": {"nodeName": node},
+                "status": {"phase": phase, "conditions": [
+                    {"type": "Ready", "status": if i.is_multiple_of(5) {"False"} else {"True"},
+                     "lastTransitionTime": format!("2020-01-02T00:00:{:02}Z", i % 11)}]}
+            }))?))
+        };
+        let active = (0..60).map(pod).collect::<anyhow::Result<Vec<_>>>()?;
+        let related: Vec<Arc<CachedPod>> = active.iter().take(45).cloned().collect();
+        let now = Some(Timestamp::from_second(1_600_000_000)?);
+        let mut on_node: HashMap<&str, usize> = HashMap::new();
+        for p in &related {
+            *on_node.entry(cu::node_name(p)).or_default() += 1;
+        }
+        let mut full: Vec<RankedPod<'_>> = active
+            .iter()
+            .map(|pod| RankedPod {
+                pod,
+                rank: on_node.get(cu::node_name(pod)).copied().unwrap_or(0),
+            })
+            .collect();
+        cu::sort_for_deletion(&mut full, now);
+        let names = |ps: &[&CachedPod]| -> Vec<String> {
+            ps.iter()
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect()
+        };
+        let full: Vec<&CachedPod> = full.iter().map(|r| r.pod).collect();
+        for n in [0, 1, 7, 30, 59] {
+            let got = pods_to_delete(&active, &related, n, now);
+            let got: Vec<&CachedPod> = got.iter().map(|p| &**p).collect();
+            assert_eq!(names(&got), names(&full[..n]), "n = {n}");
+        }
+        assert_eq!(pods_to_delete(&active, &related, 60, now).len(), 60);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn slow_start_doubles_and_stops_at_first_failure() {
         let calls = AtomicUsize::new(0);
@@ -1048,7 +1133,7 @@ mod tests {
                      "template": {"metadata": {"labels": {"app": "web", "tier": "fe"}}}},
         }))
         .unwrap_or_default();
-        let pod = |labels: serde_json::Value, ready: bool| -> Arc<Pod> {
+        let pod = |labels: serde_json::Value, ready: bool| -> Arc<CachedPod> {
             Arc::new(
                 serde_json::from_value(serde_json::json!({
                     "metadata": {"name": "p", "labels": labels},

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers, enqueue_from};
 use ferrokube_runtime::events::{EventType, Recorder, reference};
@@ -66,7 +67,7 @@ pub fn verdict(taints: &[Taint], tolerations: &[Toleration], now: Timestamp) -> 
 /// Starts the controller.
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     let nodes = ctx.informers.informer::<Node>();
-    let pods = ctx.informers.informer::<Pod>();
+    let pods = ctx.informers.informer::<CachedPod>();
     let queue: WorkQueue<ObjectKey> = WorkQueue::new("taint_eviction_controller", &ctx.metrics);
     let recorder = ctx.recorder("taint-eviction-controller", tasks);
 
@@ -75,7 +76,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
         pods.subscribe(),
         queue.clone(),
         ctx.shutdown.clone(),
-        |n: &Notification<Pod>| match n {
+        |n: &Notification<CachedPod>| match n {
             Notification::Deleted(_) => vec![],
             n if node_util::node_name(n.object()).is_some() => {
                 vec![ObjectKey::of(n.object().as_ref())]
@@ -141,7 +142,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
 struct Sync {
     client: kube::Client,
     nodes: Store<Node>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     recorder: Recorder,
 }
 

@@ -35,12 +35,12 @@ pub use hash::compute_hash;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::controller::{Action, Workers, enqueue_from};
 use ferrokube_runtime::events::{self, EventType, Recorder};
 use ferrokube_runtime::informer::{Notification, ObjectKey, Store};
 use ferrokube_runtime::workqueue::WorkQueue;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
@@ -84,7 +84,7 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> SyncError {
 pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     let d_informer = ctx.informers.informer::<Deployment>();
     let rs_informer = ctx.informers.informer::<ReplicaSet>();
-    let pod_informer = ctx.informers.informer::<Pod>();
+    let pod_informer = ctx.informers.informer::<CachedPod>();
     let queue: WorkQueue<ObjectKey> = WorkQueue::new("deployment", &ctx.metrics);
     let (d_store, rs_store, pod_store) = (
         d_informer.store(),
@@ -116,7 +116,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
             pod_informer.subscribe(),
             queue.clone(),
             ctx.shutdown.clone(),
-            move |n: &Notification<Pod>| match n {
+            move |n: &Notification<CachedPod>| match n {
                 // Recreate waits for old pods to be gone; their deletion moves it on.
                 Notification::Deleted(pod) => deployment_for_pod(&d_store, &rs_store, pod)
                     .filter(|d| util::strategy_type(d) == "Recreate")
@@ -241,7 +241,7 @@ fn replica_set_keys(store: &Store<Deployment>, n: &Notification<ReplicaSet>) -> 
 fn deployment_for_pod(
     d_store: &Store<Deployment>,
     rs_store: &Store<ReplicaSet>,
-    pod: &Pod,
+    pod: &CachedPod,
 ) -> Option<Arc<Deployment>> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let r = controller_of(&pod.metadata).filter(|r| r.kind == "ReplicaSet")?;
@@ -257,7 +257,7 @@ pub(crate) struct DeploymentController {
     client: kube::Client,
     d_store: Store<Deployment>,
     rs_store: Store<ReplicaSet>,
-    pod_store: Store<Pod>,
+    pod_store: Store<CachedPod>,
     recorder: Recorder,
     /// Status writes: a merge patch, or a PUT where RBAC allows only update.
     status_writer: StatusWriter,
@@ -353,13 +353,17 @@ impl DeploymentController {
     }
 
     /// Pods of the Deployment's ReplicaSets, by ReplicaSet uid (`getPodMapForDeployment`).
-    fn pod_map(&self, d: &Deployment, rs_list: &[ReplicaSet]) -> BTreeMap<String, Vec<Arc<Pod>>> {
+    fn pod_map(
+        &self,
+        d: &Deployment,
+        rs_list: &[ReplicaSet],
+    ) -> BTreeMap<String, Vec<Arc<CachedPod>>> {
         let ns = d.metadata.namespace.clone().unwrap_or_default();
         let selector = d
             .spec
             .as_ref()
             .and_then(|s| Selector::try_from(s.selector.clone()).ok());
-        let mut map: BTreeMap<String, Vec<Arc<Pod>>> = rs_list
+        let mut map: BTreeMap<String, Vec<Arc<CachedPod>>> = rs_list
             .iter()
             .filter_map(|rs| rs.metadata.uid.clone())
             .map(|u| (u, Vec::new()))

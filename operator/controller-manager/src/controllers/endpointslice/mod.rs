@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
 use ferrokube_runtime::controller::{Action, Workers};
 use ferrokube_runtime::events::{self, EventType, Recorder};
@@ -31,7 +32,7 @@ use ferrokube_runtime::informer::{Notification, ObjectKey, Store};
 use ferrokube_runtime::workqueue::{
     BucketRateLimiter, ItemExponentialFailureRateLimiter, MaxOf, WorkQueue,
 };
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Preconditions};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -81,7 +82,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
             controller: "endpointslice-controller",
             reason: format!("--max-endpoints-per-slice={max} must be between 1 and 1000"),
         })?;
-    let pods = ctx.informers.informer::<Pod>();
+    let pods = ctx.informers.informer::<CachedPod>();
     let services = ctx.informers.informer::<Service>();
     let nodes = ctx.informers.informer::<Node>();
     let slices = ctx.informers.informer::<EndpointSlice>();
@@ -106,7 +107,7 @@ pub fn start(ctx: &Context, tasks: &mut JoinSet<()>) -> Result<(), StartError> {
     });
     forward(tasks, pods.subscribe(), &ctx.shutdown, {
         let (queue, services) = (queue.clone(), services.store());
-        move |n: Notification<Pod>| {
+        move |n: Notification<CachedPod>| {
             for key in util::services_to_update(&services, &n) {
                 queue.add_after(key, batch);
             }
@@ -256,7 +257,7 @@ fn slice_event_keys(
 #[derive(Clone)]
 struct Sync {
     services: Store<Service>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
     reconciler: Arc<Reconciler>,
@@ -339,7 +340,7 @@ impl Sync {
             tracing::debug!(service = %key, "EndpointSlice informer cache is out of date; retrying shortly");
             return Ok(Action::RequeueAfter(STALE_CACHE_RETRY));
         }
-        let pod_refs: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
+        let pod_refs: Vec<&CachedPod> = pods.iter().map(|p| &**p).collect();
         let trigger = self.triggers.compute(&svc, &pod_refs);
         let nodes = self.nodes.clone();
         let node = move |name: &str| nodes.get("", name);

@@ -15,8 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::apierrors;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
 };
@@ -123,7 +124,7 @@ pub fn address_types(svc: &Service) -> BTreeSet<&'static str> {
 
 /// `getEndpointPorts`: the Service's ports resolved against this pod; ports the pod does not
 /// declare (a named targetPort no container has) are left out.
-pub fn endpoint_ports(svc: &Service, pod: &Pod) -> Vec<EndpointPort> {
+pub fn endpoint_ports(svc: &Service, pod: &CachedPod) -> Vec<EndpointPort> {
     let spec = svc.spec.as_ref();
     let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
     let mut out = Vec::new();
@@ -154,7 +155,7 @@ pub fn endpoint_ports(svc: &Service, pod: &Pod) -> Vec<EndpointPort> {
 }
 
 /// The pod's addresses of `address_type`, canonicalised.
-fn endpoint_addresses(pod: &Pod, address_type: &str) -> Vec<String> {
+fn endpoint_addresses(pod: &CachedPod, address_type: &str) -> Vec<String> {
     util::pod_ips(pod)
         .into_iter()
         .filter_map(util::parse_ip_sloppy)
@@ -166,7 +167,7 @@ fn endpoint_addresses(pod: &Pod, address_type: &str) -> Vec<String> {
 /// The `(ready, serving, terminating)` conditions of a pod's endpoint (`podToEndpoint`):
 /// serving follows the pod's Ready condition, terminating its deletion timestamp, and ready
 /// is "serving and not terminating" unless the Service publishes not-ready addresses.
-pub fn conditions(pod: &Pod, publish_not_ready: bool) -> (bool, bool, bool) {
+pub fn conditions(pod: &CachedPod, publish_not_ready: bool) -> (bool, bool, bool) {
     let serving = util::is_pod_ready(pod);
     let terminating = util::is_terminating(pod);
     let ready = publish_not_ready || (serving && !terminating);
@@ -175,7 +176,7 @@ pub fn conditions(pod: &Pod, publish_not_ready: bool) -> (bool, bool, bool) {
 
 /// `podToEndpoint`.
 pub fn pod_to_endpoint(
-    pod: &Pod,
+    pod: &CachedPod,
     node: Option<&Node>,
     svc: &Service,
     address_type: &str,
@@ -532,7 +533,7 @@ fn placeholder_key(svc: &Service, address_type: &str) -> EndpointSlice {
 /// `node` looks up a pod's node in the cache; `trigger` is the last-change trigger time.
 pub fn plan(
     svc: &Service,
-    pods: &[&Pod],
+    pods: &[&CachedPod],
     node: &dyn Fn(&str) -> Option<Arc<Node>>,
     existing: &[&EndpointSlice],
     trigger: Option<Timestamp>,
@@ -726,7 +727,8 @@ impl Reconciler {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec,
+        Container, ContainerPort, Pod, PodCondition, PodIP, PodSpec, PodStatus, ServicePort,
+        ServiceSpec,
     };
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -760,7 +762,7 @@ mod tests {
         }
     }
 
-    fn pod(i: usize, ready: bool, container_port: Option<i32>) -> Pod {
+    fn pod(i: usize, ready: bool, container_port: Option<i32>) -> CachedPod {
         Pod {
             metadata: ObjectMeta {
                 name: Some(format!("p{i}")),
@@ -798,6 +800,7 @@ mod tests {
                 ..PodStatus::default()
             }),
         }
+        .into()
     }
 
     fn node(name: &str) -> Option<Arc<Node>> {
@@ -834,11 +837,11 @@ mod tests {
 
     fn run(
         s: &Service,
-        pods: &[Pod],
+        pods: &[CachedPod],
         existing: &[EndpointSlice],
         max: usize,
     ) -> (Plan, Vec<EndpointSlice>) {
-        let pods: Vec<&Pod> = pods.iter().collect();
+        let pods: Vec<&CachedPod> = pods.iter().collect();
         let existing_refs: Vec<&EndpointSlice> = existing.iter().collect();
         let p = plan(s, &pods, &node, &existing_refs, None, max);
         let after = commit(existing.to_vec(), &p);
@@ -913,7 +916,7 @@ mod tests {
     #[test]
     fn packs_at_most_max_and_churns_little() {
         let s = svc(vec![named_port("http")]);
-        let mut pods: Vec<Pod> = (0..250).map(|i| pod(i, true, Some(8080))).collect();
+        let mut pods: Vec<CachedPod> = (0..250).map(|i| pod(i, true, Some(8080))).collect();
         let (p, slices) = run(&s, &pods, &[], 100);
         let mut sizes: Vec<usize> = p.create.iter().map(len_of).collect();
         sizes.sort();
@@ -998,7 +1001,7 @@ mod tests {
             spec.traffic_distribution = Some("PreferClose".into());
         }
         let pods = [pod(0, true, Some(8080))];
-        let pods: Vec<&Pod> = pods.iter().collect();
+        let pods: Vec<&CachedPod> = pods.iter().collect();
         let t: Timestamp = "2024-01-02T03:04:05Z".parse().expect("time");
         let out = plan(&s, &pods, &node, &[], Some(t), 100);
         let slice = &out.create[0];

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
+use crate::transform::CachedPod;
 use ferrokube_runtime::informer::{Notification, ObjectKey, Store};
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
@@ -19,11 +20,11 @@ pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 pub const CLUSTER_IP_NONE: &str = "None";
 
 /// Whether the pod's `Ready` condition is `True` (`podutil.IsPodReady`).
-pub fn is_pod_ready(pod: &Pod) -> bool {
+pub fn is_pod_ready(pod: &CachedPod) -> bool {
     ready_condition(pod).is_some_and(|c| c.status == "True")
 }
 
-fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+fn ready_condition(pod: &CachedPod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
     pod.status
         .as_ref()?
         .conditions
@@ -33,11 +34,11 @@ fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodConditio
 }
 
 /// Whether the pod has a deletion timestamp (it is terminating).
-pub fn is_terminating(pod: &Pod) -> bool {
+pub fn is_terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-fn is_terminal(pod: &Pod) -> bool {
+fn is_terminal(pod: &CachedPod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
@@ -45,7 +46,7 @@ fn is_terminal(pod: &Pod) -> bool {
 }
 
 /// The pod's IPs as listed in `status.podIPs`.
-pub fn pod_ips(pod: &Pod) -> Vec<&str> {
+pub fn pod_ips(pod: &CachedPod) -> Vec<&str> {
     pod.status
         .as_ref()
         .and_then(|s| s.pod_ips.as_ref())
@@ -55,7 +56,7 @@ pub fn pod_ips(pod: &Pod) -> Vec<&str> {
 
 /// `ShouldPodBeInEndpoints`: not terminal, has an IP, and (unless `include_terminating`)
 /// not being deleted.
-pub fn should_pod_be_in_endpoints(pod: &Pod, include_terminating: bool) -> bool {
+pub fn should_pod_be_in_endpoints(pod: &CachedPod, include_terminating: bool) -> bool {
     if is_terminal(pod) {
         return false;
     }
@@ -72,14 +73,14 @@ pub fn should_pod_be_in_endpoints(pod: &Pod, include_terminating: bool) -> bool 
     include_terminating || !is_terminating(pod)
 }
 
-fn hostname(pod: &Pod) -> &str {
+fn hostname(pod: &CachedPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.hostname.as_deref())
         .unwrap_or_default()
 }
 
-fn subdomain(pod: &Pod) -> &str {
+fn subdomain(pod: &CachedPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.subdomain.as_deref())
@@ -88,19 +89,19 @@ fn subdomain(pod: &Pod) -> &str {
 
 /// `ShouldSetHostname`: the pod names a hostname and the Service as its subdomain (the DNS
 /// records of headless Services with `pod.spec.subdomain`).
-pub fn should_set_hostname(pod: &Pod, svc: &Service) -> bool {
+pub fn should_set_hostname(pod: &CachedPod, svc: &Service) -> bool {
     !hostname(pod).is_empty()
         && Some(subdomain(pod)) == svc.metadata.name.as_deref()
         && svc.metadata.namespace == pod.metadata.namespace
 }
 
 /// The pod's `spec.hostname`, when [`should_set_hostname`] holds.
-pub fn hostname_for(pod: &Pod, svc: &Service) -> Option<String> {
+pub fn hostname_for(pod: &CachedPod, svc: &Service) -> Option<String> {
     should_set_hostname(pod, svc).then(|| hostname(pod).to_string())
 }
 
 /// `spec.nodeName`, when set.
-pub fn node_name(pod: &Pod) -> Option<&str> {
+pub fn node_name(pod: &CachedPod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
@@ -124,7 +125,7 @@ pub struct NoSuitablePort {
 /// absent, which the API defaults to `port`) targetPort is taken as is; a named one is
 /// looked up among the containers' ports (and restartable init containers', the sidecars)
 /// with the same name and protocol.
-pub fn find_port(pod: &Pod, svc_port: &ServicePort) -> Result<i32, NoSuitablePort> {
+pub fn find_port(pod: &CachedPod, svc_port: &ServicePort) -> Result<i32, NoSuitablePort> {
     let protocol = port_protocol(svc_port);
     match &svc_port.target_port {
         None => return Ok(svc_port.port),
@@ -214,7 +215,7 @@ pub fn publish_not_ready_addresses(svc: &Service) -> bool {
 
 /// The pod's changes that matter to endpoints (`podEndpointsChanged`):
 /// `(pod_changed, labels_changed)`.
-fn pod_endpoints_changed(old: &Pod, new: &Pod) -> (bool, bool) {
+fn pod_endpoints_changed(old: &CachedPod, new: &CachedPod) -> (bool, bool) {
     let labels_changed = old.metadata.labels != new.metadata.labels
         || hostname(old) != hostname(new)
         || subdomain(old) != subdomain(new);
@@ -244,7 +245,10 @@ fn services_for_labels(
 /// `GetServicesToUpdate`): those selecting the pod now and, when its labels changed, those
 /// that selected it before (all of them if the pod changed too, else only the ones whose
 /// membership flipped).
-pub fn services_to_update(services: &Store<Service>, n: &Notification<Pod>) -> Vec<ObjectKey> {
+pub fn services_to_update(
+    services: &Store<Service>,
+    n: &Notification<CachedPod>,
+) -> Vec<ObjectKey> {
     let (old, new) = match n {
         Notification::Added(p) | Notification::Deleted(p) => {
             let ns = p.metadata.namespace.as_deref().unwrap_or_default();
@@ -297,7 +301,7 @@ pub struct TriggerTimeTracker {
     states: Mutex<HashMap<ObjectKey, ServiceState>>,
 }
 
-fn pod_trigger_time(pod: &Pod) -> Option<Timestamp> {
+fn pod_trigger_time(pod: &CachedPod) -> Option<Timestamp> {
     ready_condition(pod)?
         .last_transition_time
         .as_ref()
@@ -311,7 +315,7 @@ fn earliest(current: Option<Timestamp>, t: Timestamp) -> Option<Timestamp> {
 impl TriggerTimeTracker {
     /// `ComputeEndpointLastChangeTriggerTime`: `None` means "no new trigger; clear the
     /// annotation".
-    pub fn compute(&self, service: &Service, pods: &[&Pod]) -> Option<Timestamp> {
+    pub fn compute(&self, service: &Service, pods: &[&CachedPod]) -> Option<Timestamp> {
         let key = ObjectKey::of(service);
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         let was_known = states.contains_key(&key);
@@ -358,9 +362,10 @@ impl TriggerTimeTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodStatus};
+    use crate::transform::{CachedContainer, CachedPodStatus};
+    use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodSpec};
 
-    fn pod_with_ports(ports: &[(&str, i32, &str)]) -> Pod {
+    fn pod_with_ports(ports: &[(&str, i32, &str)]) -> CachedPod {
         Pod {
             spec: Some(PodSpec {
                 containers: vec![Container {
@@ -382,6 +387,7 @@ mod tests {
             }),
             ..Pod::default()
         }
+        .into()
     }
 
     fn svc_port(target: IntOrString, proto: &str) -> ServicePort {
@@ -413,7 +419,7 @@ mod tests {
         );
         let mut sidecar = pod_with_ports(&[]);
         if let Some(spec) = sidecar.spec.as_mut() {
-            spec.init_containers = Some(vec![Container {
+            spec.init_containers = Some(vec![CachedContainer {
                 name: "side".into(),
                 restart_policy: Some("Always".into()),
                 ports: Some(vec![ContainerPort {
@@ -421,7 +427,6 @@ mod tests {
                     container_port: 9090,
                     ..ContainerPort::default()
                 }]),
-                ..Container::default()
             }]);
         }
         assert_eq!(
@@ -435,12 +440,12 @@ mod tests {
 
     #[test]
     fn pods_in_endpoints() {
-        let mut pod = Pod::default();
+        let mut pod = CachedPod::default();
         assert!(!should_pod_be_in_endpoints(&pod, true), "no IP");
-        pod.status = Some(PodStatus {
+        pod.status = Some(CachedPodStatus {
             pod_ip: Some("10.0.0.1".into()),
             phase: Some("Running".into()),
-            ..PodStatus::default()
+            ..CachedPodStatus::default()
         });
         assert!(should_pod_be_in_endpoints(&pod, false));
         pod.metadata.deletion_timestamp = Some(
