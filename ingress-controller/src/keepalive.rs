@@ -54,6 +54,8 @@ type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 /// handler). A connection lying idle is polled by nobody; one that its backend closed
 /// meanwhile is found out when it is next checked out.
 struct Upstream {
+    /// The backend (for the log, and the idle list it goes back to).
+    addr: SocketAddr,
     sender: SendRequest<Body>,
     driver: Driver,
     /// The driver has finished (connection closed or failed); it must not be polled again.
@@ -67,7 +69,7 @@ impl Upstream {
             && let Poll::Ready(r) = self.driver.as_mut().poll(cx)
         {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "upstream connection ended");
+                tracing::debug!(upstream = %self.addr, error = %e, "upstream connection ended");
             }
             self.done = true;
         }
@@ -100,14 +102,15 @@ impl Upstream {
 
     /// Hands the connection to a task of its own, for the rest of its life: after a 101
     /// its driver gives the socket to `hyper::upgrade::on`, which waits for that.
-    fn detach(self) {
+    fn detach(mut self) {
         if !self.done {
-            let mut driver = self.driver;
-            tokio::spawn(async move {
-                if let Err(e) = driver.as_mut().await {
-                    tracing::debug!(error = %e, "upstream connection ended");
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                if self.drive(cx) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
                 }
-            });
+            }));
         }
     }
 }
@@ -158,7 +161,7 @@ impl Keepalive {
         if let Some(mut conn) = self.checkout(addr).await {
             let sent = conn.sender.try_send_request(req);
             match conn.exchange(sent).await {
-                Ok(resp) => return Ok(self.track(addr, conn, resp)),
+                Ok(resp) => return Ok(self.track(conn, resp)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(Error::Request(e.into_error())),
@@ -168,7 +171,7 @@ impl Keepalive {
         let mut conn = connect(addr, connect_timeout).await?;
         let sent = conn.sender.send_request(req);
         match conn.exchange(sent).await {
-            Ok(resp) => Ok(self.track(addr, conn, resp)),
+            Ok(resp) => Ok(self.track(conn, resp)),
             Err(e) => Err(Error::Request(e)),
         }
     }
@@ -199,19 +202,13 @@ impl Keepalive {
 
     /// Wraps the response body so that the connection comes back here when the body is
     /// dropped after its end. A 101 response hands the connection to the upgrade instead.
-    fn track(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        conn: Upstream,
-        resp: Response<Incoming>,
-    ) -> Response<Body> {
+    fn track(self: &Arc<Self>, conn: Upstream, resp: Response<Incoming>) -> Response<Body> {
         let home = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             conn.detach();
             None
         } else {
             Some(Home {
                 pool: self.clone(),
-                addr,
                 conn,
             })
         };
@@ -224,13 +221,13 @@ impl Keepalive {
         })
     }
 
-    fn give_back(&self, addr: SocketAddr, conn: Upstream) {
+    fn give_back(&self, conn: Upstream) {
         if conn.done || conn.sender.is_closed() || self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
         let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = all.by_addr.entry(addr).or_default();
+        let list = all.by_addr.entry(conn.addr).or_default();
         if list.len() >= self.max_idle {
             list.remove(0);
         }
@@ -295,6 +292,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, Error>
         .await
         .map_err(Error::Request)?;
     Ok(Upstream {
+        addr,
         sender,
         // Upgrades: after a 101 the driver hands the socket to `hyper::upgrade::on`.
         driver: Box::pin(driver.with_upgrades()),
@@ -305,7 +303,6 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, Error>
 /// Where a response's connection goes back to.
 struct Home {
     pool: Arc<Keepalive>,
-    addr: SocketAddr,
     conn: Upstream,
 }
 
@@ -352,7 +349,7 @@ impl Drop for Tracked {
         if let Some(home) = self.home.take()
             && (self.ended || self.inner.is_end_stream())
         {
-            home.pool.give_back(home.addr, home.conn);
+            home.pool.give_back(home.conn);
         }
     }
 }

@@ -38,12 +38,6 @@ pub mod workers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// The map the request path looks things up in (routes by host and path, idle upstream
-/// connections, request counters). std's default SipHash costs more than the lookup
-/// itself for these short keys; foldhash is seeded per map, and the keys that come from
-/// requests are only looked up, never inserted, so they cannot grow a bucket.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -60,6 +54,12 @@ use crate::class::Selection;
 use crate::controller::{Controller, Shared};
 use crate::options::Options;
 use crate::proxy::{Proxy, RequestCounter, Settings};
+
+/// The map the request path looks things up in (routes by host and path, idle upstream
+/// connections, request counters). std's default SipHash costs more than the lookup
+/// itself for these short keys; foldhash is seeded per map, and the keys that come from
+/// requests are only looked up, never inserted, so they cannot grow a bucket.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The name events are reported under.
 pub const COMPONENT: &str = "ferrokube-ingress-controller";

@@ -213,6 +213,19 @@ fn request_host<B>(req: &Request<B>) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
+/// `body` as a [`Body`], failing once it exceeds `limit` bytes (0: unlimited); one box.
+fn limited<B>(body: B, limit: u64) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if limit > 0 {
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+    } else {
+        body.map_err(Into::into).boxed_unsync()
+    }
+}
+
 /// Whether the canary takes this request: header, then cookie, then weight.
 fn wants_canary(config: &Config, headers: &HeaderMap) -> bool {
     let Some(c) = &config.canary else {
@@ -552,23 +565,16 @@ impl Proxy {
         let retriable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
         // A retriable request has no body to send (each attempt sends an empty one), so
         // only the others get theirs wrapped.
-        let mut body = (!retriable).then(|| {
-            let body: Body = match in_progress.clone() {
-                Some(uploading) => body
-                    .map_frame(move |frame| {
-                        // Owning a share of the guard ties it to the request body too.
-                        let _guard = &uploading;
-                        frame
-                    })
-                    .map_err(BoxError::from)
-                    .boxed_unsync(),
-                None => body.map_err(BoxError::from).boxed_unsync(),
-            };
-            if limit > 0 {
-                Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
-            } else {
-                body
-            }
+        let mut body = (!retriable).then(|| match in_progress.clone() {
+            Some(uploading) => limited(
+                body.map_frame(move |frame| {
+                    // Owning a share of the guard ties it to the request body too.
+                    let _guard = &uploading;
+                    frame
+                }),
+                limit,
+            ),
+            None => limited(body, limit),
         });
 
         let mut headers = parts.headers;

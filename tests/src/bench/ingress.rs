@@ -92,9 +92,9 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
         ("TLS", "https", nginx.https, ours.https),
     ] {
         let (mut ups, mut fs) = (Vec::new(), Vec::new());
+        let up_url = format!("{scheme}://127.0.0.1:{up_port}/");
+        let f_url = format!("{scheme}://127.0.0.1:{f_port}/");
         for round in 0..cfg.rounds {
-            let up_url = format!("{scheme}://127.0.0.1:{up_port}/");
-            let f_url = format!("{scheme}://127.0.0.1:{f_port}/");
             if round % 2 == 0 {
                 ups.push(wrk(cfg, &up_url, &up_pids).await?);
                 fs.push(wrk(cfg, &f_url, &f_pids).await?);
