@@ -232,7 +232,7 @@ fn aged(t: Option<Timestamp>, now: Option<Timestamp>) -> AgedTime {
     (t, t.zip(now).map(|(t, now)| log_age(t, now)))
 }
 
-/// Everything [`deletion_less`] compares of one ranked pod, computed once per pod: a sort
+/// Everything [`DeletionKey::less`] compares of one ranked pod, computed once per pod: a sort
 /// of a Deployment's thousands of pods compares O(n log n) times, and reading conditions,
 /// annotations and clocks on every comparison was most of the cost of a scale-down.
 #[derive(Clone, Debug)]
@@ -336,12 +336,16 @@ impl<'a> DeletionKey<'a> {
     }
 }
 
-/// `ActivePodsWithRanks.Less`: whether `a` should be deleted before `b`.
+/// `ActivePodsWithRanks.Less`: whether `a` should be deleted before `b`. The replica
+/// controllers only take the head of the ranking (`replicaset::pods_to_delete`); this and
+/// [`sort_for_deletion`] are the full ranking the tests hold that head to.
+#[cfg(test)]
 pub fn deletion_less(a: &RankedPod<'_>, b: &RankedPod<'_>, now: Option<Timestamp>) -> bool {
     DeletionKey::new(a, now).less(&DeletionKey::new(b, now))
 }
 
 /// Sorts `pods` so that those to delete first come first.
+#[cfg(test)]
 pub fn sort_for_deletion(pods: &mut [RankedPod<'_>], now: Option<Timestamp>) {
     let mut keyed: Vec<(DeletionKey<'_>, RankedPod<'_>)> = pods
         .iter()

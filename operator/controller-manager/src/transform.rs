@@ -140,22 +140,21 @@ impl CachedContainer {
     }
 }
 
-fn kept_containers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CachedContainer>, D::Error> {
-    let mut cs = Vec::<CachedContainer>::deserialize(d)?;
+/// The containers any controller looks up, without spare capacity.
+fn kept(mut cs: Vec<CachedContainer>) -> Vec<CachedContainer> {
     cs.retain(CachedContainer::is_kept);
     cs.shrink_to_fit();
-    Ok(cs)
+    cs
+}
+
+fn kept_containers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CachedContainer>, D::Error> {
+    Vec::deserialize(d).map(kept)
 }
 
 fn kept_init_containers<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<CachedContainer>>, D::Error> {
-    let Some(mut cs) = Option::<Vec<CachedContainer>>::deserialize(d)? else {
-        return Ok(None);
-    };
-    cs.retain(CachedContainer::is_kept);
-    cs.shrink_to_fit();
-    Ok(Some(cs))
+    Option::<Vec<_>>::deserialize(d).map(|cs| cs.map(kept))
 }
 
 /// A list decoded without spare capacity. serde cannot know a JSON array's length before
