@@ -78,6 +78,26 @@ struct Run {
     seconds: f64,
     cpu: f64,
     rss_mib: f64,
+    /// CPU seconds the apiserver and etcd spent from the scheduler's start until every pod
+    /// was bound.
+    control_plane_cpu: f64,
+}
+
+/// What the binding ceiling measured.
+#[derive(Clone, Copy, Debug)]
+struct CeilingRun {
+    binds_per_second: f64,
+    /// CPU seconds the apiserver and etcd spent on the bindings.
+    control_plane_cpu: f64,
+}
+
+/// CPU seconds used so far by `cp`'s apiserver and etcd.
+fn control_plane_cpu(cp: &ControlPlane) -> f64 {
+    cp.pids()
+        .iter()
+        .filter_map(|(_, pid)| procstat::usage(*pid))
+        .map(|u| u.cpu_seconds)
+        .sum()
 }
 
 const NAMESPACE: &str = "bench";
@@ -88,12 +108,16 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for &shape in &cfg.shapes {
         let ceiling = if cfg.ceiling_clients > 0 {
-            let binds = ceiling(cfg, shape).await?;
+            let run = ceiling(cfg, shape).await?;
             println!(
-                "scheduler binding ceiling ({shape}, {} nodes, {} pods, {} clients x {} in flight): {binds:.2} binds/s",
-                cfg.nodes, cfg.pods, cfg.ceiling_clients, cfg.ceiling_in_flight
+                "scheduler binding ceiling ({shape}, {} nodes, {} pods, {} clients x {} in flight): {:.2} binds/s",
+                cfg.nodes,
+                cfg.pods,
+                cfg.ceiling_clients,
+                cfg.ceiling_in_flight,
+                run.binds_per_second
             );
-            Some(binds)
+            Some(run)
         } else {
             None
         };
@@ -106,6 +130,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
             );
             let rate = |r: &Run| cfg.pods as f64 / r.seconds.max(1e-9);
             let per_pod = |r: &Run| r.cpu * 1000.0 / cfg.pods as f64;
+            let ms_per_pod = |cpu: f64| cpu * 1000.0 / cfg.pods as f64;
             for (what, unit, u, f) in [
                 (
                     "time until all pods are bound",
@@ -127,7 +152,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                 println!("{fig}");
                 figures.push(fig);
             }
-            if let Some(binds) = ceiling {
+            if let Some(c) = ceiling {
                 println!(
                     "{}",
                     Ceiling {
@@ -137,10 +162,25 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                         unit: "pods/s",
                         upstream: rate(&up),
                         ferrokube: rate(&ours),
-                        ceiling: binds,
+                        ceiling: c.binds_per_second,
                     }
                 );
             }
+            // Where the machine's CPU went per bound pod: on a machine the apiserver
+            // saturates, pods/s is bounded by the CPU all parties spend per pod, so this
+            // shows how far a scheduler's own requests (binding, Scheduled event, the watch
+            // of its pods) and its own CPU can stay from the raw-binding ceiling.
+            let ceiling_cp = ceiling.map_or_else(
+                || "n/a".to_string(),
+                |c| format!("{:.2} cpu-ms", ms_per_pod(c.control_plane_cpu)),
+            );
+            println!(
+                "scheduler apiserver+etcd CPU per bound pod ({setting}): ferrokube {:.2} cpu-ms (+ {:.2} scheduler), upstream {:.2} cpu-ms (+ {:.2} scheduler), ceiling {ceiling_cp} (raw bindings only)",
+                ms_per_pod(ours.control_plane_cpu),
+                per_pod(&ours),
+                ms_per_pod(up.control_plane_cpu),
+                per_pod(&up),
+            );
         }
     }
     Ok(figures)
@@ -246,13 +286,14 @@ async fn prepare(cfg: &Config, shape: Shape) -> Result<(ControlPlane, Api<Pod>)>
 /// plane, nodes and pending pods the peers get, `cfg.ceiling_clients` clients (each its own
 /// connection pool) post raw `pods/binding` for every pod as fast as the apiserver takes
 /// them, timed from the first request until the last answer.
-async fn ceiling(cfg: &Config, shape: Shape) -> Result<f64> {
+async fn ceiling(cfg: &Config, shape: Shape) -> Result<CeilingRun> {
     let (cp, _) = prepare(cfg, shape).await?;
     let mut clients = Vec::with_capacity(cfg.ceiling_clients);
     for _ in 0..cfg.ceiling_clients {
         clients.push(Api::<Pod>::namespaced(cp.client().await?, NAMESPACE));
     }
     let nodes = cfg.nodes.max(1);
+    let cpu_before = control_plane_cpu(&cp);
     let started = Instant::now();
     let bound: Vec<Result<()>> = futures::stream::iter(0..cfg.pods)
         .map(|i| {
@@ -277,8 +318,12 @@ async fn ceiling(cfg: &Config, shape: Shape) -> Result<f64> {
         .collect()
         .await;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = control_plane_cpu(&cp) - cpu_before;
     bound.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(cfg.pods as f64 / seconds.max(1e-9))
+    Ok(CeilingRun {
+        binds_per_second: cfg.pods as f64 / seconds.max(1e-9),
+        control_plane_cpu: cpu,
+    })
 }
 
 async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Result<Run> {
@@ -316,6 +361,7 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
         Peer::Ferrokube => cfg.ferrokube_bin.clone(),
     };
     let config_flag = format!("--config={}", config.display());
+    let cpu_before = control_plane_cpu(&cp);
     let started = Instant::now();
     let process = cp.spawn_component(
         &format!("{peer}-scheduler"),
@@ -335,6 +381,7 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
             )
         })??;
     let seconds = started.elapsed().as_secs_f64();
+    let control_plane = control_plane_cpu(&cp) - cpu_before;
     let usage = procstat::usage(pid).unwrap_or_default();
     counter.abort();
     drop(process);
@@ -342,5 +389,6 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
         seconds,
         cpu: usage.cpu_seconds,
         rss_mib: usage.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        control_plane_cpu: control_plane,
     })
 }
