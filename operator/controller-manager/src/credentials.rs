@@ -90,6 +90,8 @@ pub enum ControllerClients {
         config: kube::Config,
         /// QPS, burst and user agent.
         options: ClientOptions,
+        /// The connection every client shares (`None` for a proxied configuration).
+        connections: Option<Box<ferrokube_runtime::transport::Connections>>,
     },
     /// One ServiceAccount per controller.
     ServiceAccounts(ServiceAccountCredentials),
@@ -104,10 +106,18 @@ impl ControllerClients {
         shutdown: &CancellationToken,
     ) -> Result<kube::Client, Error> {
         match self {
-            Self::Shared { config, options } => {
+            Self::Shared {
+                config,
+                options,
+                connections,
+            } => {
                 let mut options = options.clone();
                 options.user_agent = options.user_agent.map(|ua| format!("{ua}/{name}"));
-                Ok(client::from_config(config.clone(), &options)?)
+                Ok(client::from_config_on(
+                    config.clone(),
+                    &options,
+                    connections.as_deref(),
+                )?)
             }
             Self::ServiceAccounts(creds) => creds.client(name, tasks, shutdown).await,
         }

@@ -128,7 +128,10 @@ pub async fn run(options: Options) -> Result<(), Error> {
     };
     let config = client::load_config(&client_options).await?;
     let root_ca = root_ca(&options, &config)?;
-    let client = client::from_config(config.clone(), &client_options)?;
+    // One HTTP/2 connection for the manager's clients, as client-go's transport cache gives
+    // upstream's (each client still has its own QPS budget and user agent).
+    let connections = client::shared_connections(&config)?;
+    let client = client::from_config_on(config.clone(), &client_options, connections.as_ref())?;
     // The informers list and watch through a client (and QPS budget) of their own, as
     // upstream's "shared-informers" client: at start-up the garbage collector's monitors
     // alone list and watch dozens of resources, and sharing one budget with leader
@@ -138,7 +141,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         options.user_agent = options
             .user_agent
             .map(|ua| format!("{ua}/shared-informers"));
-        client::from_config(config.clone(), &options)?
+        client::from_config_on(config.clone(), &options, connections.as_ref())?
     };
     let token_dir = std::env::temp_dir().join(format!(
         "ferrokube-controller-manager-{}",
@@ -161,6 +164,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
         credentials::ControllerClients::Shared {
             config,
             options: client_options.clone(),
+            connections: connections.map(Box::new),
         }
     };
     let credentials = Arc::new(credentials);

@@ -84,8 +84,34 @@ pub async fn load_config(opts: &ClientOptions) -> Result<kube::Config, Error> {
     }
 }
 
-/// Builds a rate-limited client from loaded settings, with `opts`' limits and user agent.
-pub fn from_config(mut config: kube::Config, opts: &ClientOptions) -> Result<kube::Client, Error> {
+/// Builds a rate-limited client from loaded settings, with `opts`' limits and user agent,
+/// over a connection of its own.
+pub fn from_config(config: kube::Config, opts: &ClientOptions) -> Result<kube::Client, Error> {
+    from_config_on(config, opts, None)
+}
+
+/// The connections that clients built from `config` can share ([`from_config_on`]), as
+/// client-go's transport cache shares one per TLS configuration; `None` for a proxied
+/// configuration, whose clients keep kube's own stack.
+pub fn shared_connections(
+    config: &kube::Config,
+) -> Result<Option<crate::transport::Connections>, Error> {
+    if config.proxy_url.is_some() {
+        return Ok(None);
+    }
+    crate::transport::connections(config)
+        .map(Some)
+        .map_err(Error::Build)
+}
+
+/// As [`from_config`], over `connections` when given (from [`shared_connections`] for a
+/// configuration with the same server and TLS settings): the client keeps its own rate
+/// limit, user agent and credentials, only the connection is shared.
+pub fn from_config_on(
+    mut config: kube::Config,
+    opts: &ClientOptions,
+    connections: Option<&crate::transport::Connections>,
+) -> Result<kube::Client, Error> {
     if let Some(ua) = &opts.user_agent
         && let Ok(v) = http::HeaderValue::from_str(ua)
     {
@@ -96,7 +122,13 @@ pub fn from_config(mut config: kube::Config, opts: &ClientOptions) -> Result<kub
     // caller for minutes, each attempt taking a QPS token. client-go does not do that;
     // controllers retry through their work queues instead.
     config.default_retry = false;
-    let builder = crate::transport::client_builder(&config).map_err(Error::Build)?;
+    let builder = match connections {
+        Some(pool) if config.proxy_url.is_none() => {
+            crate::transport::client_builder_on(&config, pool.clone())
+        }
+        _ => crate::transport::client_builder(&config),
+    }
+    .map_err(Error::Build)?;
     let bucket = TokenBucket::new(opts.qps, opts.burst);
     Ok(builder.with_layer(&RateLimitLayer { bucket }).build())
 }

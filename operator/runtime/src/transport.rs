@@ -21,6 +21,9 @@ use tower::{BoxError, ServiceBuilder};
 const H2_READ_IDLE: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// client-go's dialer `KeepAlive`: TCP keep-alive probes on an idle connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// Errors building the transport.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,15 +35,32 @@ pub enum Error {
     ServerName(String),
 }
 
-/// A client builder over the HTTP/2-capable transport for `config`.
+/// A client builder over the HTTP/2-capable transport for `config`, with a connection of
+/// its own.
 ///
 /// A proxied configuration keeps kube's own stack: it knows the proxy protocols.
 pub fn client_builder(config: &kube::Config) -> Result<ClientBuilder<Service>, Error> {
     if config.proxy_url.is_some() {
         return ClientBuilder::try_from(config.clone()).map_err(Error::Config);
     }
+    client_builder_on(config, connections(config)?)
+}
+
+/// A client builder whose requests go over `pool`, which other clients may share: client-go
+/// caches its transports by TLS configuration, so every client of a process built from one
+/// kubeconfig (a controller-manager's shared informers and each controller's client, each
+/// with its own user agent and rate limit) multiplexes on one HTTP/2 connection. On one
+/// connection a watch event and the response to a create often arrive in the same read,
+/// where separate connections each wake the process and cost a read of their own.
+///
+/// `pool` must come from [`connections`] for a configuration with the same TLS settings
+/// (server, CA, client certificate) as `config`; authentication and headers are `config`'s.
+pub fn client_builder_on(
+    config: &kube::Config,
+    pool: Connections,
+) -> Result<ClientBuilder<Service>, Error> {
     Ok(ClientBuilder::new(
-        BoxService::new(h2_service(config)?),
+        BoxService::new(h2_service(config, pool)?),
         config.default_namespace.clone(),
     ))
 }
@@ -50,22 +70,20 @@ type Response = http::Response<Box<DynBody>>;
 /// The boxed service a [`client_builder`] starts from (kube's `GenericService`).
 pub type Service = BoxService<http::Request<Body>, Response, BoxError>;
 
-/// kube's layers over a hyper client whose connector offers `h2` by ALPN.
-fn h2_service(
-    config: &kube::Config,
-) -> Result<
-    impl tower::Service<
-        http::Request<Body>,
-        Response = Response,
-        Error = BoxError,
-        Future = impl Send + 'static,
-    > + Send
-    + 'static,
-    Error,
-> {
+/// A pool of connections to the apiserver (with HTTP/2, one connection carrying every
+/// request). Cheap to clone; clones share the connections.
+pub type Connections = hyper_util::client::legacy::Client<
+    hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>,
+    Body,
+>;
+
+/// A hyper client whose connector offers `h2` by ALPN, for `config`'s server and TLS
+/// settings. Not for proxied configurations (see [`client_builder`]).
+pub fn connections(config: &kube::Config) -> Result<Connections, Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    http.set_keepalive(Some(TCP_KEEPALIVE));
     http.set_connect_timeout(config.connect_timeout);
 
     let tls = config.rustls_client_config().map_err(Error::Config)?;
@@ -80,23 +98,39 @@ fn h2_service(
     }
     let https = https.enable_all_versions().wrap_connector(http);
 
-    // The same read/write timeouts kube sets; on HTTP/2 the keep-alive PINGs below keep a
-    // healthy idle connection reading, so only a dead one trips them.
+    // Connecting, TLS handshake included, is bounded by kube's connect timeout. Reads and
+    // writes are not, as in client-go: a dead HTTP/2 connection is found by the keep-alive
+    // PINGs below, a dead HTTP/1.1 one by TCP keep-alive (client-go's dialer probes every
+    // 30 s). kube's own read/write timeouts re-armed a timer on every read that found the
+    // socket empty, once per wake-up of the connection.
     let mut connector = hyper_timeout::TimeoutConnector::new(https);
     connector.set_connect_timeout(config.connect_timeout);
-    connector.set_read_timeout(config.read_timeout);
-    connector.set_write_timeout(config.write_timeout);
-    connector.set_reset_reader_on_write(config.reset_reader_on_write);
 
-    let client: hyper_util::client::legacy::Client<_, Body> =
+    Ok(
         hyper_util::client::legacy::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .http2_keep_alive_interval(H2_READ_IDLE)
             .http2_keep_alive_timeout(H2_PING_TIMEOUT)
             .http2_keep_alive_while_idle(true)
-            .build(connector);
+            .build(connector),
+    )
+}
 
+/// kube's layers over `pool`.
+fn h2_service(
+    config: &kube::Config,
+    pool: Connections,
+) -> Result<
+    impl tower::Service<
+        http::Request<Body>,
+        Response = Response,
+        Error = BoxError,
+        Future = impl Send + 'static,
+    > + Send
+    + 'static,
+    Error,
+> {
     Ok(ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer().map_err(Error::Config)?)
@@ -107,5 +141,5 @@ fn h2_service(
                 Box::new(http_body_util::BodyExt::map_err(body, BoxError::from)) as Box<DynBody>
             })
         })
-        .service(client))
+        .service(pool))
 }
