@@ -122,7 +122,8 @@ fn assigned(pod: &CachedPod) -> bool {
 }
 
 /// Whether a node change can make a pod fit that did not (upstream's node update
-/// pre-check: allocatable, labels, taints, unschedulable, images).
+/// pre-check: allocatable, labels, taints, unschedulable, images). Allocatable compares as
+/// counted, so `1000m` and `1` are equal, as upstream's semantic comparison of quantities.
 fn node_scheduling_changed(old: &CachedNode, new: &CachedNode) -> bool {
     let alloc = |n: &CachedNode| n.status.as_ref().map(|s| s.allocatable.clone());
     let images = |n: &CachedNode| n.status.as_ref().and_then(|s| s.images.clone());

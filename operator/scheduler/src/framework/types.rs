@@ -112,7 +112,7 @@ pub struct Resource {
 }
 
 impl Resource {
-    /// The resources listed in `list` (a node's allocatable, a container's requests).
+    /// The resources listed in `list` (a node's allocatable, a pod's overhead).
     pub fn from_list(list: Option<&BTreeMap<String, Quantity>>) -> Self {
         Self::from_pairs(list.into_iter().flatten())
     }
