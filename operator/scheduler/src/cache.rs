@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use ferrokube_runtime::informer::Store;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{Namespace, ReplicationController, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::framework::types::{NodeInfo, PodInfo};
-use crate::transform::CachedPod;
+use crate::transform::{CachedPod, IntoCachedNode};
 
 /// Errors from cache bookkeeping (upstream logs these as "cache corruption").
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -249,7 +249,8 @@ impl Cache {
     }
 
     /// Adds or updates a node.
-    pub fn add_or_update_node(&self, node: Arc<Node>) {
+    pub fn add_or_update_node(&self, node: impl IntoCachedNode) {
+        let node = node.into_cached();
         let name = node.metadata.name.clone().unwrap_or_default();
         let mut inner = self.lock();
         let is_new = inner.entries.get(&name).is_none_or(|e| e.node.is_none());
@@ -464,7 +465,9 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, NodeStatus, Pod, PodSpec, ResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        Container, Node, NodeStatus, Pod, PodSpec, ResourceRequirements,
+    };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;

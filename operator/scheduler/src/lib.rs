@@ -45,7 +45,7 @@ use ferrokube_runtime::server::{self, Health, Kind};
 use ferrokube_runtime::shutdown;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, PersistentVolume, PersistentVolumeClaim, ReplicationController, Service,
+    Namespace, PersistentVolume, PersistentVolumeClaim, ReplicationController, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -56,7 +56,7 @@ use crate::config::Config;
 use crate::framework::interface::Plugin;
 use crate::framework::runtime::Framework;
 use crate::options::Options;
-use crate::transform::CachedPod;
+use crate::transform::{CachedNode, CachedPod};
 
 /// Why the scheduler stopped (or never started).
 #[derive(Debug, thiserror::Error)]
@@ -255,13 +255,13 @@ async fn run_scheduler(
     // dropped for every type): see `transform`.
     let informers = InformerFactory::new(client.clone())
         .with_transform::<CachedPod>(transform::pod)
-        .with_transform::<Node>(transform::node);
+        .with_transform::<CachedNode>(transform::node);
     // Terminal pods hold no resources; upstream's scheduler never sees them either.
     let pods = informers.informer_with::<CachedPod>(Selectors {
         field_selector: Some("status.phase!=Succeeded,status.phase!=Failed".into()),
         ..Selectors::default()
     });
-    let nodes = informers.informer::<Node>();
+    let nodes = informers.informer::<CachedNode>();
     // What plugins read besides nodes and pods (upstream's listers): namespaces for
     // InterPodAffinity, the controllers and Services behind PodTopologySpread's default
     // selector, PodDisruptionBudgets for preemption.

@@ -497,7 +497,8 @@ mod tests {
     use super::*;
     use crate::config::{KubeSchedulerConfiguration, finish};
     use crate::plugins::node_resources_fit::tests::{node, pod};
-    use k8s_openapi::api::core::v1::{Node, Taint};
+    use crate::transform::CachedNode;
+    use k8s_openapi::api::core::v1::Taint;
 
     fn framework(percentage: i32) -> Framework {
         let cfg = finish(KubeSchedulerConfiguration::defaulted()).expect("config");
@@ -509,7 +510,7 @@ mod tests {
     fn named(mut n: NodeInfo, name: &str) -> NodeInfo {
         n.name = name.to_string();
         if let Some(node) = n.node.as_mut() {
-            let mut copy: Node = (**node).clone();
+            let mut copy: CachedNode = (**node).clone();
             copy.metadata.name = Some(name.into());
             *node = Arc::new(copy);
         }
@@ -534,7 +535,7 @@ mod tests {
         busy.add_pod(pod("3", "1Gi"));
         let mut tainted = named(node("8", "8Gi", "110"), "tainted");
         if let Some(n) = tainted.node.as_mut() {
-            let mut copy: Node = (**n).clone();
+            let mut copy: CachedNode = (**n).clone();
             copy.spec.get_or_insert_default().taints = Some(vec![Taint {
                 key: "dedicated".into(),
                 value: Some("db".into()),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ferrokube_runtime::events::{self, EventType, Recorder, Reporter};
 use ferrokube_runtime::informer::{Notification, Store};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -36,7 +36,7 @@ use crate::framework::types::{PodInfo, pod_uid};
 use crate::metrics::{AttemptResult, SchedulerMetrics};
 use crate::queue::{QueuedPodInfo, SchedulingQueue};
 use crate::schedule_one::{NO_NODES_AVAILABLE, ScheduleError, schedule_pod};
-use crate::transform::CachedPod;
+use crate::transform::{CachedNode, CachedPod};
 
 /// The scheduler's shared state.
 pub struct Scheduler {
@@ -122,10 +122,11 @@ fn assigned(pod: &CachedPod) -> bool {
 }
 
 /// Whether a node change can make a pod fit that did not (upstream's node update
-/// pre-check: allocatable, labels, taints, unschedulable, images).
-fn node_scheduling_changed(old: &Node, new: &Node) -> bool {
-    let alloc = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
-    let images = |n: &Node| n.status.as_ref().and_then(|s| s.images.clone());
+/// pre-check: allocatable, labels, taints, unschedulable, images). Allocatable compares as
+/// counted, so `1000m` and `1` are equal, as upstream's semantic comparison of quantities.
+fn node_scheduling_changed(old: &CachedNode, new: &CachedNode) -> bool {
+    let alloc = |n: &CachedNode| n.status.as_ref().map(|s| s.allocatable.clone());
+    let images = |n: &CachedNode| n.status.as_ref().and_then(|s| s.images.clone());
     old.spec != new.spec
         || old.metadata.labels != new.metadata.labels
         || alloc(old) != alloc(new)
@@ -208,7 +209,7 @@ impl Scheduler {
     }
 
     /// Applies a node informer event.
-    pub fn on_node(&self, n: Notification<Node>) {
+    pub fn on_node(&self, n: Notification<CachedNode>) {
         match n {
             Notification::Added(node) => {
                 self.cache.add_or_update_node(node);

@@ -1,7 +1,7 @@
 //! What the scheduler's informers keep of the Pods and Nodes they cache: pods are decoded
-//! into [`CachedPod`], a type with only the fields the scheduler reads; nodes are
-//! k8s-openapi `Node`s trimmed by [`node`] (the transform given to the informer factory,
-//! client-go's `informers.WithTransform`).
+//! into [`CachedPod`] and nodes into [`CachedNode`], types with only the fields the
+//! scheduler reads; [`pod`] and [`node`] (the transforms given to the informer factory,
+//! client-go's `informers.WithTransform`) drop the annotations and spare list room.
 //!
 //! A typed Pod is large: a container carries env, volume mounts, probes, lifecycle hooks and
 //! a security context, and admission adds a projected service-account volume to every pod.
@@ -19,13 +19,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, Node, NodeStatus, Pod, PodCondition, PodSchedulingGate,
-    PodSpec, PodStatus, ResourceRequirements, Toleration, TopologySpreadConstraint, Volume,
+    Affinity, Container, ContainerImage, ContainerPort, Node, NodeSpec, NodeStatus, Pod,
+    PodCondition, PodSchedulingGate, PodSpec, PodStatus, ResourceRequirements, Taint, Toleration,
+    TopologySpreadConstraint, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::core::NamespaceResourceScope;
+use kube::core::{ClusterResourceScope, NamespaceResourceScope};
 use serde::{Deserialize, Deserializer};
+
+use crate::framework::types::Resource;
 
 /// The pod as the scheduler's informer caches it, decoded straight from the apiserver's
 /// JSON (serde skips every other field while it parses, without allocating):
@@ -108,11 +111,50 @@ pub struct CachedContainer {
     /// Its image (ImageLocality).
     pub image: Option<String>,
     /// Its requests and limits.
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<CachedResources>,
     /// Its ports (NodePorts).
     pub ports: Option<Vec<ContainerPort>>,
     /// `Always` for a sidecar.
     pub restart_policy: Option<String>,
+}
+
+/// A container's `resources`: its requests and limits as lists sorted by name, as the
+/// apiserver's maps are. Decoded as a `BTreeMap`, every list held a B-tree leaf with room
+/// for eleven entries (about 540 bytes) for its one to three; with 10000 pods that was
+/// about 5 MB of the scheduler's peak heap. Only [`crate::framework::types::pod_requests`]
+/// reads them, by name, once per pod update.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct CachedResources {
+    /// `requests`.
+    #[serde(default, deserialize_with = "deserialize_resource_list")]
+    pub requests: Option<ResourceList>,
+    /// `limits` (requests default to them).
+    #[serde(default, deserialize_with = "deserialize_resource_list")]
+    pub limits: Option<ResourceList>,
+}
+
+/// Resource names and quantities, sorted by name.
+pub type ResourceList = Vec<(String, Quantity)>;
+
+fn resource_list(list: BTreeMap<String, Quantity>) -> ResourceList {
+    // A BTreeMap iterates in name order and has no duplicates; `collect` from its exact
+    // size iterator allocates exactly the room needed.
+    list.into_iter().collect()
+}
+
+fn deserialize_resource_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ResourceList>, D::Error> {
+    Ok(Option::<BTreeMap<String, Quantity>>::deserialize(d)?.map(resource_list))
+}
+
+impl From<ResourceRequirements> for CachedResources {
+    fn from(r: ResourceRequirements) -> Self {
+        Self {
+            requests: r.requests.map(resource_list),
+            limits: r.limits.map(resource_list),
+        }
+    }
 }
 
 /// The fields of `PodStatus` the scheduler reads (see [`CachedPod`]).
@@ -163,11 +205,33 @@ impl kube::Resource for CachedPod {
 }
 
 /// What the pods informer keeps after decoding: annotations are decoded with the rest of
-/// the metadata, then dropped here.
+/// the metadata, then dropped here, with the conditions no reader looks at ([`conditions`]).
 pub fn pod(mut pod: CachedPod) -> CachedPod {
     pod.metadata.annotations = None;
+    let assigned = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    if let Some(status) = pod.status.as_mut() {
+        conditions(&mut status.conditions, assigned);
+    }
     shrink(&mut pod);
     pod
+}
+
+/// Keeps the conditions the scheduler reads: `DisruptionTarget` (preemption skips victims
+/// already being preempted) and, while the pod waits for a node, `PodScheduled` (compared
+/// before the scheduler patches it; it never patches an assigned pod's). A bound pod
+/// carries `PodScheduled=True` and, once its kubelet reports, four more conditions; with
+/// 10000 bound pods the first alone was about 2 MB of the scheduler's peak heap.
+fn conditions(conditions: &mut Option<Vec<PodCondition>>, assigned: bool) {
+    if let Some(cs) = conditions.as_mut() {
+        cs.retain(|c| c.type_ == "DisruptionTarget" || (!assigned && c.type_ == "PodScheduled"));
+        if cs.is_empty() {
+            *conditions = None;
+        }
+    }
 }
 
 /// Gives every list of `pod` back the capacity it does not use. serde grows a decoded `Vec`
@@ -204,13 +268,13 @@ fn shrink(pod: &mut CachedPod) {
 /// [`CachedPod`]'s decoding keeps (a unit test holds the two to each other). For callers
 /// that hold a `Pod` object (tests, tools).
 impl From<Pod> for CachedPod {
-    fn from(mut p: Pod) -> Self {
-        p.metadata.annotations = None;
-        Self {
+    fn from(p: Pod) -> Self {
+        // The same reduction as the informer's, conditions and spare room included.
+        pod(Self {
             metadata: p.metadata,
             spec: p.spec.map(pod_spec),
             status: p.status.map(pod_status),
-        }
+        })
     }
 }
 
@@ -258,7 +322,7 @@ fn container(c: Container) -> CachedContainer {
     CachedContainer {
         name: c.name,
         image: c.image,
-        resources: c.resources,
+        resources: c.resources.map(CachedResources::from),
         ports: c.ports,
         restart_policy: c.restart_policy,
     }
@@ -296,19 +360,142 @@ fn pod_status(s: PodStatus) -> CachedPodStatus {
     }
 }
 
-/// The node as the scheduler reads it: metadata but annotations and all of `spec` (taints,
-/// unschedulable) are kept; of the status only `allocatable` (NodeResourcesFit) and `images`
-/// (ImageLocality). Conditions, addresses, nodeInfo, capacity and the volume lists are
-/// dropped: the kubelet rewrites conditions every heartbeat, and no plugin reads them
-/// (upstream filters on the taints the node lifecycle controller derives from them).
-pub fn node(mut node: Node) -> Node {
+/// The node as the scheduler's informer caches it, decoded straight from the apiserver's
+/// JSON: metadata but annotations (the name, labels for NodeAffinity, PodTopologySpread and
+/// InterPodAffinity), of the spec `taints` (TaintToleration) and `unschedulable`
+/// (NodeUnschedulable), of the status `allocatable`, already in the units NodeResourcesFit
+/// counts ([`Resource`]), and `images` (ImageLocality). Conditions, addresses, nodeInfo,
+/// capacity and the volume lists are never decoded: the kubelet rewrites conditions every
+/// heartbeat, and no plugin reads them (upstream filters on the taints the node lifecycle
+/// controller derives from them).
+///
+/// Why not the k8s-openapi `Node` with those fields emptied: its `NodeStatus` and
+/// `NodeSpec` are most of a kilobyte inline whatever they hold, and the allocatable map a
+/// B-tree leaf of about 540 bytes; with 5000 nodes that was about 7 MB of the scheduler's
+/// peak heap, for what a `Resource` holds in 56 bytes.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct CachedNode {
+    /// The node's metadata (annotations and managedFields dropped).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// What the plugins read of the spec.
+    pub spec: Option<CachedNodeSpec>,
+    /// What the plugins read of the status.
+    pub status: Option<CachedNodeStatus>,
+}
+
+/// The fields of `NodeSpec` the scheduler reads (see [`CachedNode`]).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedNodeSpec {
+    /// `spec.taints`.
+    pub taints: Option<Vec<Taint>>,
+    /// `spec.unschedulable`.
+    pub unschedulable: Option<bool>,
+}
+
+/// The fields of `NodeStatus` the scheduler reads (see [`CachedNode`]).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedNodeStatus {
+    /// `status.allocatable`, counted as the scheduler counts it.
+    #[serde(default, deserialize_with = "deserialize_allocatable")]
+    pub allocatable: Resource,
+    /// `status.images`.
+    pub images: Option<Vec<ContainerImage>>,
+}
+
+fn deserialize_allocatable<'de, D: Deserializer<'de>>(d: D) -> Result<Resource, D::Error> {
+    let list = Option::<BTreeMap<String, Quantity>>::deserialize(d)?;
+    Ok(Resource::from_list(list.as_ref()))
+}
+
+impl kube::Resource for CachedNode {
+    type DynamicType = ();
+    type Scope = ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("Node")
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+
+    fn api_version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("nodes")
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What the nodes informer keeps after decoding: annotations are decoded with the rest of
+/// the metadata, then dropped here, with the lists' spare room.
+pub fn node(mut node: CachedNode) -> CachedNode {
     node.metadata.annotations = None;
-    node.status = node.status.map(|s| NodeStatus {
-        allocatable: s.allocatable,
-        images: s.images,
-        ..NodeStatus::default()
-    });
+    if let Some(spec) = node.spec.as_mut()
+        && let Some(taints) = spec.taints.as_mut()
+    {
+        taints.shrink_to_fit();
+    }
+    if let Some(status) = node.status.as_mut()
+        && let Some(images) = status.images.as_mut()
+    {
+        images.shrink_to_fit();
+    }
     node
+}
+
+/// A full API node reduced to what the informer would have decoded of it (a unit test
+/// holds the two to each other). For callers that hold a `Node` object (tests, tools).
+impl From<Node> for CachedNode {
+    fn from(mut n: Node) -> Self {
+        n.metadata.annotations = None;
+        Self {
+            metadata: n.metadata,
+            spec: n.spec.map(|s: NodeSpec| CachedNodeSpec {
+                taints: s.taints,
+                unschedulable: s.unschedulable,
+            }),
+            status: n.status.map(|s: NodeStatus| CachedNodeStatus {
+                allocatable: Resource::from_list(s.allocatable.as_ref()),
+                images: s.images,
+            }),
+        }
+    }
+}
+
+/// A node handed to `NodeInfo::set_node`: the informer's cached node as is, or a full API
+/// node reduced by [`CachedNode::from`].
+pub trait IntoCachedNode {
+    /// The cached form, shared.
+    fn into_cached(self) -> Arc<CachedNode>;
+}
+
+impl IntoCachedNode for Arc<CachedNode> {
+    fn into_cached(self) -> Arc<CachedNode> {
+        self
+    }
+}
+
+impl IntoCachedNode for Arc<Node> {
+    fn into_cached(self) -> Arc<CachedNode> {
+        Arc::new(CachedNode::from(Arc::unwrap_or_clone(self)))
+    }
 }
 
 #[cfg(test)]
@@ -391,7 +578,10 @@ mod tests {
                 "startTime": "2026-01-01T00:00:00Z",
                 "conditions": [{ "type": "PodScheduled", "status": "False",
                                  "reason": "Unschedulable", "message": "no",
-                                 "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+                                 "lastTransitionTime": "2026-01-01T00:00:00Z" },
+                               { "type": "DisruptionTarget", "status": "True",
+                                 "reason": "PreemptionByScheduler" },
+                               { "type": "Ready", "status": "False" }],
                 "containerStatuses": [{ "name": "c", "ready": false, "restartCount": 0,
                                         "image": "web:1", "imageID": "" }]
             }
@@ -454,7 +644,23 @@ mod tests {
             full.status.clone().unwrap_or_default(),
         );
         assert_eq!(st.phase, was_st.phase);
-        assert_eq!(st.conditions, was_st.conditions);
+        // The fixture is assigned: of its conditions only DisruptionTarget is read.
+        let types = |cs: Option<Vec<PodCondition>>| {
+            cs.unwrap_or_default()
+                .into_iter()
+                .map(|c| c.type_)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(types(st.conditions.clone()), ["DisruptionTarget"]);
+        let disruption = |cs: Option<Vec<PodCondition>>| {
+            cs.unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "DisruptionTarget")
+        };
+        assert_eq!(
+            disruption(st.conditions.clone()),
+            disruption(was_st.conditions.clone())
+        );
         assert_eq!(st.nominated_node_name, was_st.nominated_node_name);
         assert_eq!(st.start_time, was_st.start_time);
 
@@ -517,6 +723,32 @@ mod tests {
         Ok(())
     }
 
+    /// A pod waiting for a node keeps its PodScheduled condition (compared before it is
+    /// patched); a bound one keeps none but DisruptionTarget, or no list at all.
+    #[test]
+    fn pod_scheduled_condition_is_kept_while_the_pod_waits() -> anyhow::Result<()> {
+        let mut json = admitted_json();
+        json["spec"]["nodeName"] = serde_json::Value::Null;
+        let decoded = pod(serde_json::from_value(json.clone())?);
+        let full: Pod = serde_json::from_value(json.clone())?;
+        assert_eq!(decoded, CachedPod::from(full));
+        let types: Vec<String> = decoded
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(types, ["PodScheduled", "DisruptionTarget"]);
+
+        let mut bound = admitted_json();
+        bound["status"]["conditions"] =
+            serde_json::json!([{ "type": "PodScheduled", "status": "True" }]);
+        let decoded = pod(serde_json::from_value(bound)?);
+        assert!(decoded.status.and_then(|s| s.conditions).is_none());
+        Ok(())
+    }
+
     #[test]
     fn pod_with_only_a_service_account_volume_keeps_no_volumes() -> anyhow::Result<()> {
         let mut json = admitted_json();
@@ -530,9 +762,8 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn node_keeps_what_plugins_read() -> anyhow::Result<()> {
-        let full: Node = serde_json::from_value(serde_json::json!({
+    fn node_json() -> serde_json::Value {
+        serde_json::json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": { "name": "n1", "uid": "n", "resourceVersion": "3",
                           "labels": { "topology.kubernetes.io/zone": "a" },
@@ -541,8 +772,9 @@ mod tests {
                       "taints": [{ "key": "k", "effect": "NoSchedule" }] },
             "status": {
                 "capacity": { "cpu": "8", "memory": "32Gi", "pods": "110" },
-                "allocatable": { "cpu": "7", "memory": "30Gi", "pods": "110" },
-                "images": [{ "names": ["web:1"], "sizeBytes": 1000 }],
+                "allocatable": { "cpu": "7", "memory": "30Gi", "pods": "110",
+                                 "example.com/gpu": "2", "hugepages-2Mi": "1Gi" },
+                "images": [{ "names": ["web:1", "reg/web@sha256:00"], "sizeBytes": 1000 }],
                 "conditions": [{ "type": "Ready", "status": "True" }],
                 "addresses": [{ "type": "InternalIP", "address": "192.168.0.1" }],
                 "nodeInfo": { "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
@@ -550,32 +782,82 @@ mod tests {
                               "machineID": "", "operatingSystem": "linux", "osImage": "",
                               "systemUUID": "" }
             }
-        }))?;
-        let kept = node(full.clone());
-        assert_eq!(kept.metadata.labels, full.metadata.labels);
-        assert_eq!(kept.metadata.name, full.metadata.name);
-        assert_eq!(
-            kept.metadata.resource_version,
-            full.metadata.resource_version
+        })
+    }
+
+    #[test]
+    fn node_keeps_what_plugins_read() -> anyhow::Result<()> {
+        let full: Node = serde_json::from_value(node_json())?;
+        let kept = node(serde_json::from_value(node_json())?);
+        // Decoding the JSON and reducing a full Node keep the same.
+        assert_eq!(kept, CachedNode::from(full.clone()));
+
+        let mut meta = full.metadata.clone();
+        meta.annotations = None;
+        assert_eq!(kept.metadata, meta, "metadata but annotations is kept");
+        let (spec, was) = (
+            kept.spec.clone().unwrap_or_default(),
+            full.spec.clone().unwrap_or_default(),
         );
-        assert!(kept.metadata.annotations.is_none());
-        assert_eq!(kept.spec, full.spec);
+        assert_eq!(spec.taints, was.taints);
+        assert_eq!(spec.unschedulable, Some(true));
         let (st, was) = (
             kept.status.clone().unwrap_or_default(),
             full.status.clone().unwrap_or_default(),
         );
-        assert_eq!(st.allocatable, was.allocatable);
         assert_eq!(st.images, was.images);
-        assert!(st.capacity.is_none() && st.conditions.is_none());
-        assert!(st.addresses.is_none() && st.node_info.is_none());
+        assert_eq!(st.allocatable.milli_cpu, 7000);
+        assert_eq!(st.allocatable.memory, 30 << 30);
+        assert_eq!(st.allocatable.allowed_pod_number, 110);
+        assert_eq!(st.allocatable.get("example.com/gpu"), 2);
+        assert_eq!(st.allocatable.get("hugepages-2Mi"), 1 << 30);
+        assert_eq!(
+            st.allocatable,
+            Resource::from_list(was.allocatable.as_ref())
+        );
 
         // What the cache derives from the node does not change.
-        let info = |n: Node| {
+        let info = |n: Arc<CachedNode>| {
             let mut i = NodeInfo::new("n1");
-            i.set_node(Arc::new(n));
-            (i.allocatable.clone(), i.images.clone())
+            i.set_node(n);
+            (i.allocatable.clone(), i.images.clone(), i.labels().cloned())
         };
-        assert_eq!(info(kept), info(full));
+        let from_full = info(Arc::new(Node::clone(&full)).into_cached());
+        assert_eq!(info(Arc::new(kept)), from_full);
+        assert_eq!(from_full.1.get("web:1"), Some(&1000));
+        Ok(())
+    }
+
+    /// A node without status or spec decodes to none of them, and counts no resources.
+    #[test]
+    fn bare_node() -> anyhow::Result<()> {
+        let json = serde_json::json!({ "metadata": { "name": "n" } });
+        let kept: CachedNode = serde_json::from_value(json.clone())?;
+        let full: Node = serde_json::from_value(json)?;
+        assert_eq!(kept, CachedNode::from(full));
+        assert!(kept.spec.is_none() && kept.status.is_none());
+        Ok(())
+    }
+
+    /// Container resources keep every name and quantity, in name order, with no spare room.
+    #[test]
+    fn container_resources_are_sorted_lists() -> anyhow::Result<()> {
+        let kept = decoded()?;
+        let spec = kept.spec.unwrap_or_default();
+        let r = spec.containers[0].resources.clone().unwrap_or_default();
+        let requests = r.requests.unwrap_or_default();
+        assert_eq!(
+            requests,
+            [
+                ("cpu".to_string(), Quantity("100m".into())),
+                ("memory".to_string(), Quantity("500Mi".into()))
+            ]
+        );
+        assert_eq!(requests.capacity(), requests.len());
+        assert_eq!(
+            r.limits.unwrap_or_default(),
+            [("cpu".to_string(), Quantity("1".into()))]
+        );
         Ok(())
     }
 }

@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    Node, PodAffinityTerm, ResourceRequirements, WeightedPodAffinityTerm,
-};
+use k8s_openapi::api::core::v1::{PodAffinityTerm, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::plugins::helper::{Selector, label_selector_as_selector};
-use crate::transform::{CachedContainer, CachedPod, IntoCachedPod};
+use crate::transform::{
+    CachedContainer, CachedNode, CachedPod, CachedResources, IntoCachedNode, IntoCachedPod,
+};
 
 /// upstream `schedutil.DefaultMilliCPURequest`: what a container without a CPU request counts
 /// as when scoring, so that best-effort pods do not all pile onto one node.
@@ -112,10 +112,15 @@ pub struct Resource {
 }
 
 impl Resource {
-    /// The resources listed in `list` (a node's allocatable, a container's requests).
+    /// The resources listed in `list` (a node's allocatable, a pod's overhead).
     pub fn from_list(list: Option<&BTreeMap<String, Quantity>>) -> Self {
+        Self::from_pairs(list.into_iter().flatten())
+    }
+
+    /// The resources named in `pairs` (a cached container's sorted list).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a Quantity)>) -> Self {
         let mut r = Self::default();
-        for (name, q) in list.into_iter().flatten() {
+        for (name, q) in pairs {
             r.set(name, quantity_value(name, q));
         }
         r
@@ -441,17 +446,24 @@ impl PodInfo {
     }
 }
 
-fn container_requests(c: &CachedContainer) -> Option<&BTreeMap<String, Quantity>> {
-    c.resources.as_ref().and_then(|r: &ResourceRequirements| {
-        // Requests default to limits when only limits are given (apiserver defaulting does
-        // this too; be safe with objects that bypassed it).
-        r.requests.as_ref().or(r.limits.as_ref())
-    })
+fn container_requests(c: &CachedContainer) -> &[(String, Quantity)] {
+    c.resources
+        .as_ref()
+        .and_then(|r: &CachedResources| {
+            // Requests default to limits when only limits are given (apiserver defaulting
+            // does this too; be safe with objects that bypassed it).
+            r.requests.as_deref().or(r.limits.as_deref())
+        })
+        .unwrap_or_default()
 }
 
-fn non_zero(list: Option<&BTreeMap<String, Quantity>>) -> Resource {
-    let mut r = Resource::from_list(list);
-    let has = |n: &str| list.is_some_and(|l| l.contains_key(n));
+fn from_requests(list: &[(String, Quantity)]) -> Resource {
+    Resource::from_pairs(list.iter().map(|(n, q)| (n, q)))
+}
+
+fn non_zero(list: &[(String, Quantity)]) -> Resource {
+    let mut r = from_requests(list);
+    let has = |n: &str| list.iter().any(|(k, _)| k == n);
     if !has("cpu") {
         r.milli_cpu = DEFAULT_MILLI_CPU_REQUEST;
     }
@@ -473,7 +485,7 @@ pub fn pod_requests(pod: &CachedPod) -> (Resource, Resource) {
     let mut reqs = Resource::default();
     let mut nz = Resource::default();
     for c in &spec.containers {
-        reqs.add(&Resource::from_list(container_requests(c)));
+        reqs.add(&from_requests(container_requests(c)));
         nz.add(&non_zero(container_requests(c)));
     }
     let mut sidecars = Resource::default();
@@ -481,7 +493,7 @@ pub fn pod_requests(pod: &CachedPod) -> (Resource, Resource) {
     let mut init_max = Resource::default();
     let mut init_max_nz = Resource::default();
     for c in spec.init_containers.iter().flatten() {
-        let r = Resource::from_list(container_requests(c));
+        let r = from_requests(container_requests(c));
         let n = non_zero(container_requests(c));
         if c.restart_policy.as_deref() == Some("Always") {
             sidecars.add(&r);
@@ -552,7 +564,7 @@ pub fn host_ports(pod: &CachedPod) -> Vec<HostPort> {
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
     /// The node; `None` while only pods bound to it are known.
-    pub node: Option<Arc<Node>>,
+    pub node: Option<Arc<CachedNode>>,
     /// The node's name.
     pub name: String,
     /// Pods on the node, assumed ones included.
@@ -586,9 +598,10 @@ impl NodeInfo {
     }
 
     /// Sets or replaces the node object.
-    pub fn set_node(&mut self, node: Arc<Node>) {
+    pub fn set_node(&mut self, node: impl IntoCachedNode) {
+        let node = node.into_cached();
         let status = node.status.as_ref();
-        self.allocatable = Resource::from_list(status.and_then(|s| s.allocatable.as_ref()));
+        self.allocatable = status.map(|s| s.allocatable.clone()).unwrap_or_default();
         self.images.clear();
         for image in status.and_then(|s| s.images.as_ref()).into_iter().flatten() {
             for name in image.names.iter().flatten() {
@@ -655,7 +668,9 @@ pub fn normalized_image_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodSpec};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, Pod, PodSpec, ResourceRequirements,
+    };
 
     fn q(s: &str) -> Quantity {
         Quantity(s.to_string())

@@ -471,7 +471,7 @@ mod tests {
     use crate::config::{KubeSchedulerConfiguration, finish};
     use crate::plugins::node_resources_fit::tests::{node, pod};
     use crate::schedule_one::{ScheduleError, schedule_pod};
-    use k8s_openapi::api::core::v1::Node;
+    use crate::transform::CachedNode;
     use k8s_openapi::api::policy::v1::{PodDisruptionBudgetSpec, PodDisruptionBudgetStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
     use std::sync::atomic::AtomicUsize;
@@ -484,7 +484,7 @@ mod tests {
     fn named(mut n: NodeInfo, name: &str) -> NodeInfo {
         n.name = name.to_string();
         if let Some(node) = n.node.as_mut() {
-            let mut copy: Node = (**node).clone();
+            let mut copy: CachedNode = (**node).clone();
             copy.metadata.name = Some(name.into());
             *node = Arc::new(copy);
         }

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
+use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::transform::CachedNode;
 
 /// A selector operator (apimachinery `selection.Operator`, the ones label selectors use).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +219,7 @@ pub fn label_requirement_matches(
 }
 
 /// Whether one requirement on fields holds; only `metadata.name` with `In`/`NotIn` exists.
-fn field_requirement_matches(req: &NodeSelectorRequirement, node: &Node) -> bool {
+fn field_requirement_matches(req: &NodeSelectorRequirement, node: &CachedNode) -> bool {
     if req.key != "metadata.name" {
         return false;
     }
@@ -232,7 +234,7 @@ fn field_requirement_matches(req: &NodeSelectorRequirement, node: &Node) -> bool
 
 /// Whether a term matches `node`: all of its requirements hold. An empty term matches
 /// nothing (upstream).
-pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
+pub fn term_matches(term: &NodeSelectorTerm, node: &CachedNode) -> bool {
     let exprs = term.match_expressions.as_deref().unwrap_or_default();
     let fields = term.match_fields.as_deref().unwrap_or_default();
     if exprs.is_empty() && fields.is_empty() {
@@ -244,7 +246,7 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
 }
 
 /// Whether any term of `selector` matches (terms are ORed).
-pub fn node_selector_matches(selector: &NodeSelector, node: &Node) -> bool {
+pub fn node_selector_matches(selector: &NodeSelector, node: &CachedNode) -> bool {
     selector
         .node_selector_terms
         .iter()
@@ -260,8 +262,8 @@ mod tests {
     use k8s_openapi::api::core::v1::{Taint, Toleration};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn node(labels: &[(&str, &str)]) -> Node {
-        Node {
+    fn node(labels: &[(&str, &str)]) -> CachedNode {
+        CachedNode {
             metadata: ObjectMeta {
                 name: Some("n1".into()),
                 labels: Some(

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeAffinity as NodeAffinitySpec, PreferredSchedulingTerm};
+use k8s_openapi::api::core::v1::{NodeAffinity as NodeAffinitySpec, PreferredSchedulingTerm};
 use serde::Deserialize;
 
 use crate::cache::Snapshot;
@@ -14,6 +14,7 @@ use crate::framework::interface::{
 };
 use crate::framework::types::{NodeInfo, PodInfo};
 use crate::plugins::helper::{node_selector_matches, term_matches};
+use crate::transform::CachedNode;
 
 /// upstream `ErrReasonPod`.
 pub const ERR_REASON_POD: &str = "node(s) didn't match Pod's node affinity/selector";
@@ -69,7 +70,7 @@ impl NodeAffinity {
 
 /// Whether `node` satisfies the pod's nodeSelector and required node affinity
 /// (upstream `RequiredNodeAffinity.Match`).
-pub fn pod_matches_node(pod: &PodInfo, node: &Node) -> bool {
+pub fn pod_matches_node(pod: &PodInfo, node: &CachedNode) -> bool {
     let spec = pod.pod.spec.as_ref();
     if let Some(selector) = spec.and_then(|s| s.node_selector.as_ref()) {
         // Borrowed, not cloned: PodTopologySpread calls this for every node of every cycle.
@@ -90,7 +91,7 @@ pub fn pod_matches_node(pod: &PodInfo, node: &Node) -> bool {
     }
 }
 
-fn preferred_score(terms: &[PreferredSchedulingTerm], node: &Node) -> i64 {
+fn preferred_score(terms: &[PreferredSchedulingTerm], node: &CachedNode) -> i64 {
     terms
         .iter()
         .filter(|t| t.weight != 0 && term_matches(&t.preference, node))
@@ -226,7 +227,7 @@ impl Plugin for NodeAffinity {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Affinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
+        Affinity, Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::sync::Arc;

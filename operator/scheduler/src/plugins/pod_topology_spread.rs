@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use serde::Deserialize;
 
 use crate::cache::{Listers, Snapshot};
@@ -26,6 +26,7 @@ use crate::framework::interface::{
 use crate::framework::types::{NodeInfo, PodInfo};
 use crate::plugins::helper::{Selector, find_untolerated_taint, label_selector_as_selector};
 use crate::plugins::node_affinity::pod_matches_node;
+use crate::transform::CachedNode;
 
 /// The plugin's name.
 pub const NAME: &str = "PodTopologySpread";
@@ -165,7 +166,7 @@ struct Constraint {
 
 impl Constraint {
     /// upstream `matchNodeInclusionPolicies`.
-    fn includes_node(&self, pod: &PodInfo, node: &Node) -> bool {
+    fn includes_node(&self, pod: &PodInfo, node: &CachedNode) -> bool {
         if self.honor_node_affinity && !pod_matches_node(pod, node) {
             return false;
         }
@@ -337,7 +338,7 @@ fn count_pods_match_selector(pods: &[Arc<PodInfo>], selector: &Selector, ns: &st
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn node_has_all_keys(node: &Node, constraints: &[Constraint]) -> bool {
+fn node_has_all_keys(node: &CachedNode, constraints: &[Constraint]) -> bool {
     let labels = node.metadata.labels.as_ref();
     constraints
         .iter()
