@@ -9,7 +9,6 @@
 //! Controllers never write a cached pod back (they patch, delete or evict by name), so
 //! nothing dropped here can be lost on the server.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -273,30 +272,8 @@ fn pod_status(s: PodStatus) -> CachedPodStatus {
     }
 }
 
-/// The cached pod is listed and watched at the pods' own URLs.
-impl kube::Resource for CachedPod {
-    type DynamicType = ();
-    type Scope = <Pod as kube::Resource>::Scope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        Pod::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        Pod::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        Pod::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        Pod::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+// The cached pod is listed and watched at the pods' own URLs.
+ferrokube_runtime::resource_as!(CachedPod, Pod);
 
 #[cfg(test)]
 mod tests {

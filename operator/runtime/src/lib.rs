@@ -3,6 +3,7 @@
 //! It fills the gaps kube-runtime leaves for Kubernetes-style components:
 //!
 //! - [`informer`]: shared informers, one watch and cache per resource type per process;
+//!   [`resource_as!`] lets a slim cached type stand for its API type;
 //! - [`workqueue`]: client-go's work queue (de-duplication, no concurrent syncs of a key,
 //!   per-key exponential backoff and an overall rate limit) and [`controller`] workers on it;
 //! - [`leader_election`]: coordination.k8s.io/v1 Lease election with upstream semantics;
@@ -14,6 +15,7 @@
 //! - [`process`]: a binary's start: memory settings, then the runtime its `main` runs on.
 
 pub mod apierrors;
+pub mod cached;
 pub mod client;
 pub mod controller;
 pub mod events;

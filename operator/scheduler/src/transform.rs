@@ -14,7 +14,6 @@
 //! those fields, and victims are patched and deleted by name, so nothing dropped here can be
 //! lost on the server.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -25,7 +24,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::core::{ClusterResourceScope, NamespaceResourceScope};
 use serde::{Deserialize, Deserializer};
 
 use crate::framework::types::Resource;
@@ -171,38 +169,7 @@ pub struct CachedPodStatus {
     pub start_time: Option<Time>,
 }
 
-impl kube::Resource for CachedPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Pod")
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-
-    fn api_version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("pods")
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+ferrokube_runtime::resource_as!(CachedPod, Pod);
 
 /// What the pods informer keeps after decoding: annotations are decoded with the rest of
 /// the metadata, then dropped here, with the conditions no reader looks at ([`conditions`]).
@@ -410,38 +377,7 @@ fn deserialize_allocatable<'de, D: Deserializer<'de>>(d: D) -> Result<Resource, 
     Ok(Resource::from_list(list.as_ref()))
 }
 
-impl kube::Resource for CachedNode {
-    type DynamicType = ();
-    type Scope = ClusterResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Node")
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-
-    fn api_version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("nodes")
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+ferrokube_runtime::resource_as!(CachedNode, Node);
 
 /// What the nodes informer keeps after decoding: annotations are decoded with the rest of
 /// the metadata, then dropped here, with the lists' spare room.
