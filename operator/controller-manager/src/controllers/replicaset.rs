@@ -661,7 +661,9 @@ impl<K: ReplicaOwner> Sync<K> {
     async fn delete_pod(&self, rs: &K, key: &str, pod: &CachedPod) -> Result<(), String> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        tracing::info!(replicaset = key, pod = %name, "deleting pod");
+        // Upstream's `DeletePod` logs this at V(2), which is debug here: a line per pod
+        // scaled away is no default-level (info) output.
+        tracing::debug!(replicaset = key, pod = %name, "deleting pod");
         match delete_pod(&self.client, &ns, &name).await {
             Ok(_) => {
                 self.recorder.publish(
