@@ -650,6 +650,81 @@ mod tests {
         assert!(cache.snapshot().nominated.is_empty());
     }
 
+    /// A pod on `node` with one required anti-affinity term.
+    fn anti_affine(uid: &str, node: Option<&str>) -> Arc<CachedPod> {
+        use k8s_openapi::api::core::v1::{Affinity, PodAffinityTerm, PodAntiAffinity};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let mut p = Pod {
+            metadata: ObjectMeta {
+                name: Some(uid.into()),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: node.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        p.spec.get_or_insert_default().affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector::default()),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        Arc::new(CachedPod::from(p))
+    }
+
+    #[test]
+    fn snapshots_count_nodes_with_affinity_pods_as_they_change() {
+        let cache = Cache::new(None);
+        for n in ["a", "b", "c"] {
+            cache.add_or_update_node(node(n));
+        }
+        let counts = |s: &Snapshot| (s.nodes_with_affinity, s.nodes_with_required_anti_affinity);
+        // What a count over the list itself says, to hold the incremental one to.
+        let recount = |s: &Snapshot| {
+            let snap = Snapshot::from_nodes(s.nodes.iter().map(|n| (**n).clone()).collect());
+            counts(&snap)
+        };
+        assert_eq!(counts(&cache.snapshot()), (0, 0));
+        cache
+            .assume(Arc::new(PodInfo::new(anti_affine("p1", None))), "a")
+            .expect("assume");
+        let snap = cache.snapshot();
+        assert_eq!(counts(&snap), (1, 1));
+        assert_eq!(counts(&snap), recount(&snap));
+        drop(snap);
+        // A second such pod on the same node, and a plain pod elsewhere: still one node.
+        cache
+            .assume(Arc::new(PodInfo::new(anti_affine("p2", None))), "a")
+            .expect("assume");
+        cache.add_or_update_pod(pod("p3", Some("b")));
+        assert_eq!(counts(&cache.snapshot()), (1, 1));
+        cache.add_or_update_pod(anti_affine("p4", Some("c")));
+        let snap = cache.snapshot();
+        assert_eq!(counts(&snap), (2, 2));
+        assert_eq!(counts(&snap), recount(&snap));
+        drop(snap);
+        // The confirmation of an assumed pod does not count it twice; removals uncount.
+        cache.add_or_update_pod(anti_affine("p1", Some("a")));
+        cache.forget("p2").expect("forget");
+        assert_eq!(counts(&cache.snapshot()), (2, 2));
+        cache.remove_pod("p1");
+        assert_eq!(counts(&cache.snapshot()), (1, 1));
+        // A rebuild (a node removed) counts afresh.
+        cache.remove_node("c");
+        let snap = cache.snapshot();
+        assert_eq!(counts(&snap), (0, 0));
+        assert_eq!(counts(&snap), recount(&snap));
+    }
+
     #[test]
     fn pods_before_their_node_and_node_deletion() {
         let cache = Cache::new(None);
