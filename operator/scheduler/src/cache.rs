@@ -101,6 +101,22 @@ pub struct Snapshot {
     /// Pods nominated to each node by preemption, not yet bound (upstream's nominator):
     /// filters count those of at least the pod's priority as already there.
     pub nominated: Arc<HashMap<String, Vec<Arc<PodInfo>>>>,
+    /// How many of `nodes` hold pods with inter-pod (anti-)affinity terms (upstream keeps
+    /// the list of them, `HavePodsWithAffinityNodeInfoList`). InterPodAffinity walks every
+    /// node for them only when there are any: that walk touched thousands of entries
+    /// per cycle to find none in clusters without affinity.
+    pub nodes_with_affinity: usize,
+    /// How many of `nodes` hold pods with required anti-affinity terms (upstream
+    /// `HavePodsWithRequiredAntiAffinityNodeInfoList`).
+    pub nodes_with_required_anti_affinity: usize,
+}
+
+/// `(has pods with affinity, has pods with required anti-affinity)` as counts of one node.
+fn affinity_flags(n: &NodeInfo) -> (usize, usize) {
+    (
+        usize::from(n.pods_with_affinity > 0),
+        usize::from(n.pods_with_required_anti_affinity > 0),
+    )
 }
 
 impl Snapshot {
@@ -112,11 +128,19 @@ impl Snapshot {
                 *image_nodes.entry(image.clone()).or_default() += 1;
             }
         }
+        let (mut with_affinity, mut with_anti_affinity) = (0, 0);
+        for n in &nodes {
+            let (a, r) = affinity_flags(n);
+            with_affinity += a;
+            with_anti_affinity += r;
+        }
         Self {
             nodes: Arc::new(nodes.into_iter().map(Arc::new).collect()),
             image_nodes: Arc::new(image_nodes),
             listers: Arc::default(),
             nominated: Arc::default(),
+            nodes_with_affinity: with_affinity,
+            nodes_with_required_anti_affinity: with_anti_affinity,
         }
     }
 
@@ -409,18 +433,29 @@ impl Cache {
             inner.images_dirty = false;
         }
         let inner = &mut *inner;
-        let (previous_nodes, previous_nominated) = match inner.snapshot.take() {
-            Some((_, prev)) => (Some(prev.nodes), Some(prev.nominated)),
-            None => (None, None),
-        };
+        let (previous_nodes, previous_nominated, mut with_affinity, mut with_anti_affinity) =
+            match inner.snapshot.take() {
+                Some((_, prev)) => (
+                    Some(prev.nodes),
+                    Some(prev.nominated),
+                    prev.nodes_with_affinity,
+                    prev.nodes_with_required_anti_affinity,
+                ),
+                None => (None, None, 0, 0),
+            };
         let nodes = match previous_nodes {
             Some(mut nodes) if !inner.order_dirty => {
-                // Unshared once the last cycle dropped its copy: updated in place.
+                // Unshared once the last cycle dropped its copy: updated in place, and the
+                // affinity counts by what each replaced entry changed.
                 let list = Arc::make_mut(&mut nodes);
                 for name in inner.dirty.drain(..) {
                     if let (Some(&i), Some(e)) =
                         (inner.positions.get(&name), inner.entries.get(&name))
                     {
+                        let (old_a, old_r) = affinity_flags(&list[i]);
+                        let (new_a, new_r) = affinity_flags(e);
+                        with_affinity = (with_affinity + new_a).saturating_sub(old_a);
+                        with_anti_affinity = (with_anti_affinity + new_r).saturating_sub(old_r);
                         list[i] = e.clone();
                     }
                 }
@@ -431,9 +466,13 @@ impl Cache {
                 inner.order_dirty = false;
                 let mut list = Vec::with_capacity(inner.order.len());
                 inner.positions.clear();
+                (with_affinity, with_anti_affinity) = (0, 0);
                 for name in &inner.order {
                     if let Some(e) = inner.entries.get(name) {
                         inner.positions.insert(name.clone(), list.len());
+                        let (a, r) = affinity_flags(e);
+                        with_affinity += a;
+                        with_anti_affinity += r;
                         list.push(e.clone());
                     }
                 }
@@ -456,6 +495,8 @@ impl Cache {
             image_nodes: inner.image_nodes.clone(),
             listers: inner.listers.clone(),
             nominated,
+            nodes_with_affinity: with_affinity,
+            nodes_with_required_anti_affinity: with_anti_affinity,
         };
         inner.snapshot = Some((inner.generation, snap.clone()));
         snap
@@ -607,6 +648,81 @@ mod tests {
         assert_eq!(cache.snapshot().nominated.get("d").map(Vec::len), Some(1));
         cache.set_nominated(&nominee.uid, None);
         assert!(cache.snapshot().nominated.is_empty());
+    }
+
+    /// A pod on `node` with one required anti-affinity term.
+    fn anti_affine(uid: &str, node: Option<&str>) -> Arc<CachedPod> {
+        use k8s_openapi::api::core::v1::{Affinity, PodAffinityTerm, PodAntiAffinity};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let mut p = Pod {
+            metadata: ObjectMeta {
+                name: Some(uid.into()),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: node.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        p.spec.get_or_insert_default().affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector::default()),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        Arc::new(CachedPod::from(p))
+    }
+
+    #[test]
+    fn snapshots_count_nodes_with_affinity_pods_as_they_change() {
+        let cache = Cache::new(None);
+        for n in ["a", "b", "c"] {
+            cache.add_or_update_node(node(n));
+        }
+        let counts = |s: &Snapshot| (s.nodes_with_affinity, s.nodes_with_required_anti_affinity);
+        // What a count over the list itself says, to hold the incremental one to.
+        let recount = |s: &Snapshot| {
+            let snap = Snapshot::from_nodes(s.nodes.iter().map(|n| (**n).clone()).collect());
+            counts(&snap)
+        };
+        assert_eq!(counts(&cache.snapshot()), (0, 0));
+        cache
+            .assume(Arc::new(PodInfo::new(anti_affine("p1", None))), "a")
+            .expect("assume");
+        let snap = cache.snapshot();
+        assert_eq!(counts(&snap), (1, 1));
+        assert_eq!(counts(&snap), recount(&snap));
+        drop(snap);
+        // A second such pod on the same node, and a plain pod elsewhere: still one node.
+        cache
+            .assume(Arc::new(PodInfo::new(anti_affine("p2", None))), "a")
+            .expect("assume");
+        cache.add_or_update_pod(pod("p3", Some("b")));
+        assert_eq!(counts(&cache.snapshot()), (1, 1));
+        cache.add_or_update_pod(anti_affine("p4", Some("c")));
+        let snap = cache.snapshot();
+        assert_eq!(counts(&snap), (2, 2));
+        assert_eq!(counts(&snap), recount(&snap));
+        drop(snap);
+        // The confirmation of an assumed pod does not count it twice; removals uncount.
+        cache.add_or_update_pod(anti_affine("p1", Some("a")));
+        cache.forget("p2").expect("forget");
+        assert_eq!(counts(&cache.snapshot()), (2, 2));
+        cache.remove_pod("p1");
+        assert_eq!(counts(&cache.snapshot()), (1, 1));
+        // A rebuild (a node removed) counts afresh.
+        cache.remove_node("c");
+        let snap = cache.snapshot();
+        assert_eq!(counts(&snap), (0, 0));
+        assert_eq!(counts(&snap), recount(&snap));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use rand::Rng as _;
 
 use crate::cache::Snapshot;
-use crate::framework::interface::{Code, CycleState, NodeScore, Status};
+use crate::framework::interface::{Code, CycleState, NodeScore, Plugin, Status};
 use crate::framework::runtime::Framework;
 use crate::framework::types::{NodeInfo, PodInfo};
 use crate::framework::{Diagnosis, FitError, parallelize};
@@ -207,6 +207,33 @@ pub fn run_filters(fwk: &Framework, state: &CycleState, pod: &PodInfo, node: &No
     Status::success()
 }
 
+/// The filter plugins not skipped for this cycle's pod, in order: found once per cycle
+/// rather than once for every node.
+fn active_filters<'a>(fwk: &'a Framework, state: &CycleState) -> Vec<&'a dyn Plugin> {
+    fwk.filter
+        .iter()
+        .filter(|pl| !state.skip_filter.contains(pl.name()))
+        .map(|pl| &**pl)
+        .collect()
+}
+
+/// [`run_filters`] with the plugins already picked by [`active_filters`] (schedule_pod's
+/// pass over hundreds of nodes).
+fn run_active_filters(
+    active: &[&dyn Plugin],
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+) -> Status {
+    for pl in active {
+        let s = pl.filter(state, pod, node);
+        if !s.is_success() {
+            return s.with_plugin(pl.name());
+        }
+    }
+    Status::success()
+}
+
 /// Finds the node for `pod`. `next_start` rotates where filtering starts, so that with
 /// a partial share of nodes every node gets its turn (upstream `nextStartNodeIndex`).
 pub fn schedule_pod(
@@ -247,9 +274,15 @@ pub fn schedule_pod(
     let start = next_start.load(Ordering::Relaxed) % n;
     let found = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
+    let active = active_filters(fwk, &state);
     let results = parallelize::for_each(n, fwk.parallelism, &stop, |i| {
         let node = &nodes[(start + i) % n];
-        let s = run_filters_with_nominated_pods(fwk, &state, pod, node, snapshot);
+        // Without nominated pods that is all run_filters_with_nominated_pods would do.
+        let s = if snapshot.nominated.is_empty() {
+            run_active_filters(&active, &state, pod, node)
+        } else {
+            run_filters_with_nominated_pods(fwk, &state, pod, node, snapshot)
+        };
         if s.is_success() && found.fetch_add(1, Ordering::Relaxed) + 1 >= to_find {
             stop.store(true, Ordering::Relaxed);
         }
@@ -389,7 +422,8 @@ pub fn prioritize_nodes(
 }
 
 /// [`prioritize_nodes`]' totals in `feasible`'s order. Node names are copied once per
-/// cycle, into the one row NormalizeScore plugins see, not once per plugin and node.
+/// cycle, into the one row NormalizeScore plugins see, not once per plugin and node, and
+/// only when one of them reads names.
 fn weighted_totals(
     fwk: &Framework,
     state: &mut CycleState,
@@ -437,10 +471,12 @@ fn weighted_totals(
     if let Some((_, (j, s))) = failed.into_iter().next() {
         return Err(ScheduleError::Internal(s.with_plugin(plugins[j].0.name())));
     }
+    // Names only when a NormalizeScore plugin reads them; empty strings do not allocate.
+    let names = plugins.iter().any(|(p, _)| p.normalize_reads_node_names());
     let mut scratch: Vec<NodeScore> = feasible
         .iter()
         .map(|n| NodeScore {
-            name: n.name.clone(),
+            name: if names { n.name.clone() } else { String::new() },
             score: 0,
         })
         .collect();
@@ -534,15 +570,16 @@ mod tests {
         let mut busy = named(node("4", "8Gi", "110"), "busy");
         busy.add_pod(pod("3", "1Gi"));
         let mut tainted = named(node("8", "8Gi", "110"), "tainted");
-        if let Some(n) = tainted.node.as_mut() {
-            let mut copy: CachedNode = (**n).clone();
+        if let Some(n) = tainted.node.clone() {
+            let mut copy: CachedNode = (*n).clone();
             copy.spec.get_or_insert_default().taints = Some(vec![Taint {
                 key: "dedicated".into(),
                 value: Some("db".into()),
                 effect: "NoSchedule".into(),
                 ..Default::default()
             }]);
-            *n = Arc::new(copy);
+            // Through set_node, which keeps the entry's copy of the taints' presence.
+            tainted.set_node(Arc::new(copy));
         }
         let snap = Snapshot::from_nodes(vec![
             busy,

@@ -298,7 +298,9 @@ pub trait Plugin: Send + Sync {
         Ok(0)
     }
 
-    /// NormalizeScore: rescales the raw scores of all nodes (ScoreExtensions).
+    /// NormalizeScore: rescales the raw scores of all nodes (ScoreExtensions). The
+    /// scores' node names are filled in only for plugins whose
+    /// [`Plugin::normalize_reads_node_names`] says so; for the others they are empty.
     fn normalize_score(
         &self,
         _state: &CycleState,
@@ -306,6 +308,13 @@ pub trait Plugin: Send + Sync {
         _scores: &mut [NodeScore],
     ) -> Status {
         Status::success()
+    }
+
+    /// Whether [`Plugin::normalize_score`] looks at the node names. Most rescale by the
+    /// scores alone, and copying hundreds of names per cycle for them was a measurable
+    /// part of a cycle's cost.
+    fn normalize_reads_node_names(&self) -> bool {
+        false
     }
 
     /// The cluster events after which a pod this plugin rejected may fit

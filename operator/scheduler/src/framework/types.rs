@@ -586,6 +586,13 @@ pub struct NodeInfo {
     pub pods_with_affinity: usize,
     /// How many of the pods have required anti-affinity terms.
     pub pods_with_required_anti_affinity: usize,
+    /// The node's `spec.unschedulable`, copied by [`NodeInfo::set_node`]. Filters and
+    /// scores read it and [`NodeInfo::has_taints`] for every node a cycle visits; copied
+    /// here they need not reach into the node object, a separate allocation that a cycle
+    /// at a low pod rate finds out of cache for each of hundreds of nodes.
+    pub unschedulable: bool,
+    /// Whether the node has any `spec.taints` (see [`NodeInfo::unschedulable`]).
+    pub has_taints: bool,
 }
 
 impl NodeInfo {
@@ -600,6 +607,11 @@ impl NodeInfo {
     /// Sets or replaces the node object.
     pub fn set_node(&mut self, node: impl IntoCachedNode) {
         let node = node.into_cached();
+        let spec = node.spec.as_ref();
+        self.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        self.has_taints = spec
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| !t.is_empty());
         let status = node.status.as_ref();
         self.allocatable = status.map(|s| s.allocatable.clone()).unwrap_or_default();
         self.images.clear();

@@ -321,8 +321,13 @@ impl Plugin for InterPodAffinity {
             listers: snapshot.listers.clone(),
             ..PreFilterState::default()
         };
-        for node in snapshot
-            .nodes
+        // No node to look at when no pod anywhere has required anti-affinity terms.
+        let anti_affinity_nodes = if snapshot.nodes_with_required_anti_affinity > 0 {
+            &snapshot.nodes[..]
+        } else {
+            &[]
+        };
+        for node in anti_affinity_nodes
             .iter()
             .filter(|n| n.pods_with_required_anti_affinity > 0)
         {
@@ -441,6 +446,11 @@ impl Plugin for InterPodAffinity {
         }
         if let Some(e) = &a.parse_error {
             return Status::error(format!("failed to parse pod: {e}"));
+        }
+        // Without terms of its own the pod is scored only by existing pods' terms: none
+        // when no node holds a pod with any (upstream walks its list of such nodes).
+        if !has_constraints && snapshot.nodes_with_affinity == 0 {
+            return Status::skip();
         }
         let listers = &snapshot.listers;
         let ns_labels = listers.namespace_labels(pod.namespace());

@@ -3,6 +3,7 @@
 //! the balance (upstream 1.36's formula).
 
 use serde::Deserialize;
+use smallvec::SmallVec;
 
 use crate::cache::Snapshot;
 use crate::framework::interface::{CycleState, ExtensionPoint, MAX_NODE_SCORE, Plugin, Status};
@@ -43,7 +44,8 @@ impl BalancedAllocation {
 
 /// `(1 - std of the utilization fractions) * 100`.
 fn balanced_resource_score(requested: &[i64], allocatable: &[i64]) -> i64 {
-    let fractions: Vec<f64> = requested
+    // On the stack for the usual few resources, as the rows it reads.
+    let fractions: SmallVec<[f64; 4]> = requested
         .iter()
         .zip(allocatable)
         .filter(|(_, a)| **a != 0)

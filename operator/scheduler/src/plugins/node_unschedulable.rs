@@ -25,18 +25,14 @@ impl Plugin for NodeUnschedulable {
     }
 
     fn filter(&self, _state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        let Some(n) = node.node.as_ref() else {
+        if node.node.is_none() {
             return Status::new(
                 Code::UnschedulableAndUnresolvable,
                 ERR_REASON_UNKNOWN_CONDITION,
             );
-        };
-        if !n
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false)
-        {
+        }
+        // The node's own flag, copied into the entry: no trip to the node object.
+        if !node.unschedulable {
             return Status::success();
         }
         let taint = Taint {

@@ -691,6 +691,11 @@ impl Plugin for PodTopologySpread {
         Ok(score.round() as i64)
     }
 
+    fn normalize_reads_node_names(&self) -> bool {
+        // Nodes without the constraints' topology keys are told apart by name.
+        true
+    }
+
     fn normalize_score(
         &self,
         state: &CycleState,
