@@ -528,7 +528,12 @@ mod tests {
     }
 
     fn pod(uid: &str, node: Option<&str>) -> Arc<CachedPod> {
-        Arc::new(CachedPod::from(Pod {
+        Arc::new(CachedPod::from(pod_object(uid, node)))
+    }
+
+    /// The Pod behind [`pod`]: `uid` on `node`, asking for one CPU.
+    fn pod_object(uid: &str, node: Option<&str>) -> Pod {
+        Pod {
             metadata: ObjectMeta {
                 name: Some(uid.into()),
                 namespace: Some("ns".into()),
@@ -548,7 +553,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        }))
+        }
     }
 
     #[test]
@@ -650,23 +655,11 @@ mod tests {
         assert!(cache.snapshot().nominated.is_empty());
     }
 
-    /// A pod on `node` with one required anti-affinity term.
+    /// [`pod`] with one required anti-affinity term.
     fn anti_affine(uid: &str, node: Option<&str>) -> Arc<CachedPod> {
         use k8s_openapi::api::core::v1::{Affinity, PodAffinityTerm, PodAntiAffinity};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-        let mut p = Pod {
-            metadata: ObjectMeta {
-                name: Some(uid.into()),
-                namespace: Some("ns".into()),
-                uid: Some(uid.into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: node.map(Into::into),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut p = pod_object(uid, node);
         p.spec.get_or_insert_default().affinity = Some(Affinity {
             pod_anti_affinity: Some(PodAntiAffinity {
                 required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
