@@ -119,6 +119,14 @@ fn affinity_flags(n: &NodeInfo) -> (usize, usize) {
     )
 }
 
+/// [`affinity_flags`] summed over `nodes`: the snapshot's counts, taken afresh.
+fn affinity_counts<'a>(nodes: impl IntoIterator<Item = &'a NodeInfo>) -> (usize, usize) {
+    nodes
+        .into_iter()
+        .map(affinity_flags)
+        .fold((0, 0), |(a, r), (na, nr)| (a + na, r + nr))
+}
+
 impl Snapshot {
     /// A snapshot of `nodes` (tests and benchmarks).
     pub fn from_nodes(nodes: Vec<NodeInfo>) -> Self {
@@ -128,12 +136,7 @@ impl Snapshot {
                 *image_nodes.entry(image.clone()).or_default() += 1;
             }
         }
-        let (mut with_affinity, mut with_anti_affinity) = (0, 0);
-        for n in &nodes {
-            let (a, r) = affinity_flags(n);
-            with_affinity += a;
-            with_anti_affinity += r;
-        }
+        let (with_affinity, with_anti_affinity) = affinity_counts(&nodes);
         Self {
             nodes: Arc::new(nodes.into_iter().map(Arc::new).collect()),
             image_nodes: Arc::new(image_nodes),
@@ -466,16 +469,13 @@ impl Cache {
                 inner.order_dirty = false;
                 let mut list = Vec::with_capacity(inner.order.len());
                 inner.positions.clear();
-                (with_affinity, with_anti_affinity) = (0, 0);
                 for name in &inner.order {
                     if let Some(e) = inner.entries.get(name) {
                         inner.positions.insert(name.clone(), list.len());
-                        let (a, r) = affinity_flags(e);
-                        with_affinity += a;
-                        with_anti_affinity += r;
                         list.push(e.clone());
                     }
                 }
+                (with_affinity, with_anti_affinity) = affinity_counts(list.iter().map(|e| &**e));
                 Arc::new(list)
             }
         };

@@ -195,43 +195,34 @@ pub fn run_filters_with_nominated_pods(
 
 /// Runs the filter plugins on one node, stopping at the first rejection.
 pub fn run_filters(fwk: &Framework, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-    for pl in &fwk.filter {
-        if state.skip_filter.contains(pl.name()) {
-            continue;
-        }
-        let s = pl.filter(state, pod, node);
-        if !s.is_success() {
-            return s.with_plugin(pl.name());
-        }
-    }
-    Status::success()
+    run_filter_plugins(active_filters(fwk, state), state, pod, node)
 }
 
-/// The filter plugins not skipped for this cycle's pod, in order: found once per cycle
-/// rather than once for every node.
-fn active_filters<'a>(fwk: &'a Framework, state: &CycleState) -> Vec<&'a dyn Plugin> {
-    fwk.filter
-        .iter()
-        .filter(|pl| !state.skip_filter.contains(pl.name()))
-        .map(|pl| &**pl)
-        .collect()
-}
-
-/// [`run_filters`] with the plugins already picked by [`active_filters`] (schedule_pod's
-/// pass over hundreds of nodes).
-fn run_active_filters(
-    active: &[&dyn Plugin],
+/// Runs `plugins`' filters on one node in order, stopping at the first rejection.
+fn run_filter_plugins<'a>(
+    plugins: impl IntoIterator<Item = &'a dyn Plugin>,
     state: &CycleState,
     pod: &PodInfo,
     node: &NodeInfo,
 ) -> Status {
-    for pl in active {
+    for pl in plugins {
         let s = pl.filter(state, pod, node);
         if !s.is_success() {
             return s.with_plugin(pl.name());
         }
     }
     Status::success()
+}
+
+/// The filter plugins not skipped for this cycle's pod (by its PreFilter), in order.
+fn active_filters<'f, 's>(
+    fwk: &'f Framework,
+    state: &'s CycleState,
+) -> impl Iterator<Item = &'f dyn Plugin> + use<'f, 's> {
+    fwk.filter
+        .iter()
+        .filter(|pl| !state.skip_filter.contains(pl.name()))
+        .map(|pl| &**pl)
 }
 
 /// Finds the node for `pod`. `next_start` rotates where filtering starts, so that with
@@ -274,12 +265,13 @@ pub fn schedule_pod(
     let start = next_start.load(Ordering::Relaxed) % n;
     let found = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let active = active_filters(fwk, &state);
+    // Picked once per cycle rather than for every node.
+    let active: Vec<&dyn Plugin> = active_filters(fwk, &state).collect();
     let results = parallelize::for_each(n, fwk.parallelism, &stop, |i| {
         let node = &nodes[(start + i) % n];
         // Without nominated pods that is all run_filters_with_nominated_pods would do.
         let s = if snapshot.nominated.is_empty() {
-            run_active_filters(&active, &state, pod, node)
+            run_filter_plugins(active.iter().copied(), &state, pod, node)
         } else {
             run_filters_with_nominated_pods(fwk, &state, pod, node, snapshot)
         };

@@ -129,8 +129,9 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                 cfg.nodes, cfg.pods
             );
             let rate = |r: &Run| cfg.pods as f64 / r.seconds.max(1e-9);
-            let per_pod = |r: &Run| r.cpu * 1000.0 / cfg.pods as f64;
+            // CPU seconds as milliseconds per pod.
             let ms_per_pod = |cpu: f64| cpu * 1000.0 / cfg.pods as f64;
+            let per_pod = |r: &Run| ms_per_pod(r.cpu);
             for (what, unit, u, f) in [
                 (
                     "time until all pods are bound",
