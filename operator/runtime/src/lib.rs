@@ -17,6 +17,7 @@
 pub mod apierrors;
 pub mod cached;
 pub mod client;
+mod coalesce;
 pub mod controller;
 pub mod events;
 pub mod flags;

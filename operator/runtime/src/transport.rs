@@ -10,6 +10,8 @@
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::coalesce;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::{Body, ClientBuilder, ConfigExt, DynBody};
 use tower::util::BoxService;
@@ -73,7 +75,9 @@ pub type Service = BoxService<http::Request<Body>, Response, BoxError>;
 /// A pool of connections to the apiserver (with HTTP/2, one connection carrying every
 /// request). Cheap to clone; clones share the connections.
 pub type Connections = hyper_util::client::legacy::Client<
-    hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>,
+    coalesce::Connector<
+        hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>,
+    >,
     Body,
 >;
 
@@ -102,7 +106,8 @@ pub fn connections(config: &kube::Config) -> Result<Connections, Error> {
     // writes are not, as in client-go: a dead HTTP/2 connection is found by the keep-alive
     // PINGs below, a dead HTTP/1.1 one by TCP keep-alive (client-go's dialer probes every
     // 30 s). kube's own read/write timeouts re-armed a timer on every read that found the
-    // socket empty, once per wake-up of the connection.
+    // socket empty, once per wake-up of the connection. Above TLS, the writes of one turn
+    // of the event loop are coalesced (see `coalesce`).
     let mut connector = hyper_timeout::TimeoutConnector::new(https);
     connector.set_connect_timeout(config.connect_timeout);
 
@@ -113,7 +118,7 @@ pub fn connections(config: &kube::Config) -> Result<Connections, Error> {
             .http2_keep_alive_interval(H2_READ_IDLE)
             .http2_keep_alive_timeout(H2_PING_TIMEOUT)
             .http2_keep_alive_while_idle(true)
-            .build(connector),
+            .build(coalesce::Connector(connector)),
     )
 }
 
