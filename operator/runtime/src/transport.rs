@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
-
-use crate::coalesce;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::{Body, ClientBuilder, ConfigExt, DynBody};
 use tower::util::BoxService;
 use tower::{BoxError, ServiceBuilder};
+
+use crate::coalesce;
 
 /// client-go's HTTP/2 health check: a PING after 30 s without a frame read
 /// (`ReadIdleTimeout`), and the connection is dropped when no answer comes within 15 s
