@@ -31,14 +31,17 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// The tracing filter for a klog verbosity: 0-1 warnings and important info, 2-5 our own
-/// debug lines, 6-7 also every request (klog's v=6 logs request URLs), 8+ trace (bodies).
+/// The tracing filter for a klog verbosity: 0-1 warnings and important info, 2-3 our own
+/// debug lines (klog's V(2) level of detail), 4-5 also our trace lines (what upstream logs
+/// at V(4), such as a line per pod a controller creates), 6-7 also every request (klog's
+/// v=6 logs request URLs), 8+ trace everywhere (bodies).
 /// Dependencies (HTTP, TLS, client) stay at info below 6: their per-request lines would
 /// drown the component's own, which is what a log tail in a failure report needs to show.
 pub fn filter_for(verbosity: u8) -> &'static str {
     match verbosity {
         0 | 1 => "info",
-        2..=5 => "info,ferrokube=debug",
+        2 | 3 => "info,ferrokube=debug",
+        4 | 5 => "info,ferrokube=trace",
         6 | 7 => "debug",
         _ => "trace",
     }
@@ -86,7 +89,8 @@ mod tests {
         assert_eq!("json".parse::<Format>(), Ok(Format::Json));
         assert!("xml".parse::<Format>().is_err());
         assert_eq!(filter_for(0), "info");
-        assert_eq!(filter_for(4), "info,ferrokube=debug");
+        assert_eq!(filter_for(2), "info,ferrokube=debug");
+        assert_eq!(filter_for(4), "info,ferrokube=trace");
         assert_eq!(filter_for(6), "debug");
         assert_eq!(filter_for(9), "trace");
     }

@@ -632,7 +632,8 @@ impl<K: ReplicaOwner> Sync<K> {
         let owner = Owner::of(rs);
         match create_pod(&self.client, &owner.namespace, body).await {
             Ok(name) => {
-                tracing::debug!(replicaset = %owner.name, pod = %name, "created pod");
+                // Upstream's `CreatePods` logs this at V(4): no line per pod at the default -v=2.
+                tracing::trace!(replicaset = %owner.name, pod = %name, "created pod");
                 self.recorder.publish(
                     events::reference(rs),
                     EventType::Normal,
