@@ -67,6 +67,14 @@ impl TokenBucket {
         self.inner.is_none() && !self.closed
     }
 
+    /// How long the bucket takes to refill one token; `None` when it never makes anyone
+    /// wait (or never grants).
+    pub fn token_interval(&self) -> Option<Duration> {
+        let inner = self.inner.as_ref()?;
+        let qps = inner.lock().unwrap_or_else(PoisonError::into_inner).qps;
+        Some(Duration::from_secs_f64(1.0 / qps))
+    }
+
     /// Takes a token now and returns how long the caller must wait before acting on it.
     pub fn reserve(&self) -> Duration {
         if self.closed {
