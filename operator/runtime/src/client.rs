@@ -164,6 +164,10 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimited {
             inner,
             bucket: self.bucket.clone(),
+            // The bucket's rate never changes, so the floor is worked out once per client.
+            floor: self.bucket.token_interval().map_or(MIN_WAIT, |t| {
+                t.saturating_mul(GROUP_TOKENS).clamp(MIN_WAIT, MAX_WAIT)
+            }),
             state: Permit::None,
             sleep: None,
         }
@@ -181,6 +185,9 @@ const GROUP_TOKENS: u32 = 2;
 pub struct RateLimited<S> {
     inner: S,
     bucket: TokenBucket,
+    /// The shortest sleep of a throttled request: [`GROUP_TOKENS`] token intervals, within
+    /// [`MIN_WAIT`]..=[`MAX_WAIT`].
+    floor: Duration,
     state: Permit,
     /// The timer of the last wait, kept to be reset rather than allocated per request.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -213,10 +220,7 @@ where
                         self.state = Permit::Granted;
                         continue;
                     }
-                    let floor = self.bucket.token_interval().map_or(MIN_WAIT, |t| {
-                        t.saturating_mul(GROUP_TOKENS).clamp(MIN_WAIT, MAX_WAIT)
-                    });
-                    let until = tokio::time::Instant::now() + delay.max(floor);
+                    let until = tokio::time::Instant::now() + delay.max(self.floor);
                     match &mut self.sleep {
                         Some(sleep) => sleep.as_mut().reset(until),
                         None => self.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
