@@ -209,11 +209,13 @@ async fn takeover_in_both_directions_changes_nothing() -> anyhow::Result<()> {
 /// The objects a scenario leaves, reduced to what both implementations must agree on.
 async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
     // `rollout status` returns when the Deployment is done; the old ReplicaSets' own status
-    // (observedGeneration after their scale-down) may still be on its way. Compare only
-    // once every object has observed its latest generation.
+    // (observedGeneration and terminatingReplicas after their scale-down) may still be on its
+    // way, and the Deployment's sums follow theirs one sync later. Compare only once every
+    // object has observed its latest generation and each Deployment's counts agree with its
+    // ReplicaSets'.
     let out = common::kubectl_until(
         cp,
-        "every Deployment and ReplicaSet to observe its generation",
+        "every Deployment and ReplicaSet to observe its generation and agree on counts",
         T,
         &["get", "deployments,replicasets", "-o", "json"],
         |o| {
@@ -222,6 +224,10 @@ async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
                 items
                     .iter()
                     .all(|i| i["metadata"]["generation"] == i["status"]["observedGeneration"])
+                    && items
+                        .iter()
+                        .filter(|i| i["kind"] == "Deployment")
+                        .all(|d| counts_agree(d, items))
             })
         },
     )
@@ -271,6 +277,37 @@ async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
         );
     }
     Ok(serde_json::to_value(objects)?)
+}
+
+/// Whether a Deployment's status counts equal the sums over the ReplicaSets it controls, as
+/// the deployment controller computes them once it has seen their latest status.
+fn counts_agree(deployment: &serde_json::Value, items: &[serde_json::Value]) -> bool {
+    let name = &deployment["metadata"]["name"];
+    let owned: Vec<&serde_json::Value> = items
+        .iter()
+        .filter(|i| i["kind"] == "ReplicaSet")
+        .filter(|rs| {
+            rs["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["kind"] == "Deployment" && &r["name"] == name)
+        })
+        .collect();
+    [
+        "replicas",
+        "readyReplicas",
+        "availableReplicas",
+        "terminatingReplicas",
+    ]
+    .iter()
+    .all(|field| {
+        let sum: u64 = owned
+            .iter()
+            .map(|rs| rs["status"][field].as_u64().unwrap_or(0))
+            .sum();
+        deployment["status"][field].as_u64().unwrap_or(0) == sum
+    })
 }
 
 async fn scenario(cp: &ControlPlane) -> anyhow::Result<Vec<serde_json::Value>> {
