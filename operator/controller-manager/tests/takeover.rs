@@ -209,13 +209,14 @@ async fn takeover_in_both_directions_changes_nothing() -> anyhow::Result<()> {
 /// The objects a scenario leaves, reduced to what both implementations must agree on.
 async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
     // `rollout status` returns when the Deployment is done; the old ReplicaSets' own status
-    // (observedGeneration and terminatingReplicas after their scale-down) may still be on its
-    // way, and the Deployment's sums follow theirs one sync later. Compare only once every
-    // object has observed its latest generation and each Deployment's counts agree with its
-    // ReplicaSets'.
+    // (observedGeneration after their scale-down) may still be on its way, their scaled-down
+    // pods may still be terminating (kwok deletes them a moment later), and the Deployment's
+    // sums follow its ReplicaSets' one sync later. Compare only the settled state: every
+    // object has observed its latest generation, no pod is terminating, and each
+    // Deployment's counts agree with its ReplicaSets'.
     let out = common::kubectl_until(
         cp,
-        "every Deployment and ReplicaSet to observe its generation and agree on counts",
+        "every Deployment and ReplicaSet to observe its generation, count no terminating pod and agree on counts",
         T,
         &["get", "deployments,replicasets", "-o", "json"],
         |o| {
@@ -224,6 +225,9 @@ async fn normalized(cp: &ControlPlane) -> anyhow::Result<serde_json::Value> {
                 items
                     .iter()
                     .all(|i| i["metadata"]["generation"] == i["status"]["observedGeneration"])
+                    && items
+                        .iter()
+                        .all(|i| i["status"]["terminatingReplicas"].as_u64().unwrap_or(0) == 0)
                     && items
                         .iter()
                         .filter(|i| i["kind"] == "Deployment")
