@@ -7,6 +7,7 @@
 //! Shapes: `basic` (pods requesting CPU and memory) and `spread` (pods also carrying a
 //! zone topology spread constraint and a preferred zone pod affinity).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ pub struct Config {
     pub ceiling_in_flight: usize,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Run {
     seconds: f64,
     cpu: f64,
@@ -81,6 +82,9 @@ struct Run {
     /// CPU seconds the apiserver and etcd spent from the scheduler's start until every pod
     /// was bound.
     control_plane_cpu: f64,
+    /// Requests the apiserver served meanwhile per bound pod, by kind (see
+    /// [`requests_per_pod`]).
+    requests: String,
 }
 
 /// What the binding ceiling measured.
@@ -98,6 +102,64 @@ fn control_plane_cpu(cp: &ControlPlane) -> f64 {
         .filter_map(|(_, pid)| procstat::usage(*pid))
         .map(|u| u.cpu_seconds)
         .sum()
+}
+
+/// The apiserver's `apiserver_request_total`, summed over response codes, by
+/// `verb resource[/subresource]`.
+async fn request_counts(client: &kube::Client) -> Result<BTreeMap<String, f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| {
+                    kv.strip_prefix(name)?
+                        .strip_prefix("=\"")?
+                        .strip_suffix('"')
+                })
+                .unwrap_or_default()
+        };
+        let mut key = format!("{} {}", label("verb"), label("resource"));
+        if !label("subresource").is_empty() {
+            key = format!("{key}/{}", label("subresource"));
+        }
+        *counts.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(counts)
+}
+
+/// What the apiserver served per bound pod between two [`request_counts`], busiest first;
+/// kinds under 0.01 per pod are left out.
+fn requests_per_pod(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    pods: usize,
+) -> String {
+    let mut per_pod: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).copied().unwrap_or(0.0)) / pods.max(1) as f64,
+            )
+        })
+        .filter(|(_, v)| *v >= 0.01)
+        .collect();
+    per_pod.sort_by(|a, b| b.1.total_cmp(&a.1));
+    per_pod
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const NAMESPACE: &str = "bench";
@@ -181,6 +243,10 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                 per_pod(&ours),
                 ms_per_pod(up.control_plane_cpu),
                 per_pod(&up),
+            );
+            println!(
+                "scheduler apiserver requests per bound pod ({setting}): ferrokube: {}; upstream: {}",
+                ours.requests, up.requests
             );
         }
     }
@@ -362,6 +428,8 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
         Peer::Ferrokube => cfg.ferrokube_bin.clone(),
     };
     let config_flag = format!("--config={}", config.display());
+    let admin = cp.client().await?;
+    let requests_before = request_counts(&admin).await?;
     let cpu_before = control_plane_cpu(&cp);
     let started = Instant::now();
     let process = cp.spawn_component(
@@ -383,6 +451,8 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
         })??;
     let seconds = started.elapsed().as_secs_f64();
     let control_plane = control_plane_cpu(&cp) - cpu_before;
+    let requests = request_counts(&admin).await?;
+    let requests = requests_per_pod(&requests_before, &requests, n);
     let usage = procstat::usage(pid).unwrap_or_default();
     counter.abort();
     drop(process);
@@ -391,5 +461,6 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
         cpu: usage.cpu_seconds,
         rss_mib: usage.peak_rss_bytes as f64 / (1024.0 * 1024.0),
         control_plane_cpu: control_plane,
+        requests,
     })
 }
