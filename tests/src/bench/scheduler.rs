@@ -349,12 +349,59 @@ async fn prepare(cfg: &Config, shape: Shape) -> Result<(ControlPlane, Api<Pod>)>
     Ok((cp, pods))
 }
 
+/// Counts the bench namespace's bound pods from a watch. Every run ends when this has
+/// seen all of them bound, the ceiling's too: then each pays the same observer (the
+/// apiserver encoding every pod update for it, this process decoding them), and a peer's
+/// run and the ceiling differ only in who binds.
+struct BoundPods {
+    count: watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BoundPods {
+    fn watch(pods: Api<Pod>) -> Self {
+        let (count_tx, count) = watch::channel(0usize);
+        let task = tokio::spawn(async move {
+            let mut bound = std::collections::HashSet::new();
+            let mut stream = watcher(pods, watcher::Config::default()).boxed();
+            while let Some(event) = stream.next().await {
+                let p = match event {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+                    _ => continue,
+                };
+                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                    bound.extend(p.metadata.name);
+                }
+                let _ = count_tx.send(bound.len());
+            }
+        });
+        Self { count, task }
+    }
+
+    /// Waits until `n` pods have been seen bound, for at most `timeout`.
+    async fn all(&mut self, n: usize, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.count.wait_for(|c| *c >= n))
+            .await
+            .context("timed out")?
+            .context("the watch ended")?;
+        Ok(())
+    }
+}
+
+impl Drop for BoundPods {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The machine's binding ceiling for `shape`, in binds/s: against the same kind of control
 /// plane, nodes and pending pods the peers get, `cfg.ceiling_clients` clients (each its own
 /// connection pool) post raw `pods/binding` for every pod as fast as the apiserver takes
-/// them, timed from the first request until the last answer.
+/// them, timed from the first request until the bound-pod watch has seen every pod bound
+/// (as the peers' runs are timed).
 async fn ceiling(cfg: &Config, shape: Shape) -> Result<CeilingRun> {
-    let (cp, _) = prepare(cfg, shape).await?;
+    let (cp, pods) = prepare(cfg, shape).await?;
+    let mut bound = BoundPods::watch(pods);
     let mut clients = Vec::with_capacity(cfg.ceiling_clients);
     for _ in 0..cfg.ceiling_clients {
         clients.push(Api::<Pod>::namespaced(cp.client().await?, NAMESPACE));
@@ -362,7 +409,7 @@ async fn ceiling(cfg: &Config, shape: Shape) -> Result<CeilingRun> {
     let nodes = cfg.nodes.max(1);
     let cpu_before = control_plane_cpu(&cp);
     let started = Instant::now();
-    let bound: Vec<Result<()>> = futures::stream::iter(0..cfg.pods)
+    let results: Vec<Result<()>> = futures::stream::iter(0..cfg.pods)
         .map(|i| {
             let pods = clients[i % clients.len()].clone();
             async move {
@@ -384,9 +431,13 @@ async fn ceiling(cfg: &Config, shape: Shape) -> Result<CeilingRun> {
         .buffer_unordered(cfg.ceiling_clients * cfg.ceiling_in_flight.max(1))
         .collect()
         .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    bound
+        .all(cfg.pods, cfg.timeout)
+        .await
+        .context("the ceiling's bindings were not all observed")?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = control_plane_cpu(&cp) - cpu_before;
-    bound.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(CeilingRun {
         binds_per_second: cfg.pods as f64 / seconds.max(1e-9),
         control_plane_cpu: cpu,
@@ -396,23 +447,7 @@ async fn ceiling(cfg: &Config, shape: Shape) -> Result<CeilingRun> {
 async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Result<Run> {
     let (cp, pods) = prepare(cfg, shape).await?;
 
-    // Count bound pods from a watch.
-    let (count_tx, mut count) = watch::channel(0usize);
-    let watched = pods.clone();
-    let counter = tokio::spawn(async move {
-        let mut bound = std::collections::HashSet::new();
-        let mut stream = watcher(watched, watcher::Config::default()).boxed();
-        while let Some(event) = stream.next().await {
-            let p = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
-                _ => continue,
-            };
-            if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
-                bound.extend(p.metadata.name);
-            }
-            let _ = count_tx.send(bound.len());
-        }
-    });
+    let mut bound = BoundPods::watch(pods);
 
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("scheduler.yaml");
@@ -440,21 +475,18 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
     let pid = process.pid();
     let n = cfg.pods;
     // Sample while waiting: the peak RSS survives, CPU is read at the end.
-    tokio::time::timeout(cfg.timeout, count.wait_for(|c| *c >= n))
-        .await
-        .with_context(|| {
-            format!(
-                "{peer}: {n} pods were not bound within {:?}\n{}",
-                cfg.timeout,
-                cp.logs(20)
-            )
-        })??;
+    bound.all(n, cfg.timeout).await.with_context(|| {
+        format!(
+            "{peer}: {n} pods were not bound within {:?}\n{}",
+            cfg.timeout,
+            cp.logs(20)
+        )
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     let control_plane = control_plane_cpu(&cp) - cpu_before;
     let requests = request_counts(&admin).await?;
     let requests = requests_per_pod(&requests_before, &requests, n);
     let usage = procstat::usage(pid).unwrap_or_default();
-    counter.abort();
     drop(process);
     Ok(Run {
         seconds,
