@@ -6,7 +6,7 @@
 //!
 //! The machine's binding ceiling is measured the same way, with clients posting raw
 //! `pods/binding` in place of a scheduler, and the same bound-pod watch timing it (see
-//! [`BoundPods`]).
+//! `BoundPods`).
 //!
 //! Shapes: `basic` (pods requesting CPU and memory) and `spread` (pods also carrying a
 //! zone topology spread constraint and a preferred zone pod affinity).
