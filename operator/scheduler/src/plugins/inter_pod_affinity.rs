@@ -235,11 +235,23 @@ fn process_term(
     matched: bool,
     node: &NodeInfo,
 ) {
-    if matched && let Some(v) = node_label(node, &term.topology_key) {
-        *m.entry(term.topology_key.clone())
-            .or_default()
-            .entry(v.clone())
-            .or_default() += weight;
+    if !matched {
+        return;
+    }
+    let Some(v) = node_label(node, &term.topology_key) else {
+        return;
+    };
+    // PreScore calls this for every existing pod a term matches (10k per cycle in a large
+    // cluster) and nearly always finds both keys present: look up before cloning a key.
+    let values = match m.get_mut(&term.topology_key) {
+        Some(values) => values,
+        None => m.entry(term.topology_key.clone()).or_default(),
+    };
+    match values.get_mut(v) {
+        Some(sum) => *sum += weight,
+        None => {
+            values.insert(v.clone(), weight);
+        }
     }
 }
 

@@ -485,10 +485,17 @@ impl Plugin for PodTopologySpread {
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(&c.topology_key))
-                    .cloned()
-                    .unwrap_or_default();
+                    .map_or("", String::as_str);
                 let count = count_pods_match_selector(&info.pods, &c.selector, pod.namespace());
-                *s.tp_value_to_match_num[i].entry(v).or_default() += count;
+                // Once per node and cycle, and the domain is nearly always known already:
+                // look up before allocating its key.
+                let counts = &mut s.tp_value_to_match_num[i];
+                match counts.get_mut(v) {
+                    Some(n) => *n += count,
+                    None => {
+                        counts.insert(v.to_string(), count);
+                    }
+                }
             }
         }
         for i in 0..s.constraints.len() {
