@@ -1,13 +1,30 @@
 //! Matching shared by several plugins: node selectors (upstream
 //! `component-helpers/scheduling/corev1/nodeaffinity`), taints/tolerations
-//! (upstream `v1helper`) and parsed label selectors (apimachinery's `labels.Selector`).
+//! (upstream `v1helper`) and parsed label selectors (apimachinery's `labels.Selector`),
+//! and the per-domain counts the topology plugins keep.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::transform::CachedNode;
+
+/// Adds `delta` to `key`'s count and returns the new count. The topology plugins call this
+/// per node or per matching pod in every cycle, and the domain is nearly always counted
+/// already: the key is looked up before it is allocated.
+pub fn add_count(counts: &mut HashMap<String, i64>, key: &str, delta: i64) -> i64 {
+    match counts.get_mut(key) {
+        Some(n) => {
+            *n += delta;
+            *n
+        }
+        None => {
+            counts.insert(key.to_string(), delta);
+            delta
+        }
+    }
+}
 
 /// A selector operator (apimachinery `selection.Operator`, the ones label selectors use).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +278,17 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Taint, Toleration};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[test]
+    fn add_count_inserts_then_accumulates() {
+        let mut counts = HashMap::new();
+        assert_eq!(add_count(&mut counts, "zone-a", 2), 2);
+        assert_eq!(add_count(&mut counts, "zone-a", 3), 5);
+        assert_eq!(add_count(&mut counts, "zone-b", -1), -1);
+        assert_eq!(add_count(&mut counts, "zone-a", -5), 0);
+        assert_eq!(counts.len(), 2);
+        assert_eq!(counts.get("zone-a"), Some(&0));
+    }
 
     fn node(labels: &[(&str, &str)]) -> CachedNode {
         CachedNode {

@@ -23,7 +23,7 @@ use crate::framework::interface::{
     ClusterEvent, Code, CycleState, ExtensionPoint, MAX_NODE_SCORE, NodeScore, Plugin, Status,
 };
 use crate::framework::types::{AffinityTerm, NodeInfo, PodInfo, WeightedAffinityTerm};
-use crate::plugins::helper::Selector;
+use crate::plugins::helper::{Selector, add_count};
 use crate::transform::CachedPod;
 
 /// The plugin's name.
@@ -242,17 +242,12 @@ fn process_term(
         return;
     };
     // PreScore calls this for every existing pod a term matches (10k per cycle in a large
-    // cluster) and nearly always finds both keys present: look up before cloning a key.
+    // cluster) and nearly always finds the topology key present: look up before cloning it.
     let values = match m.get_mut(&term.topology_key) {
         Some(values) => values,
         None => m.entry(term.topology_key.clone()).or_default(),
     };
-    match values.get_mut(v) {
-        Some(sum) => *sum += weight,
-        None => {
-            values.insert(v.clone(), weight);
-        }
-    }
+    add_count(values, v, weight);
 }
 
 impl InterPodAffinity {

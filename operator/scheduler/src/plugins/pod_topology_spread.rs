@@ -24,7 +24,9 @@ use crate::framework::interface::{
     ClusterEvent, Code, CycleState, ExtensionPoint, MAX_NODE_SCORE, NodeScore, Plugin, Status,
 };
 use crate::framework::types::{NodeInfo, PodInfo};
-use crate::plugins::helper::{Selector, find_untolerated_taint, label_selector_as_selector};
+use crate::plugins::helper::{
+    Selector, add_count, find_untolerated_taint, label_selector_as_selector,
+};
 use crate::plugins::node_affinity::pod_matches_node;
 use crate::transform::CachedNode;
 
@@ -422,12 +424,9 @@ impl PreFilterState {
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(&c.topology_key))
-                .cloned()
-                .unwrap_or_default();
-            let e = self.tp_value_to_match_num[i].entry(v.clone()).or_default();
-            *e += delta;
-            let num = *e;
-            self.critical_paths[i].update(&v, num);
+                .map_or("", String::as_str);
+            let num = add_count(&mut self.tp_value_to_match_num[i], v, delta);
+            self.critical_paths[i].update(v, num);
         }
     }
 }
@@ -487,15 +486,7 @@ impl Plugin for PodTopologySpread {
                     .and_then(|l| l.get(&c.topology_key))
                     .map_or("", String::as_str);
                 let count = count_pods_match_selector(&info.pods, &c.selector, pod.namespace());
-                // Once per node and cycle, and the domain is nearly always known already:
-                // look up before allocating its key.
-                let counts = &mut s.tp_value_to_match_num[i];
-                match counts.get_mut(v) {
-                    Some(n) => *n += count,
-                    None => {
-                        counts.insert(v.to_string(), count);
-                    }
-                }
+                add_count(&mut s.tp_value_to_match_num[i], v, count);
             }
         }
         for i in 0..s.constraints.len() {
