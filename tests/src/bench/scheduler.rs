@@ -416,6 +416,12 @@ impl BoundPods {
     }
 }
 
+impl Drop for BoundPods {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Lists the bench's pods, then watches them from the list's resourceVersion (again from
 /// the last one seen whenever the apiserver ends a watch), sending the number seen bound.
 async fn observe(client: &kube::Client, count: &watch::Sender<usize>) -> Result<()> {
@@ -450,12 +456,6 @@ async fn observe(client: &kube::Client, count: &watch::Sender<usize>) -> Result<
                 WatchEvent::Error(e) => anyhow::bail!("watch error: {e:?}"),
             }
         }
-    }
-}
-
-impl Drop for BoundPods {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
