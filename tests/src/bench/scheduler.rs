@@ -116,6 +116,11 @@ async fn request_counts(client: &kube::Client) -> Result<BTreeMap<String, f64>> 
     let text = client
         .request_text(http::Request::get("/metrics").body(Vec::new())?)
         .await?;
+    Ok(parse_request_counts(&text))
+}
+
+/// [`request_counts`] from the text of a Prometheus exposition.
+fn parse_request_counts(text: &str) -> BTreeMap<String, f64> {
     let mut counts = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
@@ -140,7 +145,7 @@ async fn request_counts(client: &kube::Client) -> Result<BTreeMap<String, f64>> 
         }
         *counts.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
     }
-    Ok(counts)
+    counts
 }
 
 /// What the apiserver served per bound pod between two [`request_counts`], busiest first;
@@ -562,4 +567,32 @@ async fn one(cfg: &Config, peer: Peer, shape: Shape, qps: f64, burst: u32) -> Re
         control_plane_cpu: control_plane,
         requests,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counts_sum_codes_and_name_subresources() {
+        let before = parse_request_counts(
+            "# TYPE apiserver_request_total counter\n\
+             apiserver_request_total{code=\"201\",component=\"apiserver\",resource=\"pods\",subresource=\"binding\",verb=\"POST\",version=\"v1\"} 10\n",
+        );
+        let after = parse_request_counts(
+            "apiserver_request_total{code=\"201\",component=\"apiserver\",resource=\"pods\",subresource=\"binding\",verb=\"POST\",version=\"v1\"} 108\n\
+             apiserver_request_total{code=\"409\",component=\"apiserver\",resource=\"pods\",subresource=\"binding\",verb=\"POST\",version=\"v1\"} 2\n\
+             apiserver_request_total{code=\"201\",component=\"apiserver\",resource=\"events\",subresource=\"\",verb=\"POST\",version=\"v1\"} 50\n\
+             apiserver_request_total{code=\"200\",component=\"apiserver\",resource=\"leases\",subresource=\"\",verb=\"PUT\",version=\"v1\"} 0.5\n\
+             apiserver_request_duration_seconds_count{resource=\"pods\",verb=\"GET\"} 7\n",
+        );
+        assert_eq!(after.get("POST pods/binding"), Some(&110.0));
+        assert_eq!(after.get("POST events"), Some(&50.0));
+        assert_eq!(after.len(), 3, "{after:?}");
+        // 100 bindings and 50 events per 100 pods; 0.005 leases per pod is under the cut.
+        assert_eq!(
+            requests_per_pod(&before, &after, 100),
+            "POST pods/binding 1.00, POST events 0.50"
+        );
+    }
 }
