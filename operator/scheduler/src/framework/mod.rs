@@ -3,6 +3,7 @@
 //! attempt ([`FitError`]).
 
 pub mod interface;
+pub mod node_sums;
 pub mod parallelize;
 pub mod runtime;
 pub mod types;

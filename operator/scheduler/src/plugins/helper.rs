@@ -4,16 +4,26 @@
 //! and the per-domain counts the topology plugins keep.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 
 use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::transform::CachedNode;
 
+/// The maps the topology plugins count domains in, several per cycle: std's SipHash cost
+/// more than the counting for these short keys (node label values), which come from the
+/// cluster's own objects.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Adds `delta` to `key`'s count and returns the new count. The topology plugins call this
 /// per node or per matching pod in every cycle, and the domain is nearly always counted
 /// already: the key is looked up before it is allocated.
-pub fn add_count(counts: &mut HashMap<String, i64>, key: &str, delta: i64) -> i64 {
+pub fn add_count<S: BuildHasher>(
+    counts: &mut HashMap<String, i64, S>,
+    key: &str,
+    delta: i64,
+) -> i64 {
     match counts.get_mut(key) {
         Some(n) => {
             *n += delta;

@@ -22,8 +22,9 @@ use crate::cache::{Listers, Snapshot};
 use crate::framework::interface::{
     ClusterEvent, Code, CycleState, ExtensionPoint, MAX_NODE_SCORE, NodeScore, Plugin, Status,
 };
+use crate::framework::node_sums::{NodeSums, Sum};
 use crate::framework::types::{AffinityTerm, NodeInfo, PodInfo, WeightedAffinityTerm};
-use crate::plugins::helper::{Selector, add_count};
+use crate::plugins::helper::{FastMap, Selector, add_count};
 use crate::transform::CachedPod;
 
 /// The plugin's name.
@@ -76,6 +77,8 @@ impl Default for InterPodAffinityArgs {
 /// The plugin.
 pub struct InterPodAffinity {
     args: InterPodAffinityArgs,
+    /// PreScore's sums, kept across cycles (see [`NodeSums`]).
+    scores: NodeSums<ScoreKey, ScoreMap>,
 }
 
 impl InterPodAffinity {
@@ -88,7 +91,10 @@ impl InterPodAffinity {
                 args.hard_pod_affinity_weight
             ));
         }
-        Ok(Self { args })
+        Ok(Self {
+            args,
+            scores: NodeSums::default(),
+        })
     }
 }
 
@@ -226,10 +232,39 @@ fn satisfy_pod_affinity(
 }
 
 /// topologyKey -> value -> summed weight (upstream `scoreMap`).
-type ScoreMap = HashMap<String, HashMap<String, i64>>;
+#[derive(Clone, Debug, Default)]
+struct ScoreMap(FastMap<String, FastMap<String, i64>>);
 
+/// One node's part of PreScore's sum: (topologyKey, the node's value for it, summed
+/// weight), one entry per key.
+type NodePart = Vec<(String, String, i64)>;
+
+impl Sum for ScoreMap {
+    type Part = NodePart;
+
+    fn apply(&mut self, part: &NodePart, sign: i64) {
+        for (key, value, weight) in part {
+            // Looked up before the key is cloned: nearly always there already.
+            let values = match self.0.get_mut(key.as_str()) {
+                Some(values) => values,
+                None => self.0.entry(key.clone()).or_default(),
+            };
+            add_count(values, value, sign * weight);
+        }
+    }
+}
+
+impl ScoreMap {
+    /// Whether no domain has a weight: the plugin has nothing to add for this pod. (Parts
+    /// taken back out leave their domains at 0 rather than remove them.)
+    fn is_zero(&self) -> bool {
+        self.0.values().flat_map(FastMap::values).all(|w| *w == 0)
+    }
+}
+
+/// upstream `processTerm`: a matching term adds its weight to the node's domain.
 fn process_term(
-    m: &mut ScoreMap,
+    part: &mut NodePart,
     term: &AffinityTerm,
     weight: i64,
     matched: bool,
@@ -241,19 +276,31 @@ fn process_term(
     let Some(v) = node_label(node, &term.topology_key) else {
         return;
     };
-    // PreScore calls this for every existing pod a term matches (10k per cycle in a large
-    // cluster) and nearly always finds the topology key present: look up before cloning it.
-    let values = match m.get_mut(&term.topology_key) {
-        Some(values) => values,
-        None => m.entry(term.topology_key.clone()).or_default(),
-    };
-    add_count(values, v, weight);
+    match part.iter_mut().find(|(k, _, _)| *k == term.topology_key) {
+        Some(e) => e.2 += weight,
+        None => part.push((term.topology_key.clone(), v.clone(), weight)),
+    }
+}
+
+/// What PreScore's sum depends on besides the node entries: the incoming pod's namespace,
+/// labels, namespace labels and preferred terms (the plugin's args are fixed). Used only
+/// when the pod's terms name their namespaces: a namespaceSelector reads the labels of
+/// the existing pods' namespaces, which no node entry carries.
+#[derive(PartialEq)]
+struct ScoreKey {
+    namespace: String,
+    labels: Option<BTreeMap<String, String>>,
+    namespace_labels: Option<BTreeMap<String, String>>,
+    preferred_affinity: Vec<WeightedAffinityTerm>,
+    preferred_anti_affinity: Vec<WeightedAffinityTerm>,
 }
 
 impl InterPodAffinity {
+    /// upstream `processExistingPod`: the terms between `incoming` and `existing` (on
+    /// `node`) that match, added to the node's part.
     fn process_existing_pod(
         &self,
-        m: &mut ScoreMap,
+        part: &mut NodePart,
         incoming: &PodInfo,
         incoming_ns_labels: Option<&BTreeMap<String, String>>,
         existing: &PodInfo,
@@ -263,16 +310,14 @@ impl InterPodAffinity {
         if node.labels().is_none_or(BTreeMap::is_empty) {
             return;
         }
-        let weighted =
-            |m: &mut ScoreMap, terms: &[WeightedAffinityTerm], pod: &CachedPod, sign: i64| {
-                for t in terms {
-                    let matched = term_matches(&t.term, pod, listers);
-                    process_term(m, &t.term, i64::from(t.weight) * sign, matched, node);
-                }
-            };
-        weighted(m, &incoming.affinity.preferred_affinity, &existing.pod, 1);
+        let mut weighted = |terms: &[WeightedAffinityTerm], pod: &CachedPod, sign: i64| {
+            for t in terms {
+                let matched = term_matches(&t.term, pod, listers);
+                process_term(part, &t.term, i64::from(t.weight) * sign, matched, node);
+            }
+        };
+        weighted(&incoming.affinity.preferred_affinity, &existing.pod, 1);
         weighted(
-            m,
             &incoming.affinity.preferred_anti_affinity,
             &existing.pod,
             -1,
@@ -281,7 +326,7 @@ impl InterPodAffinity {
             for t in &existing.affinity.required_affinity {
                 let matched = t.matches(&incoming.pod, incoming_ns_labels);
                 process_term(
-                    m,
+                    part,
                     t,
                     i64::from(self.args.hard_pod_affinity_weight),
                     matched,
@@ -295,7 +340,7 @@ impl InterPodAffinity {
         ] {
             for t in terms {
                 let matched = t.term.matches(&incoming.pod, incoming_ns_labels);
-                process_term(m, &t.term, i64::from(t.weight) * sign, matched, node);
+                process_term(part, &t.term, i64::from(t.weight) * sign, matched, node);
             }
         }
     }
@@ -461,17 +506,17 @@ impl Plugin for InterPodAffinity {
         }
         let listers = &snapshot.listers;
         let ns_labels = listers.namespace_labels(pod.namespace());
-        let mut total = ScoreMap::new();
-        for node in snapshot.nodes.iter() {
+        let node_part = |node: &NodeInfo| {
+            let mut part = NodePart::new();
             if !has_constraints && node.pods_with_affinity == 0 {
-                continue;
+                return part;
             }
             for existing in &node.pods {
                 if !has_constraints && !existing.affinity.has_any() {
                     continue;
                 }
                 self.process_existing_pod(
-                    &mut total,
+                    &mut part,
                     pod,
                     ns_labels.as_ref(),
                     existing,
@@ -479,8 +524,30 @@ impl Plugin for InterPodAffinity {
                     listers,
                 );
             }
-        }
-        if total.is_empty() {
+            part
+        };
+        let by_name = a
+            .preferred_affinity
+            .iter()
+            .chain(&a.preferred_anti_affinity)
+            .all(|t| t.term.namespace_selector == Selector::Nothing);
+        let total = if by_name {
+            let key = ScoreKey {
+                namespace: pod.namespace().to_string(),
+                labels: pod.labels().cloned(),
+                namespace_labels: ns_labels.clone(),
+                preferred_affinity: a.preferred_affinity.clone(),
+                preferred_anti_affinity: a.preferred_anti_affinity.clone(),
+            };
+            self.scores.total(key, &snapshot.nodes, node_part)
+        } else {
+            let mut total = ScoreMap::default();
+            for node in snapshot.nodes.iter() {
+                total.apply(&node_part(node), 1);
+            }
+            total
+        };
+        if total.is_zero() {
             return Status::skip();
         }
         state.write(PRE_SCORE_STATE_KEY, total);
@@ -499,7 +566,8 @@ impl Plugin for InterPodAffinity {
                 "failed to read {PRE_SCORE_STATE_KEY:?} from cycleState"
             )));
         };
-        Ok(m.iter()
+        Ok(m.0
+            .iter()
             .filter_map(|(key, values)| node_label(node, key).and_then(|v| values.get(v)))
             .sum())
     }
@@ -512,7 +580,7 @@ impl Plugin for InterPodAffinity {
     ) -> Status {
         if state
             .read::<ScoreMap>(PRE_SCORE_STATE_KEY)
-            .is_none_or(HashMap::is_empty)
+            .is_none_or(ScoreMap::is_zero)
         {
             return Status::success();
         }
@@ -586,6 +654,20 @@ pub(crate) mod tests {
             topology_key: key.into(),
             ..Default::default()
         }
+    }
+
+    /// A Node object for a [`crate::cache::Cache`], with its hostname and `labels`.
+    pub(crate) fn node_object(name: &str, l: &[(&str, &str)]) -> Arc<Node> {
+        let mut all = labels(l);
+        all.insert("kubernetes.io/hostname".into(), name.into());
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(all),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
     }
 
     pub(crate) fn pod_with(name: &str, app: &str, affinity: Option<Affinity>) -> Arc<PodInfo> {
@@ -842,5 +924,89 @@ pub(crate) mod tests {
             Code::Skip
         );
         assert!(InterPodAffinity::new(&serde_json::json!({"hardPodAffinityWeight": 101})).is_err());
+    }
+
+    /// PreScore's sums are carried across cycles: after every change to the cluster they
+    /// equal those of a plugin that never saw an earlier cycle.
+    #[test]
+    fn sums_carried_across_cycles_match_a_fresh_walk() {
+        let cache = crate::cache::Cache::new(None);
+        for (name, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c")] {
+            cache.add_or_update_node(node_object(name, &[("zone", zone)]));
+        }
+        let preferred = |app: &str, key: &str, weight: i32| WeightedPodAffinityTerm {
+            weight,
+            pod_affinity_term: term(app, key),
+        };
+        let web =
+            pod_with(
+                "web",
+                "web",
+                Some(Affinity {
+                    pod_affinity: Some(PodAffinity {
+                        preferred_during_scheduling_ignored_during_execution: Some(vec![
+                            preferred("db", "zone", 10),
+                        ]),
+                        ..Default::default()
+                    }),
+                    pod_anti_affinity: Some(PodAntiAffinity {
+                        preferred_during_scheduling_ignored_during_execution: Some(vec![
+                            preferred("db", "kubernetes.io/hostname", 4),
+                        ]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            );
+        let kept = InterPodAffinity::new(&serde_json::Value::Null).expect("plugin");
+        let sums = |pl: &InterPodAffinity, snap: &Snapshot| {
+            let mut state = CycleState::default();
+            pl.pre_score(&mut state, &web, &snap.nodes, snap);
+            let mut out: Vec<(String, String, i64)> = state
+                .read::<ScoreMap>(PRE_SCORE_STATE_KEY)
+                .into_iter()
+                .flat_map(|m| {
+                    m.0.iter().flat_map(|(k, vs)| {
+                        vs.iter()
+                            .filter(|(_, w)| **w != 0)
+                            .map(|(v, w)| (k.clone(), v.clone(), *w))
+                    })
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        let check = |step: &str| {
+            let snap = cache.snapshot();
+            let fresh = InterPodAffinity::new(&serde_json::Value::Null).expect("plugin");
+            let got = sums(&kept, &snap);
+            assert_eq!(got, sums(&fresh, &snap), "{step}");
+            got
+        };
+        assert!(check("no pods").is_empty());
+        for (i, n) in ["a1", "b1", "a2", "b1"].into_iter().enumerate() {
+            cache
+                .assume(pod_with(&format!("db{i}"), "db", None), n)
+                .expect("assume");
+            cache
+                .assume(pod_with(&format!("other{i}"), "other", None), n)
+                .expect("assume");
+            check(&format!("db{i} on {n}"));
+        }
+        // A node moves to another zone, one leaves, a pod goes.
+        cache.add_or_update_node(node_object("b1", &[("zone", "c")]));
+        check("b1 relabelled");
+        cache.remove_node("a2");
+        check("a2 removed");
+        cache.remove_pod("db0");
+        let got = check("db0 removed");
+        let own = |k: &str, v: &str, w: i64| (k.to_string(), v.to_string(), w);
+        assert_eq!(
+            got,
+            vec![
+                own("kubernetes.io/hostname", "b1", -8),
+                own("zone", "c", 20),
+            ]
+        );
     }
 }

@@ -13,19 +13,20 @@
 //!              counts (log-normalized per topology size); NormalizeScore: fewer = better
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::TopologySpreadConstraint;
+use k8s_openapi::api::core::v1::{NodeAffinity, Toleration, TopologySpreadConstraint};
 use serde::Deserialize;
 
 use crate::cache::{Listers, Snapshot};
 use crate::framework::interface::{
     ClusterEvent, Code, CycleState, ExtensionPoint, MAX_NODE_SCORE, NodeScore, Plugin, Status,
 };
+use crate::framework::node_sums::{NodeSums, Sum};
 use crate::framework::types::{NodeInfo, PodInfo};
 use crate::plugins::helper::{
-    Selector, add_count, find_untolerated_taint, label_selector_as_selector,
+    FastMap, Selector, add_count, find_untolerated_taint, label_selector_as_selector,
 };
 use crate::plugins::node_affinity::pod_matches_node;
 use crate::transform::CachedNode;
@@ -86,6 +87,8 @@ pub struct PodTopologySpreadArgs {
 pub struct PodTopologySpread {
     default_constraints: Vec<TopologySpreadConstraint>,
     system_defaulted: bool,
+    /// PreFilter's per-domain counts, kept across cycles (see [`NodeSums`]).
+    counts: NodeSums<CountKey, DomainCounts>,
 }
 
 impl PodTopologySpread {
@@ -151,12 +154,13 @@ impl PodTopologySpread {
                 args.default_constraints
             },
             system_defaulted,
+            counts: NodeSums::default(),
         })
     }
 }
 
 /// A constraint with its selector parsed (upstream `topologySpreadConstraint`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Constraint {
     max_skew: i32,
     topology_key: String,
@@ -387,7 +391,70 @@ struct PreFilterState {
     constraints: Vec<Constraint>,
     critical_paths: Vec<CriticalPaths>,
     /// Per constraint: domain value -> matching pods.
-    tp_value_to_match_num: Vec<HashMap<String, i64>>,
+    tp_value_to_match_num: Vec<FastMap<String, i64>>,
+}
+
+/// What PreFilter's counts depend on besides the node entries: the pod's namespace and
+/// constraints, and what [`Constraint::includes_node`] reads of the pod when a constraint
+/// honors node affinity or taints.
+#[derive(PartialEq)]
+struct CountKey {
+    namespace: String,
+    constraints: Vec<Constraint>,
+    node_selector: Option<BTreeMap<String, String>>,
+    node_affinity: Option<NodeAffinity>,
+    tolerations: Option<Vec<Toleration>>,
+}
+
+impl CountKey {
+    fn new(pod: &PodInfo, constraints: &[Constraint]) -> Self {
+        let spec = pod.pod.spec.as_ref();
+        let affinity = constraints.iter().any(|c| c.honor_node_affinity);
+        let taints = constraints.iter().any(|c| c.honor_node_taints);
+        Self {
+            namespace: pod.namespace().to_string(),
+            constraints: constraints.to_vec(),
+            node_selector: spec
+                .filter(|_| affinity)
+                .and_then(|s| s.node_selector.clone()),
+            node_affinity: spec
+                .filter(|_| affinity)
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.node_affinity.clone()),
+            tolerations: spec.filter(|_| taints).and_then(|s| s.tolerations.clone()),
+        }
+    }
+}
+
+/// Per constraint: domain value -> (eligible nodes in it, matching pods on them). The node
+/// count says when a domain has left the sum: upstream counts a domain whose nodes hold no
+/// matching pod as 0, and a domain without eligible nodes not at all.
+#[derive(Clone, Debug, Default)]
+struct DomainCounts(Vec<FastMap<String, (i64, i64)>>);
+
+impl Sum for DomainCounts {
+    /// Per constraint: the node's domain and its matching pods, if the node is eligible.
+    type Part = Vec<Option<(String, i64)>>;
+
+    fn apply(&mut self, part: &Self::Part, sign: i64) {
+        if self.0.len() < part.len() {
+            self.0.resize_with(part.len(), FastMap::default);
+        }
+        for (counts, p) in self.0.iter_mut().zip(part) {
+            let Some((domain, pods)) = p else {
+                continue;
+            };
+            let e = match counts.get_mut(domain.as_str()) {
+                Some(e) => e,
+                None => counts.entry(domain.clone()).or_default(),
+            };
+            e.0 += sign;
+            e.1 += sign * pods;
+            if e.0 == 0 {
+                counts.remove(domain.as_str());
+            }
+        }
+    }
 }
 
 impl PreFilterState {
@@ -437,7 +504,7 @@ struct PreScoreState {
     ignored_nodes: HashSet<String>,
     /// Per constraint: domain value -> matching pods (hostname constraints count per node
     /// at Score time instead).
-    topology_value_to_pod_counts: Vec<HashMap<String, i64>>,
+    topology_value_to_pod_counts: Vec<FastMap<String, i64>>,
     topology_normalizing_weight: Vec<f64>,
 }
 
@@ -463,32 +530,44 @@ impl Plugin for PodTopologySpread {
         if constraints.is_empty() {
             return Status::skip();
         }
+        // upstream `calPreFilterState`: per constraint, the matching pods of each domain
+        // over the nodes that have every constraint's key and that the constraint includes.
+        let key = CountKey::new(pod, &constraints);
+        let counts = self.counts.total(key, &snapshot.nodes, |info| {
+            let Some(node) = info.node.as_ref() else {
+                return Vec::new();
+            };
+            if !node_has_all_keys(node, &constraints) {
+                return Vec::new();
+            }
+            constraints
+                .iter()
+                .map(|c| {
+                    c.includes_node(pod, node).then(|| {
+                        let v = node
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(&c.topology_key))
+                            .cloned()
+                            .unwrap_or_default();
+                        let n = count_pods_match_selector(&info.pods, &c.selector, pod.namespace());
+                        (v, n)
+                    })
+                })
+                .collect()
+        });
+        let mut tp_value_to_match_num: Vec<FastMap<String, i64>> = counts
+            .0
+            .into_iter()
+            .map(|m| m.into_iter().map(|(v, (_, pods))| (v, pods)).collect())
+            .collect();
+        tp_value_to_match_num.resize_with(constraints.len(), FastMap::default);
         let mut s = PreFilterState {
-            tp_value_to_match_num: vec![HashMap::new(); constraints.len()],
+            tp_value_to_match_num,
             critical_paths: vec![CriticalPaths::new(); constraints.len()],
             constraints,
         };
-        for info in snapshot.nodes.iter() {
-            let Some(node) = info.node.as_ref() else {
-                continue;
-            };
-            if !node_has_all_keys(node, &s.constraints) {
-                continue;
-            }
-            for (i, c) in s.constraints.iter().enumerate() {
-                if !c.includes_node(pod, node) {
-                    continue;
-                }
-                let v = node
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(&c.topology_key))
-                    .map_or("", String::as_str);
-                let count = count_pods_match_selector(&info.pods, &c.selector, pod.namespace());
-                add_count(&mut s.tp_value_to_match_num[i], v, count);
-            }
-        }
         for i in 0..s.constraints.len() {
             let mut paths = CriticalPaths::new();
             for (v, n) in &s.tp_value_to_match_num[i] {
@@ -581,7 +660,7 @@ impl Plugin for PodTopologySpread {
             return Status::skip();
         }
         let mut s = PreScoreState {
-            topology_value_to_pod_counts: vec![HashMap::new(); constraints.len()],
+            topology_value_to_pod_counts: vec![FastMap::default(); constraints.len()],
             ..PreScoreState::default()
         };
         let mut topo_size = vec![0usize; constraints.len()];
@@ -955,5 +1034,58 @@ mod tests {
         }))
         .is_err());
         assert!(PodTopologySpread::new(&serde_json::json!({"defaultingType": "Other"})).is_err());
+    }
+
+    /// PreFilter's counts are carried across cycles: after every change to the cluster
+    /// they equal those of a plugin that never saw an earlier cycle, domains that lose
+    /// their last node included.
+    #[test]
+    fn counts_carried_across_cycles_match_a_fresh_count() {
+        use crate::plugins::inter_pod_affinity::tests::node_object;
+        let cache = crate::cache::Cache::new(None);
+        for (name, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c")] {
+            cache.add_or_update_node(node_object(name, &[("zone", zone)]));
+        }
+        cache.add_or_update_node(node_object("x1", &[]));
+        let incoming = pod("in", "web", vec![constraint("zone", 1, "DoNotSchedule")]);
+        let kept = PodTopologySpread::new(&serde_json::Value::Null).expect("plugin");
+        let counts = |pl: &PodTopologySpread, snap: &Snapshot| {
+            let mut state = CycleState::default();
+            assert!(pl.pre_filter(&mut state, &incoming, snap).is_success());
+            let s = state
+                .read::<PreFilterState>(PRE_FILTER_STATE_KEY)
+                .expect("state");
+            let mut domains: Vec<(String, i64)> = s.tp_value_to_match_num[0]
+                .iter()
+                .map(|(v, n)| (v.clone(), *n))
+                .collect();
+            domains.sort();
+            (domains, s.min_match_num(0, 1))
+        };
+        let check = |step: &str| {
+            let snap = cache.snapshot();
+            let fresh = PodTopologySpread::new(&serde_json::Value::Null).expect("plugin");
+            let got = counts(&kept, &snap);
+            assert_eq!(got, counts(&fresh, &snap), "{step}");
+            got
+        };
+        let d = |l: &[(&str, i64)]| l.iter().map(|(v, n)| (v.to_string(), *n)).collect();
+        assert_eq!(check("no pods"), (d(&[("a", 0), ("b", 0), ("c", 0)]), 0));
+        for (i, n) in ["a1", "b1", "a2", "x1", "c1"].into_iter().enumerate() {
+            cache
+                .assume(pod(&format!("w{i}"), "web", vec![]), n)
+                .expect("assume");
+            cache
+                .assume(pod(&format!("d{i}"), "db", vec![]), n)
+                .expect("assume");
+            check(&format!("w{i} on {n}"));
+        }
+        assert_eq!(check("placed"), (d(&[("a", 2), ("b", 1), ("c", 1)]), 1));
+        // c1 moves to zone b, so zone c has no node left; a2 leaves; a pod goes.
+        cache.add_or_update_node(node_object("c1", &[("zone", "b")]));
+        assert_eq!(check("c1 relabelled"), (d(&[("a", 2), ("b", 2)]), 2));
+        cache.remove_node("a2");
+        cache.remove_pod("w1");
+        assert_eq!(check("a2 and w1 gone"), (d(&[("a", 1), ("b", 1)]), 1));
     }
 }
