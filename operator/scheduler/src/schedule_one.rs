@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use rand::Rng as _;
 
 use crate::cache::Snapshot;
-use crate::framework::interface::{Code, CycleState, NodeScore, Plugin, Status};
+use crate::framework::interface::{Code, CycleState, NodeScore, Plugin, Reason, Status};
 use crate::framework::runtime::Framework;
 use crate::framework::types::{NodeInfo, PodInfo};
 use crate::framework::{Diagnosis, FitError, parallelize};
@@ -130,9 +130,9 @@ pub fn run_post_filter_plugins(
             Status::error("not found").with_plugin("DynamicResources"),
         );
     }
-    let mut reasons = Vec::new();
+    let mut reasons: Vec<Reason> = Vec::new();
     if fwk.unimplemented.iter().any(|n| n == "DynamicResources") {
-        reasons.push("no new claims to deallocate".to_string());
+        reasons.push("no new claims to deallocate".into());
     }
     let mut result = None;
     for pl in &fwk.post_filter {
@@ -282,27 +282,33 @@ pub fn schedule_pod(
     });
     let mut feasible: Vec<Arc<NodeInfo>> = Vec::new();
     let mut processed = 0;
-    for (i, s) in results {
-        let node = &nodes[(start + i) % n];
+    for (i, s) in &results {
         if s.is_success() {
             // Threads may overshoot the count a little; keep the first `to_find`, as
             // upstream does, and count the rest as not processed.
             if feasible.len() < to_find {
-                feasible.push(node.clone());
+                feasible.push(nodes[(start + i) % n].clone());
                 processed += 1;
             }
             continue;
         }
         processed += 1;
         if s.code == Code::Error {
-            return Err(ScheduleError::Internal(s));
+            return Err(ScheduleError::Internal(s.clone()));
         }
-        diagnosis.unschedulable_plugins.insert(s.plugin);
-        diagnosis.node_to_status.insert(node.name.clone(), s);
     }
     next_start.store((start + processed) % n, Ordering::Relaxed);
 
     if feasible.is_empty() {
+        // Only a pod that fits nowhere needs the per-node diagnosis: built on every cycle,
+        // as upstream does, it was a map of thousands of entries whenever one zone or a
+        // few nodes were left feasible.
+        for (i, s) in results {
+            diagnosis.unschedulable_plugins.insert(s.plugin);
+            diagnosis
+                .node_to_status
+                .insert(nodes[(start + i) % n].name.clone(), s);
+        }
         return Err(post_filter(fwk, &state, pod, diagnosis, snapshot));
     }
     if feasible.len() == 1 {

@@ -2,7 +2,10 @@
 //! and one trait with a method per extension point.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::cache::Snapshot;
 use crate::framework::types::{NodeInfo, PodInfo};
@@ -28,13 +31,18 @@ pub enum Code {
     Pending,
 }
 
+/// A reason a status gives: most are fixed texts, which need no allocation.
+pub type Reason = Cow<'static, str>;
+
 /// The outcome of a plugin call (upstream `fwk.Status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     /// The code.
     pub code: Code,
-    /// Human-readable reasons; counted one by one in the "0/N nodes" message.
-    pub reasons: Vec<String>,
+    /// Human-readable reasons; counted one by one in the "0/N nodes" message. A filter
+    /// pass can reject thousands of nodes per cycle, nearly always with one fixed reason:
+    /// held inline, such a status allocates nothing.
+    pub reasons: SmallVec<[Reason; 1]>,
     /// The plugin that returned this status.
     pub plugin: &'static str,
 }
@@ -44,37 +52,37 @@ impl Status {
     pub fn success() -> Self {
         Self {
             code: Code::Success,
-            reasons: Vec::new(),
+            reasons: SmallVec::new(),
             plugin: "",
         }
     }
 
     /// A status with `code` and one reason.
-    pub fn new(code: Code, reason: impl Into<String>) -> Self {
+    pub fn new(code: Code, reason: impl Into<Reason>) -> Self {
         Self {
             code,
-            reasons: vec![reason.into()],
+            reasons: smallvec::smallvec![reason.into()],
             plugin: "",
         }
     }
 
     /// A status with `code` and several reasons.
-    pub fn with_reasons(code: Code, reasons: Vec<String>) -> Self {
+    pub fn with_reasons<R: Into<Reason>>(code: Code, reasons: impl IntoIterator<Item = R>) -> Self {
         Self {
             code,
-            reasons,
+            reasons: reasons.into_iter().map(Into::into).collect(),
             plugin: "",
         }
     }
 
     /// An internal error.
-    pub fn error(msg: impl Into<String>) -> Self {
+    pub fn error(msg: impl Into<Reason>) -> Self {
         Self::new(Code::Error, msg)
     }
 
     /// Skip.
     pub fn skip() -> Self {
-        Self::with_reasons(Code::Skip, Vec::new())
+        Self::with_reasons(Code::Skip, [""; 0])
     }
 
     /// Whether the code is Success.
@@ -393,7 +401,7 @@ mod tests {
     fn status_message_and_rejection() {
         let s = Status::with_reasons(
             Code::Unschedulable,
-            vec!["Insufficient cpu".into(), "Insufficient memory".into()],
+            ["Insufficient cpu", "Insufficient memory"],
         );
         assert!(s.is_rejected());
         assert_eq!(s.message(), "Insufficient cpu, Insufficient memory");

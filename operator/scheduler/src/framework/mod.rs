@@ -53,14 +53,14 @@ impl FitError {
             let mut counts: HashMap<&str, usize> = HashMap::new();
             for status in d.node_to_status.values() {
                 for reason in &status.reasons {
-                    *counts.entry(reason.as_str()).or_default() += 1;
+                    *counts.entry(&**reason).or_default() += 1;
                 }
             }
             if d.node_to_status.len() < self.num_all_nodes
                 && let Some(absent) = &d.absent_nodes_status
             {
                 for reason in &absent.reasons {
-                    *counts.entry(reason.as_str()).or_default() +=
+                    *counts.entry(&**reason).or_default() +=
                         self.num_all_nodes - d.node_to_status.len();
                 }
             }
@@ -94,10 +94,7 @@ mod tests {
         ] {
             d.node_to_status.insert(
                 node.into(),
-                Status::with_reasons(
-                    Code::Unschedulable,
-                    reasons.into_iter().map(Into::into).collect(),
-                ),
+                Status::with_reasons(Code::Unschedulable, reasons),
             );
         }
         d.post_filter_msg =

@@ -1,14 +1,19 @@
 //! Running per-node work on several threads (upstream `parallelize`): threads pull chunks
 //! of indices from a shared counter, so uneven nodes do not leave threads idle.
 //!
-//! Upstream starts goroutines, which cost about a microsecond; a thread costs about as much
-//! as filtering a hundred nodes. So the calling thread works alone through the first
-//! [`MIN_PARALLEL`] items and starts helpers only if at least as many are still left: a
-//! filter pass that finds its share of feasible nodes early, or a score pass over a few
-//! hundred nodes, never pays for threads.
+//! Upstream starts goroutines, which cost about a microsecond; waking a helper thread costs
+//! about as much as filtering a hundred nodes. So the calling thread works alone through
+//! the first [`MIN_PARALLEL`] items and asks for helpers only if at least as many are still
+//! left: a filter pass that finds its share of feasible nodes early, or a score pass over a
+//! few hundred nodes, never pays for them.
+//!
+//! The helpers are rayon's pool threads, started once and kept. This module first started
+//! scoped threads per pass: a spawn, a fresh stack and a fresh allocator heap each time,
+//! which a filter pass pays whenever few nodes are feasible (a zone spread constraint with
+//! one zone left at the minimum scans every node).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Items the calling thread handles before helpers start, and the least left over for
 /// them to be worth starting.
@@ -56,13 +61,20 @@ pub fn for_each<T: Send>(
         out.extend(work());
         return out;
     }
-    std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        out.extend(work());
-        for h in helpers {
-            out.extend(h.join().unwrap_or_default());
+    let helped: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::new());
+    rayon::in_place_scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| {
+                let local = work();
+                helped
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(local);
+            });
         }
+        out.extend(work());
     });
+    out.extend(helped.into_inner().unwrap_or_else(PoisonError::into_inner));
     out.sort_by_key(|(i, _)| *i);
     out
 }

@@ -409,7 +409,7 @@ impl Plugin for Fit {
         } else {
             Code::Unschedulable
         };
-        Status::with_reasons(code, insufficient.into_iter().map(|(r, _)| r).collect())
+        Status::with_reasons(code, insufficient.into_iter().map(|(r, _)| r))
     }
 
     fn score(
@@ -495,7 +495,10 @@ pub(crate) mod tests {
         n.add_pod(pod("1500m", "3Gi"));
         let s = fit.filter(&st, &pod("1", "2Gi"), &n);
         assert_eq!(s.code, Code::Unschedulable, "evicting pods would make room");
-        assert_eq!(s.reasons, ["Insufficient cpu", "Insufficient memory"]);
+        assert_eq!(
+            s.reasons.as_slice(),
+            ["Insufficient cpu", "Insufficient memory"]
+        );
         let s = fit.filter(&st, &pod("3", ""), &n);
         assert_eq!(
             s.code,
@@ -503,7 +506,10 @@ pub(crate) mod tests {
             "more than the node has"
         );
         n.add_pod(pod("", ""));
-        assert_eq!(fit.filter(&st, &pod("", ""), &n).reasons, ["Too many pods"]);
+        assert_eq!(
+            fit.filter(&st, &pod("", ""), &n).reasons.as_slice(),
+            ["Too many pods"]
+        );
     }
 
     fn score_with(args: serde_json::Value, p: &PodInfo, n: &NodeInfo) -> i64 {
