@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::plugins::helper::{Selector, label_selector_as_selector};
 use crate::transform::{
-    CachedContainer, CachedNode, CachedPod, CachedResources, IntoCachedNode, IntoCachedPod,
+    CachedContainer, CachedNode, CachedPod, CachedResources, Interner, IntoCachedNode,
+    IntoCachedPod,
 };
 
 /// upstream `schedutil.DefaultMilliCPURequest`: what a container without a CPU request counts
@@ -253,8 +254,9 @@ pub struct PodInfo {
     pub host_ports: Vec<HostPort>,
     /// `spec.priority` (0 when unset).
     pub priority: i32,
-    /// The pod's inter-pod (anti-)affinity terms, parsed once.
-    pub affinity: AffinityInfo,
+    /// The pod's inter-pod (anti-)affinity terms, parsed once and shared with the pods
+    /// whose terms are equal.
+    pub affinity: Arc<AffinityInfo>,
 }
 
 /// A parsed pod (anti-)affinity term (upstream `fwk.AffinityTerm`).
@@ -311,7 +313,7 @@ pub struct WeightedAffinityTerm {
 
 /// A pod's inter-pod affinity and anti-affinity, parsed (upstream keeps these on
 /// `PodInfo` too).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AffinityInfo {
     /// podAffinity required terms.
     pub required_affinity: Vec<AffinityTerm>,
@@ -394,6 +396,9 @@ impl AffinityInfo {
     }
 }
 
+/// The parsed affinities of the pods in the cache and queue, shared.
+static AFFINITY_INFOS: Interner<AffinityInfo> = Interner::new();
+
 /// The pod's `namespace/name`.
 fn pod_key(pod: &CachedPod) -> String {
     format!(
@@ -417,7 +422,7 @@ impl PodInfo {
         let (requests, non_zero_requests) = pod_requests(&pod);
         let host_ports = host_ports(&pod);
         let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-        let affinity = AffinityInfo::of(&pod);
+        let affinity = AFFINITY_INFOS.share(Arc::new(AffinityInfo::of(&pod)));
         Self {
             pod,
             key,
