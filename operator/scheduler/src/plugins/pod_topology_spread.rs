@@ -171,6 +171,15 @@ struct Constraint {
 }
 
 impl Constraint {
+    /// The node's domain: its value of the topology key ("" without the key).
+    fn domain<'a>(&self, node: &'a CachedNode) -> &'a str {
+        node.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(&self.topology_key))
+            .map_or("", String::as_str)
+    }
+
     /// upstream `matchNodeInclusionPolicies`.
     fn includes_node(&self, pod: &PodInfo, node: &CachedNode) -> bool {
         if self.honor_node_affinity && !pod_matches_node(pod, node) {
@@ -486,12 +495,7 @@ impl PreFilterState {
             if !c.selector.matches(other.labels()) || !c.includes_node(preemptor, n) {
                 continue;
             }
-            let v = n
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(&c.topology_key))
-                .map_or("", String::as_str);
+            let v = c.domain(n);
             let num = add_count(&mut self.tp_value_to_match_num[i], v, delta);
             self.critical_paths[i].update(v, num);
         }
@@ -544,15 +548,8 @@ impl Plugin for PodTopologySpread {
                 .iter()
                 .map(|c| {
                     c.includes_node(pod, node).then(|| {
-                        let v = node
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(&c.topology_key))
-                            .cloned()
-                            .unwrap_or_default();
                         let n = count_pods_match_selector(&info.pods, &c.selector, pod.namespace());
-                        (v, n)
+                        (c.domain(node).to_string(), n)
                     })
                 })
                 .collect()
@@ -676,17 +673,10 @@ impl Plugin for PodTopologySpread {
                 if c.topology_key == LABEL_HOSTNAME {
                     continue;
                 }
-                let v = node
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(&c.topology_key))
-                    .cloned()
-                    .unwrap_or_default();
-                if let std::collections::hash_map::Entry::Vacant(e) =
-                    s.topology_value_to_pod_counts[i].entry(v)
-                {
-                    e.insert(0);
+                let counts = &mut s.topology_value_to_pod_counts[i];
+                let v = c.domain(node);
+                if !counts.contains_key(v) {
+                    counts.insert(v.to_string(), 0);
                     topo_size[i] += 1;
                 }
             }
@@ -715,15 +705,8 @@ impl Plugin for PodTopologySpread {
                 if !c.includes_node(pod, node) {
                     continue;
                 }
-                let v = node
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(&c.topology_key))
-                    .cloned()
-                    .unwrap_or_default();
                 let count = count_pods_match_selector(&info.pods, &c.selector, pod.namespace());
-                if let Some(e) = s.topology_value_to_pod_counts[i].get_mut(&v) {
+                if let Some(e) = s.topology_value_to_pod_counts[i].get_mut(c.domain(node)) {
                     *e += count;
                 }
             }
