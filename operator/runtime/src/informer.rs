@@ -692,13 +692,6 @@ impl InformerFactory {
                 (Some(a), Some(b)) => Some(format!("{a},{b}")),
                 (a, b) => a.or(b),
             },
-            // The initial list as a watch that sends the existing objects first (WatchList,
-            // on by default in the apiserver and in client-go since 1.32): objects arrive
-            // one by one. A LIST at resourceVersion 0 is served from the watch cache, which
-            // ignores the page size, so it came back as one body holding every object (14
-            // MB for 10k pods), buffered whole and then decoded. Scheduler benchmark, 10k
-            // pods: peak RSS 89.9 -> 83.5 MiB, no longer reached in the first two seconds.
-            initial_list_strategy: watcher::InitialListStrategy::StreamingList,
             ..watcher::Config::default()
         };
         let name = format!("{}.{}", K::plural(&dt), K::group(&dt));
