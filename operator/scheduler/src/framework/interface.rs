@@ -82,7 +82,11 @@ impl Status {
 
     /// Skip.
     pub fn skip() -> Self {
-        Self::with_reasons(Code::Skip, [""; 0])
+        Self {
+            code: Code::Skip,
+            reasons: SmallVec::new(),
+            plugin: "",
+        }
     }
 
     /// Whether the code is Success.

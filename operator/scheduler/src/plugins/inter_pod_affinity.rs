@@ -578,10 +578,8 @@ impl Plugin for InterPodAffinity {
         _pod: &PodInfo,
         scores: &mut [NodeScore],
     ) -> Status {
-        if state
-            .read::<ScoreMap>(PRE_SCORE_STATE_KEY)
-            .is_none_or(ScoreMap::is_zero)
-        {
+        // PreScore writes a sum only when some domain has a weight (it skips otherwise).
+        if state.read::<ScoreMap>(PRE_SCORE_STATE_KEY).is_none() {
             return Status::success();
         }
         let min = scores.iter().map(|s| s.score).min().unwrap_or(0);
