@@ -7,7 +7,7 @@ use clap::Parser;
 // what each thread's arena freed. In the ingress benchmark the resident set after 5k
 // routes came out lower with mimalloc; the peak during bulk creation did not.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: ferrokube_allocator::MiMalloc = ferrokube_allocator::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     ferrokube_runtime::process::run_current_thread(run())

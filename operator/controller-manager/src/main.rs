@@ -8,7 +8,7 @@ use clap::Parser;
 // 500 QPS). Its huge pages are off, as for the other binaries on it (see
 // `ferrokube_runtime::process::run_current_thread`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: ferrokube_allocator::MiMalloc = ferrokube_allocator::MiMalloc;
 
 // One thread runs every task. The controller-manager's work is many small wake-ups (a
 // request admitted by the QPS limiter, a watch event, a queue hand-off), and on the
