@@ -116,34 +116,100 @@ impl Upstream {
 }
 
 /// An idle connection and when it became idle.
-struct Idle {
-    conn: Upstream,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-/// Idle connections per backend address, and when expired ones were last closed.
-#[derive(Default)]
-struct Lists {
-    by_addr: FastMap<SocketAddr, Vec<Idle>>,
+/// Idle connections per backend address, most recently idle last, and when expired ones
+/// were last closed. Both upstream pools keep theirs this way: hyper's connections here,
+/// the fast path's sockets in [`crate::fast_path`].
+pub(crate) struct Lists<C> {
+    by_addr: FastMap<SocketAddr, Vec<Idle<C>>>,
     pruned: Option<Instant>,
-}
-
-/// One worker's idle upstream connections, per backend address.
-pub struct Keepalive {
-    idle: Mutex<Lists>,
     /// Idle connections kept per address (nginx's `keepalive`); more are closed.
     max_idle: usize,
     /// How long a connection may stay idle (nginx's `keepalive_timeout`).
     idle_timeout: Duration,
 }
 
+impl<C> Lists<C> {
+    /// Keeps up to `max_idle` idle connections per address, each for up to `idle_timeout`.
+    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            by_addr: FastMap::default(),
+            pruned: None,
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// The most recently idle connection to `addr` that has not expired (whether its
+    /// backend closed it meanwhile is for the caller to find out).
+    pub(crate) fn take(&mut self, addr: SocketAddr) -> Option<C> {
+        let list = self.by_addr.get_mut(&addr)?;
+        let now = Instant::now();
+        // The oldest are at the front.
+        let expired = list
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+            .count();
+        list.drain(..expired);
+        list.pop().map(|i| i.conn)
+    }
+
+    /// Keeps `conn` as idle, closing the oldest idle one to `addr` beyond the cap.
+    pub(crate) fn put(&mut self, addr: SocketAddr, conn: C) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let list = self.by_addr.entry(addr).or_default();
+        if list.len() >= self.max_idle {
+            list.remove(0);
+        }
+        list.push(Idle { conn, since: now });
+        // Expired connections to other addresses are closed here, at most once per idle
+        // timeout, rather than by a timer: a worker's pending timers change how tokio
+        // parks it, and a timer that fires every few seconds measured slower under load.
+        // A worker without traffic keeps its idle connections until their backends close
+        // them.
+        if self
+            .pruned
+            .is_none_or(|t| now.duration_since(t) >= self.idle_timeout)
+        {
+            self.prune(now);
+        }
+    }
+
+    /// Drops the connections idle for the idle timeout, and the addresses left without
+    /// any; `now` is when this was last done.
+    fn prune(&mut self, now: Instant) {
+        let timeout = self.idle_timeout;
+        self.pruned = Some(now);
+        self.by_addr.retain(|_, list| {
+            list.retain(|i| now.duration_since(i.since) < timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections kept, all addresses together.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_addr.values().map(Vec::len).sum()
+    }
+}
+
+/// One worker's idle upstream connections, per backend address.
+pub struct Keepalive {
+    idle: Mutex<Lists<Upstream>>,
+}
+
 impl Keepalive {
     /// Keeps up to `max_idle` idle connections per address, each for up to `idle_timeout`.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::default(),
-            max_idle,
-            idle_timeout,
+            idle: Mutex::new(Lists::new(max_idle, idle_timeout)),
         }
     }
 
@@ -179,19 +245,11 @@ impl Keepalive {
     /// The most recently idle open connection to `addr`, once it is ready for a request.
     async fn checkout(&self, addr: SocketAddr) -> Option<Upstream> {
         loop {
-            let idle = {
-                let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let list = all.by_addr.get_mut(&addr)?;
-                let now = Instant::now();
-                // The oldest are at the front.
-                let expired = list
-                    .iter()
-                    .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
-                    .count();
-                list.drain(..expired);
-                list.pop()?
-            };
-            let mut conn = idle.conn;
+            let mut conn = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(addr)?;
             // Driving it once reads what came while it was idle: a close by the backend
             // ends the driver here, before a request is risked on it.
             if conn.ready().await {
@@ -222,27 +280,14 @@ impl Keepalive {
     }
 
     fn give_back(&self, conn: Upstream) {
-        if conn.done || conn.sender.is_closed() || self.max_idle == 0 {
+        if conn.done || conn.sender.is_closed() {
             return;
         }
-        let now = Instant::now();
-        let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = all.by_addr.entry(conn.addr).or_default();
-        if list.len() >= self.max_idle {
-            list.remove(0);
-        }
-        list.push(Idle { conn, since: now });
-        // Expired connections to other addresses are closed here, at most once per idle
-        // timeout, rather than by a timer: a worker's pending timers change how tokio
-        // parks it, and a timer that fires every few seconds measured slower under load.
-        // A worker without traffic keeps its idle connections until their backends close
-        // them.
-        if all
-            .pruned
-            .is_none_or(|t| now.duration_since(t) >= self.idle_timeout)
-        {
-            all.prune(now, self.idle_timeout);
-        }
+        let addr = conn.addr;
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(addr, conn);
     }
 
     /// Closes connections idle longer than the idle timeout, and forgets addresses left
@@ -250,32 +295,21 @@ impl Keepalive {
     #[cfg(test)]
     fn prune(&self) {
         let mut all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        all.prune(Instant::now(), self.idle_timeout);
+        all.prune(Instant::now());
     }
 
     /// Idle connections kept, all addresses together.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        let all = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        all.by_addr.values().map(Vec::len).sum()
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
-impl Lists {
-    /// Drops the connections idle for `timeout`, and the addresses left without any;
-    /// `now` is when this was last done. (Whether an idle connection was closed by its
-    /// backend is only known by driving it, which checkout does.)
-    fn prune(&mut self, now: Instant, timeout: Duration) {
-        self.pruned = Some(now);
-        self.by_addr.retain(|_, list| {
-            list.retain(|i| now.duration_since(i.since) < timeout);
-            !list.is_empty()
-        });
-    }
-}
-
-/// A new connection to `addr`; its driver is polled by the requests that use it.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, Error> {
+/// A new TCP connection to `addr`, made within `timeout`, with Nagle's algorithm off.
+pub(crate) async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(Error::Connect { addr, source }),
@@ -288,6 +322,12 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, Error>
     };
     // Requests are small and each is written whole: waiting to coalesce only adds latency.
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A new connection to `addr`; its driver is polled by the requests that use it.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, Error> {
+    let stream = connect_tcp(addr, timeout).await?;
     let (sender, driver) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(Error::Request)?;

@@ -26,6 +26,7 @@ pub mod balancer;
 pub mod class;
 pub mod controller;
 pub mod cors;
+mod fast_path;
 pub mod keepalive;
 pub mod options;
 pub mod proxy;

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::FastMap;
 use crate::annotations::{BackendProtocol, Config};
 use crate::controller::Shared;
+use crate::fast_path::{self, Outcome, Prefixed};
 use crate::keepalive::{self, Keepalive};
 use crate::routing::{Route, Target, normalize_host};
 use crate::{access_log, auth, cors, ratelimit};
@@ -42,7 +43,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How many endpoints an idempotent request tries when connections are refused.
-const MAX_TRIES: usize = 3;
+pub(crate) const MAX_TRIES: usize = 3;
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,12 +85,20 @@ pub struct Proxy {
 
 /// What a connection knows of itself.
 #[derive(Clone, Debug)]
-struct Conn {
-    remote: SocketAddr,
-    tls: bool,
+pub(crate) struct Conn {
+    pub(crate) remote: SocketAddr,
+    pub(crate) tls: bool,
     /// `remote`'s IP as a header value (X-Forwarded-For, X-Real-IP), made once per
     /// connection rather than per request.
-    client_ip: HeaderValue,
+    pub(crate) client_ip: HeaderValue,
+}
+
+/// What the access log and the request counters take of a request, besides its outcome.
+pub(crate) struct Logged<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) request_id: &'a [u8],
 }
 
 fn full(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -183,18 +192,28 @@ fn idempotent(m: &Method) -> bool {
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(X_REQUEST_ID)
-        .filter(|v| v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .filter(|v| sane_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(|| {
-            // 32 hex digits, as nginx's $request_id, without a String in between.
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            let n = rand::random::<u128>();
-            let mut id = [0u8; 32];
-            for (i, d) in id.iter_mut().enumerate() {
-                *d = HEX[usize::try_from((n >> (124 - 4 * i)) & 0xf).unwrap_or(0)];
-            }
-            HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+            HeaderValue::from_bytes(&new_request_id())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
         })
+}
+
+/// Whether a client's X-Request-ID is passed on as it is: short and printable.
+pub(crate) fn sane_request_id(id: &[u8]) -> bool {
+    id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// A fresh request id: 32 random hex digits, as nginx's `$request_id`.
+pub(crate) fn new_request_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, d) in id.iter_mut().enumerate() {
+        *d = HEX[usize::try_from((n >> (124 - 4 * i)) & 0xf).unwrap_or(0)];
+    }
+    id
 }
 
 /// The host a request is for: its Host header, else (HTTP/2) its URI's authority, else
@@ -277,6 +296,8 @@ const UPSTREAM_MAX_IDLE: usize = 256;
 /// [`crate::workers`]).
 pub struct Pools {
     http1: Arc<Keepalive>,
+    /// The fast path's upstream sockets.
+    pub(crate) sockets: fast_path::Sockets,
     h2c: Mutex<HashMap<Duration, Client<HttpConnector, Body>>>,
     /// Request counters by status and Ingress (see [`Pools::counter`]).
     counters: Mutex<FastMap<u16, FastMap<ObjectKey, Counter>>>,
@@ -286,6 +307,7 @@ impl Default for Pools {
     fn default() -> Self {
         Self {
             http1: Arc::new(Keepalive::new(UPSTREAM_MAX_IDLE, UPSTREAM_IDLE_TIMEOUT)),
+            sockets: fast_path::Sockets::new(UPSTREAM_MAX_IDLE, UPSTREAM_IDLE_TIMEOUT),
             h2c: Mutex::default(),
             counters: Mutex::default(),
         }
@@ -392,6 +414,54 @@ impl Proxy {
         }
     }
 
+    /// The routing table as of now.
+    pub(crate) fn table(&self) -> arc_swap::Guard<Arc<crate::routing::Table>> {
+        self.shared.table.load()
+    }
+
+    /// The controller-wide defaults.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Counts a request's response (by the Ingress that routed it, if any) and writes its
+    /// access log line.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record(
+        &self,
+        pools: &Pools,
+        conn: &Conn,
+        request: &Logged<'_>,
+        status: u16,
+        upstream: Option<SocketAddr>,
+        ingress: Option<&ObjectKey>,
+        started: Instant,
+    ) {
+        static UNROUTED: ObjectKey = ObjectKey {
+            namespace: String::new(),
+            name: String::new(),
+        };
+        let ingress = ingress.unwrap_or(&UNROUTED);
+        pools.counter(&self.requests, ingress, status).inc();
+        if access_log::enabled() {
+            access_log::record(
+                self.settings.log_format,
+                &access_log::Entry {
+                    remote: conn.remote,
+                    method: request.method,
+                    host: request.host,
+                    path: request.path,
+                    status,
+                    upstream,
+                    ingress_namespace: &ingress.namespace,
+                    ingress_name: &ingress.name,
+                    duration: started.elapsed(),
+                    request_id: request.request_id,
+                },
+            );
+        }
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -414,30 +484,22 @@ impl Proxy {
             // copied with every move of the (then much larger) request future.
             Some(route) => Box::pin(self.forward(req, &conn, pools, &host, route, &id)).await,
         };
-        let status = resp.status().as_u16();
-        let unrouted = ObjectKey {
-            namespace: String::new(),
-            name: String::new(),
+        let logged = Logged {
+            method: method.as_str(),
+            host: host_str,
+            path,
+            request_id: id.as_bytes(),
         };
-        let ingress = route.as_ref().map_or(&unrouted, |r| &r.target.ingress);
-        pools.counter(&self.requests, ingress, status).inc();
-        if access_log::enabled() {
-            access_log::record(
-                self.settings.log_format,
-                &access_log::Entry {
-                    remote: conn.remote,
-                    method: method.as_str(),
-                    host: host_str,
-                    path,
-                    status,
-                    upstream,
-                    ingress_namespace: &ingress.namespace,
-                    ingress_name: &ingress.name,
-                    duration: started.elapsed(),
-                    request_id: id.as_bytes(),
-                },
-            );
-        }
+        let ingress = route.as_ref().map(|r| &r.target.ingress);
+        self.record(
+            pools,
+            &conn,
+            &logged,
+            resp.status().as_u16(),
+            upstream,
+            ingress,
+            started,
+        );
         resp
     }
 
@@ -778,6 +840,24 @@ impl Proxy {
     }
 }
 
+/// The hyper service for one connection's requests.
+fn service(
+    proxy: Arc<Proxy>,
+    pools: Arc<Pools>,
+    conn: Conn,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send {
+    hyper::service::service_fn(move |req| {
+        let (proxy, pools, conn) = (proxy.clone(), pools.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(proxy.handle(req, conn, &pools).await) }
+    })
+}
+
 /// Accepts connections on `listener` (TLS when `tls` is set) until `shutdown`, then lets
 /// open connections finish for up to `grace` (idle keep-alive connections close at once,
 /// HTTP/2 ones get GOAWAY). Upstream connections come from `pools`, which should belong
@@ -812,39 +892,46 @@ pub async fn serve(
             client_ip: HeaderValue::try_from(remote.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("-")),
         };
-        let proxy = proxy.clone();
-        let pools = pools.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let (proxy, pools, builder) = (proxy.clone(), pools.clone(), builder.clone());
+        let (watcher, tls, shutdown) = (graceful.watcher(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let (proxy, pools, conn) = (proxy.clone(), pools.clone(), conn.clone());
-                async move { Ok::<_, Infallible>(proxy.handle(req, conn, &pools).await) }
-            });
-            match tls {
-                None => {
-                    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let Some(acceptor) = tls else {
+                // The watcher is held while the fast path serves, so the drain waits for
+                // the connection; the fast path itself ends at `shutdown` between requests.
+                if let Outcome::Handover(s, read) =
+                    fast_path::serve(stream, &proxy, &conn, &pools, &shutdown).await
+                {
+                    let service = service(proxy, pools, conn);
+                    let c = builder.serve_connection_with_upgrades(
+                        TokioIo::new(Prefixed::new(s, read)),
+                        service,
+                    );
                     let _ = watcher.watch(c.into_owned()).await;
                 }
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(c.into_owned()).await;
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            // HTTP/2 by ALPN goes to hyper at once; HTTP/1.1 starts on the fast path.
+            let (s, read) = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                (stream, Bytes::new())
+            } else {
+                match fast_path::serve(stream, &proxy, &conn, &pools, &shutdown).await {
+                    Outcome::Done => return,
+                    Outcome::Handover(s, read) => (s, read),
                 }
-            }
+            };
+            let service = service(proxy, pools, conn);
+            let c = builder
+                .serve_connection_with_upgrades(TokioIo::new(Prefixed::new(s, read)), service);
+            let _ = watcher.watch(c.into_owned()).await;
         });
     }
     drop(listener);
