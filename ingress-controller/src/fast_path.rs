@@ -44,7 +44,7 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Bytes read from a backend at a time while a body streams.
 const READ_SIZE: usize = 16 * 1024;
-/// Free space kept for the next read from a client.
+/// Free space kept for the next read of a head (from a client or a backend).
 const READ_RESERVE: usize = 4096;
 
 /// How serving a connection ended.
@@ -545,7 +545,8 @@ where
     let mut bufs = Buffers {
         request: Vec::with_capacity(1024),
         response: Vec::with_capacity(1024),
-        upstream: BytesMut::with_capacity(READ_SIZE),
+        // Sized by the first read: most responses fit in READ_RESERVE.
+        upstream: BytesMut::new(),
     };
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -861,7 +862,7 @@ async fn round_trip(
                 Err(e) => return Err(invalid(&format!("response head: {e}"))),
             }
         }
-        bufs.upstream.reserve(READ_SIZE);
+        bufs.upstream.reserve(READ_RESERVE);
         match s.read_buf(&mut bufs.upstream).await {
             Ok(0) if !answered => return Err(RoundTrip::Unanswered),
             Ok(0) => return Err(RoundTrip::Failed(io::ErrorKind::UnexpectedEof.into())),

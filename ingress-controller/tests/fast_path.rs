@@ -201,18 +201,27 @@ async fn keep_alive_requests_and_the_hand_over_to_hyper() -> anyhow::Result<()> 
     assert_eq!(head.status, 200, "{head:?}");
     assert!(head.head.contains("content-length: "), "{}", head.head);
 
-    // A chunked body passes through with its framing, trailer included.
-    s.write_all(get("/raw/chunked", HOST, "").as_bytes())
-        .await?;
-    let chunked = read_response(&mut s, &mut buf, false).await?;
-    assert!(
-        chunked.head.contains("transfer-encoding: chunked"),
-        "{}",
-        chunked.head
-    );
+    // A chunked body passes through with its framing, trailer included; the upstream
+    // connection it came on is kept and takes the next request.
+    let before = accepted.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        s.write_all(get("/raw/chunked", HOST, "").as_bytes())
+            .await?;
+        let chunked = read_response(&mut s, &mut buf, false).await?;
+        assert!(
+            chunked.head.contains("transfer-encoding: chunked"),
+            "{}",
+            chunked.head
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&chunked.body),
+            "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        );
+    }
     assert_eq!(
-        String::from_utf8_lossy(&chunked.body),
-        "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        accepted.load(Ordering::SeqCst) - before,
+        1,
+        "one upstream connection"
     );
 
     // An unrouted host: the proxy's own 404, and the connection stays.
