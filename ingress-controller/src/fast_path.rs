@@ -131,7 +131,7 @@ fn simple<'b>(req: &'b httparse::Request<'_, 'b>) -> Option<Head<'b>> {
         .path
         .filter(|t| t.starts_with('/') && t.bytes().all(plain_target_byte))?;
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let (mut host, mut request_id, mut close) = (None, None, false);
+    let (mut host, mut request_id, mut close) = (None, None::<&[u8]>, false);
     for h in &*req.headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
@@ -161,8 +161,9 @@ fn simple<'b>(req: &'b httparse::Request<'_, 'b>) -> Option<Head<'b>> {
                     return None;
                 }
             }
-        } else if name.eq_ignore_ascii_case("x-request-id") {
-            request_id = Some(h.value).filter(|v| crate::proxy::sane_request_id(v));
+        } else if name.eq_ignore_ascii_case("x-request-id") && request_id.is_none() {
+            // The first one counts, as `HeaderMap::get` has it in the hyper path.
+            request_id = Some(h.value);
         }
     }
     Some(Head {
@@ -170,7 +171,7 @@ fn simple<'b>(req: &'b httparse::Request<'_, 'b>) -> Option<Head<'b>> {
         target,
         path,
         host: host?,
-        request_id,
+        request_id: request_id.filter(|id| crate::proxy::sane_request_id(id)),
         close,
         headers: req.headers,
     })
@@ -188,7 +189,8 @@ fn plain_target_byte(b: u8) -> bool {
 
 /// Whether `route` only proxies for this connection: none of the annotations that redirect,
 /// answer, limit, authenticate, rewrite or choose a canary applies, and the backend speaks
-/// HTTP/1.1. Such requests go through hyper ([`crate::proxy`]), where those features live.
+/// HTTP/1.1. Requests on other routes go through hyper ([`crate::proxy`]), where those
+/// features live.
 fn proxies_only(route: &Route, tls: bool) -> bool {
     let c = &route.target.config;
     let redirects_to_https = !tls && ((route.tls && c.ssl_redirect) || c.force_ssl_redirect);
@@ -419,9 +421,10 @@ mod date {
 /// extensions, data and trailers are only counted, never copied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Chunked {
-    /// Reading a chunk size; `digits` says whether one was seen.
+    /// Before a chunk size's first digit.
     #[default]
     Size,
+    /// Within a chunk size: its value so far.
     SizeDigits(u64),
     /// After the size: whitespace or an extension, up to the line end.
     Extension(u64),
