@@ -9,8 +9,11 @@
 //!   controller::compile ──▶ routing::Table + tls::CertStore  (immutable, swapped atomically)
 //!                                  │ load() per request / handshake
 //!                                  ▼
-//!   proxy: HTTP :80 / HTTPS :443 ──▶ redirects, CORS, limits, auth ──▶ balancer
-//!          (cookie affinity) ──▶ pooled upstream connections
+//!   HTTP :80 / HTTPS :443 ─┬─▶ fast_path: GET/HEAD keep-alive on a route that only
+//!                          │   proxies (own HTTP/1.1 codec) ──▶ balancer ──▶ pooled sockets
+//!                          └─▶ proxy (hyper; everything else, for the rest of the
+//!                              connection): redirects, CORS, limits, auth ──▶ balancer
+//!                              (cookie affinity) ──▶ pooled upstream connections
 //!
 //!   status (leader only) ──▶ Ingress status.loadBalancer
 //! ```

@@ -1,5 +1,7 @@
 //! The data plane: HTTP/1.1 and HTTP/2 (h2c on the plain port, ALPN on TLS) downstream,
 //! pooled upstream connections, per-request routing on the current table snapshot.
+//! HTTP/1.1 connections start on [`crate::fast_path`], which hands them here (to hyper) at
+//! their first request it does not take.
 //!
 //! A request reads the table once (`ArcSwap::load`), keeps its route (an `Arc`) for its
 //! whole life and never blocks the controller; a route change therefore never touches a
