@@ -50,11 +50,19 @@ pub(crate) const MAX_TRIES: usize = 3;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // The headers the proxy sets on every request, parsed once.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// All of them: a client's own values for these are replaced, never passed on.
+pub(crate) const SET_BY_PROXY: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_REAL_IP,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REQUEST_ID,
+];
 
 /// Controller-wide defaults (annotations override per Ingress).
 #[derive(Clone, Debug)]
@@ -135,7 +143,8 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// The hop-by-hop headers (RFC 9110 7.6.1), besides those a `Connection` header lists.
+pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -842,22 +851,26 @@ impl Proxy {
     }
 }
 
-/// The hyper service for one connection's requests.
-fn service(
+/// Serves `stream` with hyper for the rest of its life, starting with `read`, the bytes the
+/// fast path read from it and left unhandled. The drain reaches it through `watcher`.
+async fn serve_with_hyper<S>(
+    stream: S,
+    read: Bytes,
     proxy: Arc<Proxy>,
     pools: Arc<Pools>,
     conn: Conn,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-> + Clone
-+ Send {
-    hyper::service::service_fn(move |req| {
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
         let (proxy, pools, conn) = (proxy.clone(), pools.clone(), conn.clone());
         async move { Ok::<_, Infallible>(proxy.handle(req, conn, &pools).await) }
-    })
+    });
+    let c =
+        builder.serve_connection_with_upgrades(TokioIo::new(Prefixed::new(stream, read)), service);
+    let _ = watcher.watch(c.into_owned()).await;
 }
 
 /// Accepts connections on `listener` (TLS when `tls` is set) until `shutdown`, then lets
@@ -897,18 +910,13 @@ pub async fn serve(
         let (proxy, pools, builder) = (proxy.clone(), pools.clone(), builder.clone());
         let (watcher, tls, shutdown) = (graceful.watcher(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
+            // The watcher is held while the fast path serves, so the drain waits for the
+            // connection too; the fast path itself ends at `shutdown` between requests.
             let Some(acceptor) = tls else {
-                // The watcher is held while the fast path serves, so the drain waits for
-                // the connection; the fast path itself ends at `shutdown` between requests.
                 if let Outcome::Handover(s, read) =
                     fast_path::serve(stream, &proxy, &conn, &pools, &shutdown).await
                 {
-                    let service = service(proxy, pools, conn);
-                    let c = builder.serve_connection_with_upgrades(
-                        TokioIo::new(Prefixed::new(s, read)),
-                        service,
-                    );
-                    let _ = watcher.watch(c.into_owned()).await;
+                    serve_with_hyper(s, read, proxy, pools, conn, &builder, watcher).await;
                 }
                 return;
             };
@@ -922,18 +930,13 @@ pub async fn serve(
                     Err(_) => return,
                 };
             // HTTP/2 by ALPN goes to hyper at once; HTTP/1.1 starts on the fast path.
-            let (s, read) = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                (stream, Bytes::new())
-            } else {
-                match fast_path::serve(stream, &proxy, &conn, &pools, &shutdown).await {
-                    Outcome::Done => return,
-                    Outcome::Handover(s, read) => (s, read),
-                }
-            };
-            let service = service(proxy, pools, conn);
-            let c = builder
-                .serve_connection_with_upgrades(TokioIo::new(Prefixed::new(s, read)), service);
-            let _ = watcher.watch(c.into_owned()).await;
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_with_hyper(stream, Bytes::new(), proxy, pools, conn, &builder, watcher).await;
+            } else if let Outcome::Handover(s, read) =
+                fast_path::serve(stream, &proxy, &conn, &pools, &shutdown).await
+            {
+                serve_with_hyper(s, read, proxy, pools, conn, &builder, watcher).await;
+            }
         });
     }
     drop(listener);

@@ -33,24 +33,17 @@ impl Chunked {
         while i < bytes.len() {
             let b = bytes[i];
             *self = match *self {
-                Self::Size | Self::SizeDigits(_) => {
-                    let so_far = match *self {
-                        Self::SizeDigits(n) => Some(n),
-                        _ => None,
-                    };
-                    match (char::from(b).to_digit(16), so_far) {
-                        (Some(d), n) => {
-                            let n = n.unwrap_or(0);
-                            if n > u64::MAX >> 4 {
-                                return Err(BadChunk);
-                            }
-                            Self::SizeDigits(n << 4 | u64::from(d))
-                        }
-                        (None, Some(n)) if matches!(b, b';' | b' ' | b'\t') => Self::Extension(n),
-                        (None, Some(n)) if b == b'\r' => Self::SizeLf(n),
-                        _ => return Err(BadChunk),
-                    }
-                }
+                Self::Size => match char::from(b).to_digit(16) {
+                    Some(d) => Self::SizeDigits(u64::from(d)),
+                    None => return Err(BadChunk),
+                },
+                Self::SizeDigits(n) => match (char::from(b).to_digit(16), b) {
+                    (Some(_), _) if n > u64::MAX >> 4 => return Err(BadChunk),
+                    (Some(d), _) => Self::SizeDigits(n << 4 | u64::from(d)),
+                    (None, b';' | b' ' | b'\t') => Self::Extension(n),
+                    (None, b'\r') => Self::SizeLf(n),
+                    (None, _) => return Err(BadChunk),
+                },
                 Self::Extension(n) => match b {
                     b'\r' => Self::SizeLf(n),
                     b'\n' => return Err(BadChunk),

@@ -6,7 +6,10 @@ use std::time::SystemTime;
 use smallvec::SmallVec;
 
 use super::chunked::Chunked;
-use crate::proxy::Conn;
+use crate::proxy::{
+    Conn, HOP_BY_HOP, SET_BY_PROXY, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    X_REAL_IP, X_REQUEST_ID,
+};
 
 /// A request the fast path takes, read from its head.
 pub(super) struct Head<'a> {
@@ -97,21 +100,15 @@ fn plain_target_byte(b: u8) -> bool {
         )
 }
 
-/// Request headers the proxy replaces or drops: hop-by-hop ones (RFC 9110 7.6.1; a
-/// request with `Upgrade` or `Transfer-Encoding` does not get here) and the ones it sets.
+/// Whether `name` is one of `names` (the fast path sees names as the client spelled them).
+fn is_one_of(name: &str, names: &[http::HeaderName]) -> bool {
+    names.iter().any(|n| n.as_str().eq_ignore_ascii_case(name))
+}
+
+/// Request headers the proxy replaces or drops: the hop-by-hop ones (a request with
+/// `Upgrade` or `Transfer-Encoding` does not get here) and the ones it sets itself.
 fn replaced_request_header(name: &str) -> bool {
-    const NAMES: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "x-forwarded-for",
-        "x-real-ip",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name)) || name.eq_ignore_ascii_case("x-request-id")
+    is_one_of(name, &HOP_BY_HOP) || is_one_of(name, &SET_BY_PROXY)
 }
 
 /// Writes the upstream request for `head`: its request line and headers, less the replaced
@@ -132,15 +129,16 @@ pub(super) fn write_request(out: &mut Vec<u8>, head: &Head<'_>, conn: &Conn, req
         }
     }
     let client_ip = conn.client_ip.as_bytes();
-    header(out, b"x-forwarded-for", client_ip);
-    header(out, b"x-real-ip", client_ip);
-    header(
-        out,
-        b"x-forwarded-proto",
-        if conn.tls { b"https" } else { b"http" },
-    );
-    header(out, b"x-forwarded-host", head.host.as_bytes());
-    header(out, b"x-request-id", request_id);
+    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
+    for (name, value) in [
+        (X_FORWARDED_FOR, client_ip),
+        (X_REAL_IP, client_ip),
+        (X_FORWARDED_PROTO, proto),
+        (X_FORWARDED_HOST, head.host.as_bytes()),
+        (X_REQUEST_ID, request_id),
+    ] {
+        header(out, name.as_str().as_bytes(), value);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -187,24 +185,16 @@ pub(super) struct Response {
     pub(super) reusable: bool,
 }
 
-/// Response headers that stay with the backend's connection. `Transfer-Encoding` is not
-/// among them: the body passes through as it was framed.
+/// Response headers that stay with the backend's connection: the hop-by-hop ones except
+/// `Transfer-Encoding`, kept because the body passes through as it was framed.
 fn hop_by_hop_response_header(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    ]
-    .iter()
-    .any(|n| n.eq_ignore_ascii_case(name))
+    !name.eq_ignore_ascii_case(http::header::TRANSFER_ENCODING.as_str())
+        && is_one_of(name, &HOP_BY_HOP)
 }
 
 /// Reads `resp`'s head into `down` as the client's response head; `close` adds
-/// `Connection: close`. `None` for a response the proxy cannot pass on (a 101 nobody asked
-/// for, an unusable length).
+/// `Connection: close`. `None` for a response the proxy cannot pass on (no status, an
+/// unusable Content-Length or two that differ).
 pub(super) fn write_response_head(
     down: &mut Vec<u8>,
     resp: &httparse::Response<'_, '_>,

@@ -44,7 +44,7 @@ use codec::{
 pub use prefixed::Prefixed;
 
 /// Largest request head read before the connection goes to hyper (which answers an
-/// oversized one with 431); also the read size.
+/// oversized one with 431).
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Largest response head accepted from a backend (hyper's client buffers up to ~400 KiB;
 /// a head larger than this is answered 502).
@@ -234,7 +234,7 @@ where
                 read.reserve(READ_RESERVE);
                 // Between requests the drain may close the connection; within a head it
                 // waits for the rest, as hyper does.
-                let read = if read.is_empty() {
+                let got = if read.is_empty() {
                     tokio::select! {
                         biased;
                         r = io.read_buf(&mut read) => r,
@@ -243,7 +243,7 @@ where
                 } else {
                     io.read_buf(&mut read).await
                 };
-                match read {
+                match got {
                     Ok(0) | Err(_) => return Outcome::Done,
                     Ok(_) => {}
                 }
