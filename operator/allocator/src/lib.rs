@@ -21,7 +21,13 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// 46 MB, and at 81.2 MiB with 10 ms, at the same CPU per pod. mimalloc reads the value each
 /// time it schedules a purge, so setting it at any point takes effect for the pages freed
 /// after it; call it first thing in `main`.
+///
+/// mimalloc's own `MIMALLOC_PURGE_DELAY` variable, when set, wins: an operator (or a
+/// benchmark comparing settings) can choose the trade between RSS and CPU without a rebuild.
 pub fn purge_freed_pages_after(millis: u32) {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     #[allow(unsafe_code)]
     // SAFETY: `mi_option_set` takes an option index and a value by value and only stores
     // the value in mimalloc's static option table (an atomic-sized `long`); it touches no
@@ -47,6 +53,9 @@ mod tests {
             assert_eq!(purge_delay(), 1000);
         }
         super::purge_freed_pages_after(10);
-        assert_eq!(purge_delay(), 10);
+        match std::env::var("MIMALLOC_PURGE_DELAY") {
+            Ok(set) => assert_eq!(purge_delay().to_string(), set),
+            Err(_) => assert_eq!(purge_delay(), 10),
+        }
     }
 }
