@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::Figure;
+use super::{Figure, median};
 use crate::process::{Lifetime, Process};
 use crate::{ControlPlane, procstat, wait};
 
@@ -229,11 +229,6 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
         );
     }
     Ok(figures)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Current resident set (`VmRSS`), KiB.

@@ -27,6 +27,13 @@ impl fmt::Display for Peer {
     }
 }
 
+/// The middle value of `v` (the upper one of the two middles for an even count; 0 when
+/// empty). Sorts `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// One measured figure for both peers.
 #[derive(Clone, Debug)]
 pub struct Figure {

@@ -61,6 +61,10 @@ enum Command {
         /// Requests each ceiling client keeps in flight.
         #[arg(long, default_value_t = 8)]
         ceiling_in_flight: usize,
+        /// Runs of each peer (and of the ceiling) per shape and limit, alternating which
+        /// peer goes first; the medians are reported.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// The Ingress controller against nginx: wrk throughput and latency (HTTP and TLS),
     /// route propagation at growing Ingress counts, resident memory.
@@ -153,7 +157,9 @@ async fn main() -> anyhow::Result<()> {
             timeout_seconds,
             ceiling_clients,
             ceiling_in_flight,
+            rounds,
         } => {
+            anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
             let cfg = bench::scheduler::Config {
                 nodes,
                 pods,
@@ -169,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_seconds),
                 ceiling_clients,
                 ceiling_in_flight,
+                rounds,
             };
             bench::scheduler::run(&cfg).await?;
         }
