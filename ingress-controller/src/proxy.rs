@@ -46,8 +46,6 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How many endpoints an idempotent request tries when connections are refused.
 pub(crate) const MAX_TRIES: usize = 3;
-/// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // The headers the proxy sets on every request, parsed once.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -920,15 +918,11 @@ pub async fn serve(
                 }
                 return;
             };
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+            let Some(stream) =
+                ferrokube_runtime::tls::accept(&acceptor, stream, remote, "ingress").await
+            else {
+                return;
+            };
             // HTTP/2 by ALPN goes to hyper at once; HTTP/1.1 starts on the fast path.
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 serve_with_hyper(stream, Bytes::new(), proxy, pools, conn, &builder, watcher).await;

@@ -21,7 +21,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferrokube_runtime::informer::Store;
 use ferrokube_runtime::metrics::Metrics;
@@ -87,9 +86,6 @@ pub struct Api {
     pub health: Health,
 }
 
-/// How long a client gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves the authenticated API on `addr` with `tls` until `shutdown`. Returns the bound
 /// address and the accept loop's task.
 pub async fn serve_api(
@@ -115,15 +111,11 @@ pub async fn serve_api(
             };
             let (acceptor, api, shutdown) = (acceptor.clone(), api.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let tls =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "kubelet API TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                let Some(tls) =
+                    ferrokube_runtime::tls::accept(&acceptor, stream, peer, "kubelet API").await
+                else {
+                    return;
+                };
                 // rustls already verified the chain against the client CA.
                 let cert_user = tls
                     .get_ref()

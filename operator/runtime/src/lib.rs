@@ -12,6 +12,7 @@
 //! - [`server`] and [`metrics`]: `/healthz`, `/readyz`, `/livez` and Prometheus `/metrics`;
 //! - [`logging`]: klog-style `-v` levels on tracing, text or JSON;
 //! - [`shutdown`]: SIGTERM/SIGINT turned into one cancellation every task watches;
+//! - [`tls`]: the server side of a TLS handshake, with a deadline;
 //! - [`process`]: a binary's start: memory settings, then the runtime its `main` runs on.
 
 pub mod apierrors;
@@ -30,5 +31,6 @@ pub mod ratelimit;
 pub mod server;
 pub mod shutdown;
 pub mod taints;
+pub mod tls;
 pub mod transport;
 pub mod workqueue;
