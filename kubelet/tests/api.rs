@@ -347,6 +347,25 @@ async fn scenarios(
     // Direct access: no credentials → 401; a certificate from the cluster CA for a user
     // without nodes/proxy → 403 with upstream's message; a granted user → 200.
     let port = kubelet.api_port;
+    // Plain HTTP on the TLS port fails the handshake: the connection is closed without an
+    // answer, and the server goes on serving.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        // A reset instead of a clean close is a close too.
+        let _ = tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut buf))
+            .await
+            .map_err(|_| anyhow::anyhow!("a failed handshake left the connection open"))?;
+        anyhow::ensure!(
+            !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+            "plain HTTP was answered on the TLS port: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
     let (code, body) = curl(port, "/healthz", None, None).await?;
     anyhow::ensure!(
         code == 401 && body == "Unauthorized",
