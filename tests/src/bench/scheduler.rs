@@ -219,6 +219,7 @@ const ZONES: usize = 10;
 pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let rounds = cfg.rounds.max(1);
+    let rate = |r: &Run| cfg.pods as f64 / r.seconds.max(1e-9);
     for &shape in &cfg.shapes {
         let mut ceilings = Vec::new();
         // Per limit, each round's (upstream, ours).
@@ -245,7 +246,6 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                     let ours = one(cfg, Peer::Ferrokube, shape, qps, burst).await?;
                     (one(cfg, Peer::Upstream, shape, qps, burst).await?, ours)
                 };
-                let rate = |r: &Run| cfg.pods as f64 / r.seconds.max(1e-9);
                 println!(
                     "scheduler round {round}/{rounds} ({shape}, qps {qps}/{burst}): ferrokube {:.2} pods/s, {:.2} cpu-s, {:.2} MiB; upstream {:.2} pods/s, {:.2} cpu-s, {:.2} MiB; throughput ratio {:.2}",
                     rate(&ours),
@@ -272,7 +272,6 @@ pub async fn run(cfg: &Config) -> Result<Vec<Figure>> {
                 "{shape}, {} nodes, {} pods, qps {qps}/{burst}{of_rounds}",
                 cfg.nodes, cfg.pods
             );
-            let rate = |r: &Run| cfg.pods as f64 / r.seconds.max(1e-9);
             // CPU seconds as milliseconds per pod.
             let ms_per_pod = |cpu: f64| cpu * 1000.0 / cfg.pods as f64;
             let per_pod = |r: &Run| ms_per_pod(r.cpu);
