@@ -533,7 +533,7 @@ impl Proxy {
         if let Some((uri, code)) = &config.permanent_redirect {
             return (redirect(*code, &uri.to_string()), None);
         }
-        if !conn.tls && ((route.tls && config.ssl_redirect) || config.force_ssl_redirect) {
+        if route.redirects_to_https(conn.tls) {
             let name = normalize_host(host.to_str().unwrap_or_default());
             // Only a syntactically valid authority goes into the Location header.
             if name.parse::<http::uri::Authority>().is_ok() {

@@ -91,6 +91,16 @@ pub struct Route {
     pub pattern: Option<regex::Regex>,
 }
 
+impl Route {
+    /// Whether a request on this route that came over plain HTTP (`tls` false) is answered
+    /// with a redirect to HTTPS: the host is in a TLS section and `ssl-redirect` is on (the
+    /// default), or `force-ssl-redirect` is set.
+    pub fn redirects_to_https(&self, tls: bool) -> bool {
+        let c = &self.target.config;
+        !tls && ((self.tls && c.ssl_redirect) || c.force_ssl_redirect)
+    }
+}
+
 /// The rules of one host.
 #[derive(Debug, Default)]
 struct HostRules {

@@ -113,9 +113,8 @@ impl Sockets {
 /// features live.
 fn proxies_only(route: &Route, tls: bool) -> bool {
     let c = &route.target.config;
-    let redirects_to_https = !tls && ((route.tls && c.ssl_redirect) || c.force_ssl_redirect);
     c.backend_protocol == BackendProtocol::Http
-        && !redirects_to_https
+        && !route.redirects_to_https(tls)
         && route.canary.is_none()
         && route.target.auth.is_none()
         && c.auth.is_none()
